@@ -1,0 +1,18 @@
+"""The cluster: domain types, cost model, workloads, simulator (and later the live runtime).
+
+``runtime`` imports nothing else of ours.
+"""
+
+from runtime.cluster import ClusterSpec
+from runtime.decision import Decision
+from runtime.errors import ConfigError
+from runtime.model import ModelSpec
+from runtime.node import NodeSpec
+from runtime.policy import Policy
+from runtime.request import Request
+from runtime.view import ClusterView, EngineView, NodeView, QueueView, Role
+
+__all__ = [
+    "ClusterSpec", "ClusterView", "ConfigError", "Decision", "EngineView", "ModelSpec",
+    "NodeSpec", "NodeView", "Policy", "QueueView", "Request", "Role",
+]

@@ -1,0 +1,92 @@
+"""The whole PD-disaggregated cluster: how many nodes of each role, their hardware, the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime.errors import require
+from runtime.model import ModelSpec
+from runtime.node import NodeSpec
+from runtime.view import Role
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A cluster of prefill nodes then decode nodes, one engine per GPU.
+
+    Numbering: nodes ``0 .. prefill_nodes-1`` are prefill nodes and the rest
+    decode nodes; engines are numbered node by node, so engine ``e`` lives on
+    node ``e // node.gpus``. Engines form groups of ``*_group_nodes`` whole
+    nodes (the paper's PE and DE groups).
+    """
+
+    name: str
+    prefill_nodes: int
+    decode_nodes: int
+    node: NodeSpec = field(default_factory=NodeSpec)
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(
+        name="unnamed", layers=1, kv_bytes_per_token=1, dense_flops_per_token=1.0,
+        attn_flops_per_ctx_token=0.0))
+    block_tokens: int = 64
+    prefill_quota_s: float = 0.3
+    prefill_group_nodes: int = 1
+    decode_group_nodes: int = 1
+    decode_max_batch: int = 256
+    slo_ttft_s: float = 4.0
+    slo_tpot_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        require(self.prefill_nodes > 0, "prefill_nodes",
+                f"must be > 0 (zero engines), got {self.prefill_nodes}")
+        require(self.decode_nodes > 0, "decode_nodes",
+                f"must be > 0 (zero engines), got {self.decode_nodes}")
+        require(self.block_tokens > 0, "block_tokens", f"must be > 0, got {self.block_tokens}")
+        require(self.prefill_quota_s > 0, "prefill_quota_s",
+                f"must be > 0, got {self.prefill_quota_s}")
+        require(self.decode_max_batch > 0, "decode_max_batch",
+                f"must be > 0, got {self.decode_max_batch}")
+        require(self.slo_ttft_s > 0, "slo_ttft_s", f"must be > 0, got {self.slo_ttft_s}")
+        require(self.slo_tpot_s > 0, "slo_tpot_s", f"must be > 0, got {self.slo_tpot_s}")
+        require(self.prefill_group_nodes > 0 and self.prefill_nodes % self.prefill_group_nodes == 0,
+                "prefill_group_nodes",
+                f"must divide prefill_nodes={self.prefill_nodes}, got {self.prefill_group_nodes}")
+        require(self.decode_group_nodes > 0 and self.decode_nodes % self.decode_group_nodes == 0,
+                "decode_group_nodes",
+                f"must divide decode_nodes={self.decode_nodes}, got {self.decode_group_nodes}")
+
+    @property
+    def nodes(self) -> int:
+        return self.prefill_nodes + self.decode_nodes
+
+    @property
+    def prefill_engines(self) -> int:
+        return self.prefill_nodes * self.node.gpus
+
+    @property
+    def decode_engines(self) -> int:
+        return self.decode_nodes * self.node.gpus
+
+    @property
+    def engines(self) -> int:
+        return self.nodes * self.node.gpus
+
+    def node_of(self, engine_id: int) -> int:
+        return engine_id // self.node.gpus
+
+    def role_of_node(self, node_id: int) -> Role:
+        return Role.PREFILL if node_id < self.prefill_nodes else Role.DECODE
+
+    def role_of(self, engine_id: int) -> Role:
+        return self.role_of_node(self.node_of(engine_id))
+
+    def group_of(self, engine_id: int) -> int:
+        """Group index within the engine's role."""
+        node = self.node_of(engine_id)
+        if node < self.prefill_nodes:
+            return node // self.prefill_group_nodes
+        return (node - self.prefill_nodes) // self.decode_group_nodes
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one full block (all layers of ``block_tokens`` tokens)."""
+        return self.block_tokens * self.model.kv_bytes_per_token

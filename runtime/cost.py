@@ -1,0 +1,83 @@
+"""The one place that knows how long things take.
+
+Everything the simulator (and the live runtime's engine timing) needs to turn
+work into seconds goes through :class:`CostModel`: prefill compute by batch,
+decode iterations, and the bandwidth of each kind of link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from runtime.cluster import ClusterSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Part of a request's prefill: ``tokens`` new tokens after ``context`` tokens of prefix."""
+
+    tokens: int
+    context: int
+
+
+class CostModel:
+    """Durations for a cluster spec. Stateless; cheap to build."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self.model = spec.model
+        self._flops = spec.node.gpu_flops
+
+    # -- prefill ------------------------------------------------------------
+    def chunk_attention_flops(self, chunk: Chunk) -> float:
+        # Attention cost grows with position; the midpoint of the chunk stands
+        # for the mean (exact while attention is linear in context).
+        return chunk.tokens * self.model.attention_flops_per_token(chunk.context + chunk.tokens / 2)
+
+    def chunk_flops(self, chunk: Chunk) -> float:
+        return chunk.tokens * self.model.dense_flops_per_token + self.chunk_attention_flops(chunk)
+
+    def _seconds(self, flops: float, batch_tokens: int) -> float:
+        return flops / (self._flops * self.model.efficiency(batch_tokens))
+
+    def prefill_s(self, chunks: Iterable[Chunk]) -> float:
+        """Compute time of one prefill batch (all layers)."""
+        chunks = list(chunks)
+        tokens = sum(c.tokens for c in chunks)
+        if tokens == 0:
+            return 0.0
+        return self._seconds(sum(self.chunk_flops(c) for c in chunks), tokens)
+
+    def attention_s(self, chunk: Chunk, batch_tokens: int) -> float:
+        """Predicted attention time of ``chunk`` inside a batch of ``batch_tokens`` (for the quota)."""
+        return self._seconds(self.chunk_attention_flops(chunk), max(batch_tokens, 1))
+
+    def prefill_tokens_per_s(self, context: float) -> float:
+        """Tokens one GPU prefills per second at ``context``, in large batches."""
+        eff = self.model.prefill_efficiency[-1][1]
+        return self._flops * eff / self.model.prefill_flops_per_token(context)
+
+    # -- decode -------------------------------------------------------------
+    def decode_iteration_s(self, batch: int, context_tokens: float) -> float:
+        return self.model.decode_iteration_s(batch, context_tokens)
+
+    # -- bytes and links ----------------------------------------------------
+    def kv_bytes(self, tokens: float) -> float:
+        return tokens * self.model.kv_bytes_per_token
+
+    @property
+    def snic_bytes_s(self) -> float:
+        return self.spec.node.snic_bytes_s
+
+    @property
+    def cnic_kv_bytes_s(self) -> float:
+        return self.spec.node.cnic_kv_bytes_s
+
+    @property
+    def pcie_bytes_s(self) -> float:
+        return self.spec.node.pcie_bytes_s
+
+    def tokens_readable(self, seconds: float) -> float:
+        """KV tokens one node's SNIC reads in ``seconds`` (the paper's α is 3 s of this)."""
+        return seconds * self.snic_bytes_s / self.model.kv_bytes_per_token

@@ -1,0 +1,66 @@
+"""One machine of the cluster: GPUs (one engine each), its storage NIC and compute NICs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.errors import require
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Hardware of one node; prefill and decode nodes share it.
+
+    Bandwidths are in GB/s (1e9 bytes per second) and sizes in GB, as in the
+    preset files; the ``*_bytes*`` properties give bytes.
+    """
+
+    gpus: int = 8
+    snic_gb_s: float = 50.0
+    cnic_gb_s: float = 50.0
+    cnic_kv_share: float = 0.5
+    pcie_gb_s: float = 50.0
+    host_buffer_gb: float = 80.0
+    pe_hbm_kv_gb: float = 30.0
+    de_hbm_kv_gb: float = 30.0
+    gpu_tflops: float = 1350.0
+
+    def __post_init__(self) -> None:
+        require(self.gpus > 0, "node.gpus", f"must be > 0 engines per node, got {self.gpus}")
+        for key in ("snic_gb_s", "cnic_gb_s", "pcie_gb_s", "host_buffer_gb",
+                    "pe_hbm_kv_gb", "de_hbm_kv_gb", "gpu_tflops"):
+            value = getattr(self, key)
+            require(value > 0, f"node.{key}", f"must be > 0, got {value}")
+        require(0 < self.cnic_kv_share <= 1, "node.cnic_kv_share",
+                f"must lie in (0, 1], got {self.cnic_kv_share}")
+
+    @property
+    def snic_bytes_s(self) -> float:
+        return self.snic_gb_s * GB
+
+    @property
+    def cnic_kv_bytes_s(self) -> float:
+        """CNIC bandwidth left to KV traffic (the low-priority lane)."""
+        return self.cnic_gb_s * self.cnic_kv_share * GB
+
+    @property
+    def pcie_bytes_s(self) -> float:
+        return self.pcie_gb_s * GB
+
+    @property
+    def host_buffer_bytes(self) -> float:
+        return self.host_buffer_gb * GB
+
+    @property
+    def pe_hbm_kv_bytes(self) -> float:
+        return self.pe_hbm_kv_gb * GB
+
+    @property
+    def de_hbm_kv_bytes(self) -> float:
+        return self.de_hbm_kv_gb * GB
+
+    @property
+    def gpu_flops(self) -> float:
+        return self.gpu_tflops * 1e12
