@@ -1,1 +1,6 @@
-"""agents package."""
+"""Policies: heuristics (and later learned ones) behind the one ``runtime.Policy`` protocol."""
+
+from agents.registry import POLICIES
+from agents.spec import ResolvedPolicy, list_policies, resolve_policy
+
+__all__ = ["POLICIES", "ResolvedPolicy", "list_policies", "resolve_policy"]

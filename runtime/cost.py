@@ -50,7 +50,7 @@ class CostModel:
         return self._seconds(sum(self.chunk_flops(c) for c in chunks), tokens)
 
     def attention_s(self, chunk: Chunk, batch_tokens: int) -> float:
-        """Predicted attention time of ``chunk`` inside a batch of ``batch_tokens`` (for the quota)."""
+        """Predicted attention time of ``chunk`` in a batch of ``batch_tokens`` (for the quota)."""
         return self._seconds(self.chunk_attention_flops(chunk), max(batch_tokens, 1))
 
     def prefill_tokens_per_s(self, context: float) -> float:

@@ -1,0 +1,70 @@
+"""What every heuristic shares: the room check, the shorter-queue path, a round-robin
+cursor and parameter checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from runtime.cluster import ClusterSpec
+from runtime.request import Request
+from runtime.view import ClusterView, EngineView
+
+
+def has_room(engine: EngineView, request: Request, spec: ClusterSpec) -> bool:
+    """A decode engine can take ``request``: HBM for its whole context and a batch slot."""
+    return (engine.seq < spec.decode_max_batch
+            and engine.free_hbm_bytes >= request.total_tokens * spec.model.kv_bytes_per_token)
+
+
+def with_room(engines: Sequence[EngineView], request: Request,
+              spec: ClusterSpec) -> list[EngineView]:
+    return [e for e in engines if has_room(e, request, spec)]
+
+
+def shorter_queue_share(request: Request, view: ClusterView, pe: EngineView,
+                        de: EngineView) -> tuple[float, str]:
+    """The whole request reads on the side whose node read queue is shorter (ties: PE side).
+
+    Returns ``(decode_share, reason)``; a request with no hit tokens reads nothing (share 0).
+    """
+    if request.hit_tokens == 0:
+        return 0.0, "no hits"
+    pe_q = view.nodes[pe.node_id].read_q_tokens
+    de_q = view.nodes[de.node_id].read_q_tokens
+    return (1.0, "read de") if de_q < pe_q else (0.0, "read pe")
+
+
+class Cursor:
+    """A round-robin position over a sequence of engines.
+
+    ``take`` returns the first acceptable engine at or after the position and
+    moves the position past it; when none is acceptable it returns ``None`` and
+    stays put.
+    """
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def take(self, engines: Sequence[EngineView],
+             ok: Callable[[EngineView], bool] = lambda e: True) -> EngineView | None:
+        n = len(engines)
+        for step in range(n):
+            i = (self._next + step) % n
+            if ok(engines[i]):
+                self._next = (i + 1) % n
+                return engines[i]
+        return None
+
+
+def number(name: str, value: object, *, minimum: float = 0.0, inclusive: bool = False,
+           allow_inf: bool = False) -> float:
+    """``value`` as a float, or a ValueError naming parameter ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    above = value >= minimum if inclusive else value > minimum
+    if math.isnan(value) or not above or (math.isinf(value) and not allow_inf):
+        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        kind = "" if allow_inf else " finite"
+        raise ValueError(f"{name} must be a{kind} number {bound}, got {value!r}")
+    return float(value)

@@ -1,0 +1,89 @@
+"""The DualPath paper's scheduler: PE by read-queue threshold α and token cap β,
+DE by token threshold Z, the whole request read on the shorter-queue side."""
+
+from __future__ import annotations
+
+from agents.heuristics.common import number, shorter_queue_share, with_room
+from runtime.cluster import ClusterSpec
+from runtime.cost import CostModel
+from runtime.decision import Decision
+from runtime.request import Request
+from runtime.view import ClusterView, EngineView
+
+
+class DualPath:
+    """The paper's scheduler (see ``dualpath-facts.md``, "The paper's scheduler").
+
+    PE: skip engines with ``tok > β``; prefer those whose node has ``read_q <= α``,
+    lowest ``tok`` first; else the lowest ``tok`` of the rest; none left → defer.
+    α is what one node's SNIC reads in ``alpha_s`` seconds, β what one GPU
+    prefills in ``beta_s`` seconds at the request's prompt length.
+
+    DE: decode groups in order of total ``tok``; in a group,
+    ``Z = z_slack × (queued tokens that fit in the group's free HBM + tok on its
+    engines) / engines``; among engines with room prefer ``tok + len <= Z``
+    (fewest ``seq``, then lowest ``tok``, then id), else the lowest ``tok`` with
+    room; a group with no room passes to the next; none → defer.
+    """
+
+    name = "dualpath"
+
+    def __init__(self, *, alpha_s: float = 3.0, beta_s: float = 5.0,
+                 z_slack: float = 1.05) -> None:
+        self.alpha_s = number("alpha_s", alpha_s, inclusive=True, allow_inf=True)
+        self.beta_s = number("beta_s", beta_s, allow_inf=True)
+        self.z_slack = number("z_slack", z_slack)
+        self._cost: CostModel | None = None
+
+    def decide(self, request: Request, view: ClusterView) -> Decision | None:
+        pe = self.choose_prefill(request, view)
+        de = self.choose_decode(request, view) if pe is not None else None
+        if pe is None or de is None:
+            return None
+        share, why = self._share(request, view, pe[0], de[0])
+        return Decision(pe[0].engine_id, de[0].engine_id, share, f"{pe[1]}, {de[1]}, {why}")
+
+    def thresholds(self, request: Request, spec: ClusterSpec) -> tuple[float, float]:
+        """(α, β) in tokens for ``request`` on ``spec``."""
+        if self._cost is None or self._cost.spec is not spec:
+            self._cost = CostModel(spec)
+        alpha = self._cost.tokens_readable(self.alpha_s)
+        beta = self._cost.prefill_tokens_per_s(request.prompt_tokens) * self.beta_s
+        return alpha, beta
+
+    def choose_prefill(self, request: Request,
+                       view: ClusterView) -> tuple[EngineView, str] | None:
+        alpha, beta = self.thresholds(request, view.spec)
+        open_ = [e for e in view.prefill_engines() if e.tok <= beta]
+        if not open_:
+            return None
+        short = [e for e in open_ if view.nodes[e.node_id].read_q_tokens <= alpha]
+        pool, why = (short, "pe read_q<=alpha") if short else (open_, "pe read_q>alpha")
+        return min(pool, key=lambda e: (e.tok, e.engine_id)), why
+
+    def choose_decode(self, request: Request,
+                      view: ClusterView) -> tuple[EngineView, str] | None:
+        groups: dict[int, list[EngineView]] = {}
+        for e in view.decode_engines():
+            groups.setdefault(e.group, []).append(e)
+        by_load = sorted(groups.items(), key=lambda g: (sum(e.tok for e in g[1]), g[0]))
+        for _, engines in by_load:
+            room = with_room(engines, request, view.spec)
+            if not room:
+                continue
+            z = self._z(engines, view)
+            fits = [e for e in room if e.tok + request.total_tokens <= z]
+            if fits:
+                return min(fits, key=lambda e: (e.seq, e.tok, e.engine_id)), "de tok+len<=Z"
+            return min(room, key=lambda e: (e.tok, e.engine_id)), "de lowest tok"
+        return None
+
+    def _z(self, engines: list[EngineView], view: ClusterView) -> float:
+        kv = view.spec.model.kv_bytes_per_token
+        free_tokens = sum(max(0.0, e.free_hbm_bytes) for e in engines) / kv
+        queued = min(float(view.queue.tokens), free_tokens)
+        return self.z_slack * (queued + sum(e.tok for e in engines)) / len(engines)
+
+    def _share(self, request: Request, view: ClusterView, pe: EngineView,
+               de: EngineView) -> tuple[float, str]:
+        return shorter_queue_share(request, view, pe, de)

@@ -1,0 +1,151 @@
+"""The ``dualpath`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from experiments.runner import DEFAULT_PRESET, RunConfig, run, run_many
+from experiments.table import format_table
+
+SUMMARY = ["policy", "jct_s", "jct_mean_s", "throughput_tok_s", "ttft_mean_s", "tpot_mean_s",
+           "slo_attainment", "snic_util_mean", "snic_max_over_avg"]
+COMPARE_POLICIES = ("pe_only:layerwise=false", "pe_only", "dualpath", "dualpath_split")
+ABLATION_STEPS = (
+    ("baseline", "pe_only:layerwise=false"),
+    ("+layerwise", "pe_only"),
+    ("+dual-path", "round_robin"),
+    ("+scheduler", "dualpath"),
+    ("oracle", "dualpath:oracle=true"),
+)
+BENCH = RunConfig(policy="dualpath", preset=DEFAULT_PRESET, agents=2048, mal="64k")
+
+
+def _add_run_args(p: argparse.ArgumentParser, agents: int) -> None:
+    p.add_argument("--preset", default=DEFAULT_PRESET, help="preset name or path to a TOML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value (node.snic_gb_s=25); repeatable")
+    p.add_argument("--agents", type=int, default=agents, help="offline agents")
+    p.add_argument("--mal", default="64k", choices=["32k", "48k", "64k"],
+                   help="max agent length set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-layerwise", action="store_true", help="turn layer-wise prefill off")
+    p.add_argument("--append-scale", type=float, default=1.0)
+    p.add_argument("--gen-scale", type=float, default=1.0)
+    p.add_argument("--tool-latency", type=float, default=0.0, help="mean tool-call seconds")
+    p.add_argument("--think-time", type=float, default=0.0, help="mean think seconds")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="parallel processes for several runs")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _config(args: argparse.Namespace, policy: str) -> RunConfig:
+    return RunConfig(
+        policy=policy, preset=args.preset, overrides=tuple(args.overrides), agents=args.agents,
+        mal=args.mal, seed=args.seed, layerwise=not args.no_layerwise,
+        oracle=getattr(args, "oracle", False), append_scale=args.append_scale,
+        gen_scale=args.gen_scale, tool_latency_s=args.tool_latency,
+        think_time_s=args.think_time, online=getattr(args, "online", False),
+        aps=getattr(args, "aps", None), duration_s=getattr(args, "duration", None),
+        trace=getattr(args, "trace", None),
+        storage_capacity_blocks=getattr(args, "storage_blocks", None),
+        timeline=getattr(args, "timeline", None))
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    print(json.dumps(payload, sort_keys=True) if args.json else text)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    result = run(_config(args, args.policy), progress=True)
+    keys = [k for k in SUMMARY if k != "policy"] + ["requests", "wall_s", "sim_requests_per_s"]
+    text = "\n".join(f"{k:>20}  {result[k]}" for k in ["policy", "preset", *keys])
+    _emit(args, result, text)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    policies = args.policy or list(COMPARE_POLICIES)
+    rows = run_many([_config(args, p) for p in policies], args.jobs, progress=True)
+    base = rows[0]["jct_s"]
+    for row in rows:
+        row["speedup"] = base / row["jct_s"] if row["jct_s"] > 0 else 0.0
+    header = (f"preset {args.preset}, {args.agents} agents, {args.mal} set, seed {args.seed}; "
+              f"speedup = JCT of {policies[0]} / JCT")
+    _emit(args, {"runs": rows}, header + "\n" + format_table(rows, [*SUMMARY, "speedup"]))
+
+
+def cmd_ablation(args: argparse.Namespace) -> None:
+    rows = run_many([_config(args, spec) for _, spec in ABLATION_STEPS], args.jobs,
+                    progress=True)
+    base = rows[0]["jct_s"]
+    steps = []
+    for (name, spec), row in zip(ABLATION_STEPS, rows, strict=True):
+        steps.append({"name": name, "policy": spec, "jct_s": row["jct_s"],
+                      "reduction_pct": 100.0 * (1 - row["jct_s"] / base)})
+    header = f"ablation on {args.preset}, {args.agents} agents, {args.mal} set, seed {args.seed}"
+    _emit(args, {"steps": steps, "runs": rows},
+          header + "\n" + format_table(steps, ["name", "policy", "jct_s", "reduction_pct"]))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    cfg = replace(BENCH, agents=args.agents)
+    result = run(cfg, progress=not args.json)
+    payload = {k: result[k] for k in ("requests", "wall_s", "sim_requests_per_s", "jct_s")}
+    payload.update(preset=cfg.preset, agents=cfg.agents, mal=cfg.mal, policy=cfg.policy)
+    text = (f"simulated {result['requests']:,} requests ({cfg.preset}, {cfg.mal}, "
+            f"{cfg.agents} agents, {cfg.policy}) in {result['wall_s']:.1f} s wall: "
+            f"{result['sim_requests_per_s']:,.0f} simulated requests/s")
+    _emit(args, payload, text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dualpath", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="simulate one policy on a cluster and workload")
+    _add_run_args(p, agents=512)
+    p.add_argument("--policy", default="dualpath", help="policy spec NAME[:key=value,...]")
+    p.add_argument("--oracle", action="store_true", help="zero-I/O oracle")
+    p.add_argument("--online", action="store_true", help="Poisson agent arrivals")
+    p.add_argument("--aps", type=float, help="online: agents per second")
+    p.add_argument("--duration", type=float, help="online: arrival window in seconds")
+    p.add_argument("--trace", help="replay a trace instead: mooncake:PATH")
+    p.add_argument("--storage-blocks", type=int, help="trace: storage capacity in blocks (LRU)")
+    p.add_argument("--timeline", help="write one row per request to FILE.csv or FILE.parquet")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("compare", help="compare policies on the same workload (the main job)")
+    _add_run_args(p, agents=512)
+    p.add_argument("--policy", action="append", help="policy spec; repeat for several")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("ablation", help="the paper's ablation steps and the oracle")
+    _add_run_args(p, agents=1024)
+    p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="what", required=True)
+    b = bench.add_parser("sim", help="simulated requests per second (ds660b-2p4d, 64K, dualpath)")
+    b.add_argument("--agents", type=int, default=BENCH.agents)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+        print(f"dualpath {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

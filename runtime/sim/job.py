@@ -1,0 +1,51 @@
+"""A request inside the simulator: its lifecycle state, placement and timestamps."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from runtime.request import Request
+
+
+class JobState(IntEnum):
+    WAITING = 0          # in the scheduler's FIFO queue, no decision yet
+    READING = 1          # KV being read from storage (either side)
+    READY = 2            # KV read (or none to read); queued for a prefill batch
+    PREFILLING = 3       # in a prefill batch (possibly chunked over several)
+    TRANSFERRING = 4     # P→D transfer of the prompt's KV
+    DECODING = 5         # in the decode engine's continuous batch
+    DONE = 6
+
+
+NAN = float("nan")
+
+
+class Job:
+    """Mutable simulator record of one request."""
+
+    __slots__ = (
+        "request", "state", "pe", "de", "share", "pe_bytes", "de_bytes", "reads_left",
+        "remaining", "context", "loaded", "t_decision", "t_pe_read", "t_de_read",
+        "t_prefill_start", "t_first_token", "t_finish", "hbm_bytes",
+    )
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.state = JobState.WAITING
+        self.pe = -1
+        self.de = -1
+        self.share = 0.0
+        self.pe_bytes = 0.0
+        self.de_bytes = 0.0
+        self.reads_left = 0
+        # A full hit still computes its last token to produce the first output.
+        self.remaining = max(1, request.appended_tokens)  # tokens left to prefill
+        self.context = request.hit_tokens         # tokens before the next chunk
+        self.loaded = False                       # hit KV brought into the PE yet
+        self.t_decision = NAN
+        self.t_pe_read = (NAN, NAN)
+        self.t_de_read = (NAN, NAN)
+        self.t_prefill_start = NAN
+        self.t_first_token = NAN
+        self.t_finish = NAN
+        self.hbm_bytes = 0.0

@@ -1,0 +1,117 @@
+"""A prefill engine: FIFO of ready requests, batches under a compute quota, layer-wise loading.
+
+A batch's timing is computed in closed form. Its hit KV arrives over two
+streams: the PE side from the node's host buffer over PCIe, the DE side from
+decode nodes' buffers over RDMA (DE CNIC out → PE CNIC in). Each stream
+delivers the layers in order at a constant rate, so layer ``i`` is in HBM at
+``t_i = max over streams of start + (i+1)·duration/L``. With layer-wise
+prefill, layer ``i``'s compute (``c`` = compute/L) starts once its KV is in
+and layer ``i-1`` is done, which gives ``finish = max_i (t_i + (L-i)·c)``;
+that maximum of a convex function of ``i`` sits at ``i = 0`` or ``i = L-1``.
+Without layer-wise prefill, compute starts when all layers are in HBM.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from runtime.cost import Chunk, CostModel
+from runtime.sim.job import Job, JobState
+from runtime.sim.link import Link, reserve_path
+
+# Returns the CNIC egress link of a decode engine.
+DecodeCnic = Callable[[int], Link]
+
+
+class PrefillEngine:
+    __slots__ = ("engine_id", "node_id", "ready", "busy", "hbm_bytes", "hbm_used",
+                 "cnic_in", "cnic_out", "pcie", "tok", "seq", "batch", "batch_start")
+
+    def __init__(self, engine_id: int, node_id: int, cost: CostModel) -> None:
+        node = cost.spec.node
+        self.engine_id = engine_id
+        self.node_id = node_id
+        self.ready: deque[Job] = deque()
+        self.busy = False
+        self.hbm_bytes = node.pe_hbm_kv_bytes
+        self.hbm_used = 0.0
+        self.cnic_in = Link(f"cnic{engine_id}-in", node.cnic_kv_bytes_s)
+        self.cnic_out = Link(f"cnic{engine_id}-out", node.cnic_kv_bytes_s)
+        self.pcie = Link(f"pcie{engine_id}", node.pcie_bytes_s)
+        self.tok = 0
+        self.seq = 0
+        self.batch: list[tuple[Job, int]] = []
+        self.batch_start = 0.0
+
+    def form_batch(self, cost: CostModel, layerwise: bool) -> list[tuple[Job, int]]:
+        """Take ready requests FIFO while predicted attention fits the quota; chunk the last.
+
+        Without layer-wise prefill a request's whole prompt KV must also fit in HBM.
+        """
+        quota = cost.spec.prefill_quota_s
+        kv_bytes = cost.model.kv_bytes_per_token
+        batch: list[tuple[Job, int]] = []
+        tokens = 0
+        attn = 0.0
+        while self.ready:
+            job = self.ready[0]
+            if not layerwise and not job.loaded:
+                need = job.request.prompt_tokens * kv_bytes
+                if batch and self.hbm_used + need > self.hbm_bytes:
+                    break
+                self.hbm_used += need
+                job.hbm_bytes = need
+            n = job.remaining
+            a = cost.attention_s(Chunk(n, job.context), tokens + n)
+            if batch and attn + a > quota:
+                # Chunk: the share of the remaining tokens that fits what is left.
+                n = int(n * (quota - attn) / a)
+                if n <= 0:
+                    break
+                a = cost.attention_s(Chunk(n, job.context), tokens + n)
+            elif not batch and a > quota:
+                n = max(1, int(n * quota / a))
+                a = cost.attention_s(Chunk(n, job.context), n)
+            batch.append((job, n))
+            tokens += n
+            attn += a
+            if n < job.remaining:
+                break
+            self.ready.popleft()
+        return batch
+
+    def batch_finish(self, now: float, batch: list[tuple[Job, int]], cost: CostModel,
+                     layerwise: bool, oracle: bool, de_cnic: DecodeCnic) -> float:
+        """Start ``batch`` at ``now``: reserve its loads, return when its compute ends."""
+        compute = cost.prefill_s(Chunk(n, job.context) for job, n in batch)
+        if oracle:
+            return now + compute
+        layers = cost.model.layers
+        pe_bytes = 0.0
+        de_first = de_last = now
+        for job, _ in batch:
+            if job.loaded:
+                continue
+            pe_bytes += job.pe_bytes
+            if job.de_bytes > 0:
+                start, end = reserve_path((de_cnic(job.de), self.cnic_in), now, job.de_bytes)
+                first = start + (end - start) / layers
+                de_first = max(de_first, first)
+                de_last = max(de_last, end)
+        h_start, h_end = self.pcie.reserve(now, pe_bytes)
+        first_layer = max(de_first, h_start + (h_end - h_start) / layers)
+        last_layer = max(de_last, h_end)
+        if not layerwise:
+            return last_layer + compute
+        per_layer = compute / layers
+        return max(first_layer + compute, last_layer + per_layer)
+
+    def start(self, now: float, batch: list[tuple[Job, int]]) -> None:
+        self.busy = True
+        self.batch = batch
+        self.batch_start = now
+        for job, _ in batch:
+            if job.state is JobState.READY:
+                job.state = JobState.PREFILLING
+                job.t_prefill_start = now

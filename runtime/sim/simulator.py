@@ -1,0 +1,345 @@
+"""The discrete-event simulator of a dual-path PD cluster.
+
+Drive it with a policy (:meth:`Simulator.run`) or one decision at a time
+(:meth:`Simulator.next_decision` then :meth:`Simulator.apply`), which is how
+the gymnasium environment steps it. Deterministic: events are ordered by
+(time, kind, sequence number) and the only randomness is the workload's.
+"""
+
+from __future__ import annotations
+
+import math
+import time as wallclock
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.cluster import ClusterSpec
+from runtime.cost import CostModel
+from runtime.decision import Decision
+from runtime.policy import Policy
+from runtime.request import Request
+from runtime.sim.decode import DecodeEngine
+from runtime.sim.events import EventKind, EventQueue
+from runtime.sim.job import Job, JobState
+from runtime.sim.link import Link, reserve_path
+from runtime.sim.metrics import compute_metrics
+from runtime.sim.node import NodeStorage
+from runtime.sim.prefill import PrefillEngine
+from runtime.sim.recorder import Recorder
+from runtime.view import ClusterView, EngineView, NodeView, QueueView, Role
+from runtime.workload.base import Workload
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Run switches: layer-wise prefill, the zero-I/O oracle, and the per-request timeline."""
+
+    layerwise: bool = True
+    oracle: bool = False
+    timeline: bool = False
+
+
+class SimulationStuck(RuntimeError):
+    """No event is left but requests still wait: no decision can ever place them."""
+
+
+@dataclass
+class SimResult:
+    metrics: dict[str, Any]
+    timeline: list[tuple[Any, ...]]
+
+
+Progress = Callable[[int, float], None]
+
+
+class Simulator:
+    def __init__(self, spec: ClusterSpec, workload: Workload,
+                 options: SimOptions | None = None) -> None:
+        self.spec = spec
+        self.cost = CostModel(spec)
+        self.options = options or SimOptions()
+        self.workload = workload
+        self.now = 0.0
+        self.events = EventQueue()
+        node = spec.node
+        self.nodes = [NodeStorage(n, node.snic_bytes_s, node.host_buffer_bytes, self._read_issued)
+                      for n in range(spec.nodes)]
+        self.pes = [PrefillEngine(e, spec.node_of(e), self.cost)
+                    for e in range(spec.prefill_engines)]
+        self.des = [DecodeEngine(e, spec.node_of(e), self.cost)
+                    for e in range(spec.prefill_engines, spec.engines)]
+        self._eviews = [self._engine_view(e) for e in range(spec.engines)]
+        self.waiting: deque[Job] = deque()
+        self._waiting_tokens = 0
+        self._due = False
+        self.recorder = Recorder(self.options.timeline)
+        self.on_finish: Callable[[Job], None] | None = None
+        self.finished = 0
+        self.hit_bytes = 0.0
+        self._kvb = spec.model.kv_bytes_per_token
+        self._handlers: dict[int, Callable[[Any], None]] = {
+            EventKind.READ_DONE: self._on_read_done,
+            EventKind.PREFILL_DONE: self._on_prefill_done,
+            EventKind.TRANSFER_DONE: self._on_transfer_done,
+            EventKind.DECODE_DONE: self._on_decode_done,
+            EventKind.ARRIVAL: self._on_arrival,
+        }
+        for request in workload.initial_requests():
+            self._push_arrival(request)
+
+    # -- driving ------------------------------------------------------------
+    def run(self, policy: Policy, progress: Progress | None = None,
+            progress_every: int = 50_000) -> SimResult:
+        """Run to completion with ``policy`` deciding every request."""
+        complete = getattr(policy, "complete", None)
+        if callable(complete):
+            self.on_finish = lambda job: complete(job.request.request_id, _outcome(job))
+        wall = wallclock.perf_counter()
+        next_report = progress_every
+        while (point := self.next_decision()) is not None:
+            request, view = point
+            self.apply(policy.decide(request, view))
+            if progress is not None and self.finished >= next_report:
+                progress(self.finished, self.now)
+                next_report += progress_every
+        return self.result(wallclock.perf_counter() - wall)
+
+    def next_decision(self) -> tuple[Request, ClusterView] | None:
+        """Advance until a decision is needed; ``None`` when the run is over."""
+        events = self.events
+        handlers = self._handlers
+        while True:
+            if self._due and self.waiting:
+                return self.waiting[0].request, self.view()
+            if not events:
+                if self.waiting:
+                    raise SimulationStuck(self._stuck_message())
+                return None
+            t, kind, _, payload = events.pop()
+            self.now = t
+            handlers[kind](payload)
+
+    def apply(self, decision: Decision | None) -> None:
+        """Apply a decision for the request at the head of the queue (``None`` defers it)."""
+        if decision is None:
+            self._due = False
+            return
+        job = self.waiting[0]
+        self._check(job, decision)
+        self.waiting.popleft()
+        self._waiting_tokens -= job.request.prompt_tokens
+        self._place(job, decision)
+
+    def result(self, wall_s: float) -> SimResult:
+        metrics = compute_metrics(self, wall_s)
+        return SimResult(metrics, self.recorder.rows)
+
+    # -- the view -----------------------------------------------------------
+    def view(self) -> ClusterView:
+        now = self.now
+        kvb = self._kvb
+        spec = self.spec
+        nodes = tuple(
+            NodeView(n.node_id, spec.role_of_node(n.node_id), n.read_queue_bytes(now) / kvb,
+                     n.snic.bytes_s, n.buffer_bytes - n.buffer_used)
+            for n in self.nodes)
+        return ClusterView(now, spec, tuple(self._eviews), nodes,
+                           QueueView(len(self.waiting), self._waiting_tokens))
+
+    def _engine_view(self, engine_id: int) -> EngineView:
+        spec = self.spec
+        if engine_id < spec.prefill_engines:
+            pe = self.pes[engine_id]
+            return EngineView(engine_id, Role.PREFILL, pe.node_id, spec.group_of(engine_id),
+                              pe.seq, pe.tok, pe.hbm_bytes - pe.hbm_used,
+                              max(pe.cnic_in.busy_until, pe.cnic_out.busy_until))
+        de = self.des[engine_id - spec.prefill_engines]
+        return EngineView(engine_id, Role.DECODE, de.node_id, spec.group_of(engine_id),
+                          de.seq, de.tok, de.free_hbm,
+                          max(de.cnic_in.busy_until, de.cnic_out.busy_until))
+
+    def _refresh(self, engine_id: int) -> None:
+        self._eviews[engine_id] = self._engine_view(engine_id)
+
+    # -- decisions ----------------------------------------------------------
+    def _check(self, job: Job, d: Decision) -> None:
+        spec = self.spec
+        rid = job.request.request_id
+        if not 0 <= d.prefill_engine < spec.prefill_engines:
+            raise ValueError(f"request {rid}: prefill_engine {d.prefill_engine} is not a "
+                             f"prefill engine (0..{spec.prefill_engines - 1})")
+        if not spec.prefill_engines <= d.decode_engine < spec.engines:
+            raise ValueError(f"request {rid}: decode_engine {d.decode_engine} is not a decode "
+                             f"engine ({spec.prefill_engines}..{spec.engines - 1})")
+        de = self.des[d.decode_engine - spec.prefill_engines]
+        need = job.request.total_tokens * self._kvb
+        if de.free_hbm < need or de.seq >= spec.decode_max_batch:
+            raise ValueError(f"request {rid}: decode engine {d.decode_engine} has no room "
+                             f"(needs {need:.0f} B of HBM, has {de.free_hbm:.0f} B free, "
+                             f"{de.seq}/{spec.decode_max_batch} sequences)")
+
+    def _place(self, job: Job, d: Decision) -> None:
+        spec = self.spec
+        req = job.request
+        pe = self.pes[d.prefill_engine]
+        de = self.des[d.decode_engine - spec.prefill_engines]
+        job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
+        job.t_decision = self.now
+        blocks = math.ceil(req.hit_tokens / spec.block_tokens)
+        de_tokens = min(req.hit_tokens, round(d.decode_share * blocks) * spec.block_tokens)
+        job.de_bytes = de_tokens * self._kvb
+        job.pe_bytes = (req.hit_tokens - de_tokens) * self._kvb
+        self.hit_bytes += req.hit_tokens * self._kvb
+        pe.tok += job.remaining
+        pe.seq += 1
+        de.tok += req.total_tokens
+        de.seq += 1
+        de.free_hbm -= req.total_tokens * self._kvb
+        self._refresh(pe.engine_id)
+        self._refresh(de.engine_id)
+        if self.options.oracle or req.hit_tokens == 0:
+            job.loaded = True
+            self._ready(job)
+            return
+        job.state = JobState.READING
+        job.reads_left = (job.pe_bytes > 0) + (job.de_bytes > 0)
+        if job.pe_bytes > 0:
+            self.nodes[pe.node_id].enqueue_read(job, job.pe_bytes, self.now)
+        if job.de_bytes > 0:
+            self.nodes[de.node_id].enqueue_read(job, job.de_bytes, self.now)
+
+    # -- events -------------------------------------------------------------
+    def _push_arrival(self, request: Request) -> None:
+        self.events.push(request.arrival_s, EventKind.ARRIVAL, Job(request))
+
+    def _on_arrival(self, job: Job) -> None:
+        self.waiting.append(job)
+        self._waiting_tokens += job.request.prompt_tokens
+        self.recorder.arrive(job)
+        self._due = True
+
+    def _read_issued(self, node_id: int, job: Job, start: float, end: float) -> None:
+        if node_id < self.spec.prefill_nodes:
+            job.t_pe_read = (start, end)
+        else:
+            job.t_de_read = (start, end)
+        self.events.push(end, EventKind.READ_DONE, job)
+
+    def _on_read_done(self, job: Job) -> None:
+        job.reads_left -= 1
+        if job.reads_left == 0:
+            self._ready(job)
+
+    def _ready(self, job: Job) -> None:
+        job.state = JobState.READY
+        pe = self.pes[job.pe]
+        pe.ready.append(job)
+        self._try_prefill(pe)
+
+    def _try_prefill(self, pe: PrefillEngine) -> None:
+        if pe.busy or not pe.ready:
+            return
+        opts = self.options
+        batch = pe.form_batch(self.cost, opts.layerwise)
+        finish = pe.batch_finish(self.now, batch, self.cost, opts.layerwise, opts.oracle,
+                                 self._de_cnic_out)
+        pe.start(self.now, batch)
+        self.events.push(finish, EventKind.PREFILL_DONE, pe)
+
+    def _de_cnic_out(self, engine_id: int) -> Link:
+        return self.des[engine_id - self.spec.prefill_engines].cnic_out
+
+    def _on_prefill_done(self, pe: PrefillEngine) -> None:
+        for job, tokens in pe.batch:
+            job.remaining -= tokens
+            job.context += tokens
+            pe.tok -= tokens
+            if not job.loaded:
+                self._consume_buffers(job)
+            if job.remaining == 0:
+                self._prefilled(pe, job)
+        pe.batch = []
+        pe.busy = False
+        self._refresh(pe.engine_id)
+        self._try_prefill(pe)
+        self._due = True
+
+    def _consume_buffers(self, job: Job) -> None:
+        job.loaded = True
+        spec = self.spec
+        if job.pe_bytes > 0:
+            self.nodes[spec.node_of(job.pe)].release(job.pe_bytes, self.now)
+        if job.de_bytes > 0:
+            self.nodes[spec.node_of(job.de)].release(job.de_bytes, self.now)
+
+    def _prefilled(self, pe: PrefillEngine, job: Job) -> None:
+        now = self.now
+        req = job.request
+        pe.seq -= 1
+        pe.hbm_used -= job.hbm_bytes
+        job.hbm_bytes = 0.0
+        job.t_first_token = now
+        job.state = JobState.TRANSFERRING
+        de = self.des[job.de - self.spec.prefill_engines]
+        _, end = reserve_path((pe.cnic_out, de.cnic_in), now, req.prompt_tokens * self._kvb)
+        self.events.push(end, EventKind.TRANSFER_DONE, job)
+        if not self.options.oracle:
+            # Write-back of the blocks this prefill produced.
+            self.nodes[pe.node_id].snic_write.reserve(now, req.appended_tokens * self._kvb)
+
+    def _on_transfer_done(self, job: Job) -> None:
+        if job.request.gen_tokens == 1:
+            self._finish(job)
+            return
+        job.state = JobState.DECODING
+        de = self.des[job.de - self.spec.prefill_engines]
+        self._schedule_decode(de, de.join(job, self.now))
+
+    def _schedule_decode(self, de: DecodeEngine, at: float | None) -> None:
+        if at is not None:
+            self.events.push(at, EventKind.DECODE_DONE, (de, de.version))
+
+    def _on_decode_done(self, payload: tuple[DecodeEngine, int]) -> None:
+        de, version = payload
+        if version != de.version:
+            return  # superseded by a later change of the batch
+        done, at = de.finish_due(self.now)
+        for job in done:
+            self._finish(job)
+        self._schedule_decode(de, at)
+
+    def _finish(self, job: Job) -> None:
+        now = self.now
+        req = job.request
+        de = self.des[job.de - self.spec.prefill_engines]
+        job.state = JobState.DONE
+        job.t_finish = now
+        de.tok -= req.total_tokens
+        de.seq -= 1
+        de.free_hbm += req.total_tokens * self._kvb
+        self._refresh(de.engine_id)
+        if not self.options.oracle:
+            # Write-back of the generated tokens' KV for the agent's next turn.
+            self.nodes[de.node_id].snic_write.reserve(now, req.gen_tokens * self._kvb)
+        self.finished += 1
+        self.recorder.done(job)
+        if self.on_finish is not None:
+            self.on_finish(job)
+        for follow in self.workload.on_complete(req, now):
+            self._push_arrival(follow)
+        self._due = True
+
+    def _stuck_message(self) -> str:
+        req = self.waiting[0].request
+        need = req.total_tokens * self._kvb
+        most = self.spec.node.de_hbm_kv_bytes
+        return (f"{len(self.waiting)} request(s) wait but nothing is in flight: request "
+                f"{req.request_id} was deferred with an idle cluster (it needs {need:.3g} B of "
+                f"decode HBM; a decode engine has {most:.3g} B)")
+
+
+def _outcome(job: Job) -> dict[str, float]:
+    r = job.request
+    return {"ttft_s": job.t_first_token - r.arrival_s, "latency_s": job.t_finish - r.arrival_s}

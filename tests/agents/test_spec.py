@@ -1,0 +1,118 @@
+"""The policy spec syntax: parsing, run switches, every error, learned specs."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents import POLICIES, ResolvedPolicy, list_policies, resolve_policy
+from agents.heuristics import DualPath, DualPathSplit, PeOnly
+from runtime.policy import Policy
+from tests.builders import make_spec
+
+
+def test_list_policies_names_every_registered_heuristic():
+    assert list_policies() == sorted(POLICIES)
+    assert set(list_policies()) == {"pe_only", "round_robin", "least_tokens", "dualpath",
+                                    "dualpath_split"}
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_every_name_resolves_with_defaults(name):
+    resolved = resolve_policy(name)
+    assert isinstance(resolved, ResolvedPolicy)
+    assert isinstance(resolved.policy, Policy)
+    assert resolved.policy.name == name
+    assert (resolved.layerwise, resolved.oracle, resolved.spec) == (None, None, name)
+
+
+def test_parameters_are_passed_to_the_policy():
+    resolved = resolve_policy("dualpath:alpha_s=2,beta_s=5.5,z_slack=1")
+    policy = resolved.policy
+    assert isinstance(policy, DualPath)
+    assert (policy.alpha_s, policy.beta_s, policy.z_slack) == (2.0, 5.5, 1.0)
+
+
+def test_whitespace_is_tolerated_and_the_spec_kept():
+    resolved = resolve_policy("  dualpath_split : alpha_s = 1 , oracle = TRUE ")
+    assert isinstance(resolved.policy, DualPathSplit)
+    assert resolved.policy.alpha_s == 1.0
+    assert resolved.oracle is True
+    assert resolved.spec == "dualpath_split : alpha_s = 1 , oracle = TRUE"
+
+
+@pytest.mark.parametrize(("spec", "layerwise", "oracle"), [
+    ("pe_only:layerwise=false", False, None),
+    ("dualpath:oracle=true", None, True),
+    ("dualpath:layerwise=true,oracle=false,alpha_s=2", True, False),
+])
+def test_run_switches_are_returned_not_passed(spec, layerwise, oracle):
+    resolved = resolve_policy(spec)
+    assert (resolved.layerwise, resolved.oracle) == (layerwise, oracle)
+
+
+def test_cluster_is_accepted():
+    resolved = resolve_policy("pe_only", make_spec())
+    assert isinstance(resolved.policy, PeOnly)
+
+
+def test_resolved_policy_is_frozen():
+    resolved = resolve_policy("pe_only")
+    with pytest.raises(AttributeError):
+        resolved.oracle = True  # type: ignore[misc]
+
+
+def test_each_resolution_builds_a_fresh_policy():
+    assert resolve_policy("pe_only").policy is not resolve_policy("pe_only").policy
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("dualpth", r"unknown policy 'dualpth' \(did you mean 'dualpath'\?\).*pe_only"),
+    ("fifo", r"unknown policy 'fifo'; known policies: dualpath, dualpath_split"),
+    (":alpha_s=2", "missing policy name"),
+    ("dualpath:", "malformed parameter ''"),
+    ("dualpath:alpha_s", "malformed parameter 'alpha_s'"),
+    ("dualpath:=2", "malformed parameter '=2'"),
+    ("dualpath:alpha_s=", "malformed parameter 'alpha_s='"),
+    ("dualpath:alpha_s=1,,beta_s=2", "malformed parameter ''"),
+    ("dualpath:alpha_s=1,alpha_s=2", "'alpha_s' given twice"),
+    ("dualpath:alpha=2", r"unknown parameter 'alpha' \(did you mean 'alpha_s'\?\); "
+                         "dualpath accepts alpha_s, beta_s, z_slack"),
+    ("round_robin:alpha_s=2", "unknown parameter 'alpha_s'.*round_robin accepts no parameters"),
+    ("dualpath:alpha_s=fast", "alpha_s must be a number, got 'fast'"),
+    ("dualpath:beta_s=true", "beta_s must be a number, got True"),
+    ("dualpath:alpha_s=-1", "alpha_s must be .*>= 0"),
+    ("dualpath:z_slack=0", "z_slack must be .*> 0"),
+    ("pe_only:layerwise=1", "layerwise must be true or false, got 1"),
+    ("pe_only:oracle=yes", "oracle must be true or false, got 'yes'"),
+])
+def test_bad_specs_are_refused_naming_the_spec_and_the_part(spec, message):
+    with pytest.raises(ValueError, match=message) as err:
+        resolve_policy(spec)
+    assert f"policy spec {spec!r}" in str(err.value)
+
+
+@pytest.mark.parametrize("spec", [
+    "pretrained:ppo-2p4d",
+    "runs/42/policy.onnx",
+    "policy.pt",
+    "policy.json",
+    "models:/dualpath-scheduler@champion",
+    "grpc://127.0.0.1:50051",
+])
+def test_learned_and_remote_specs_are_not_implemented_yet(spec):
+    with pytest.raises(NotImplementedError, match="not implemented yet"):
+        resolve_policy(spec)
+
+
+def test_a_spec_must_be_a_string():
+    with pytest.raises(TypeError, match="string"):
+        resolve_policy(None)  # type: ignore[arg-type]
+
+
+def test_an_existing_path_is_a_learned_spec(tmp_path):
+    artifact = tmp_path / "policy.bin"
+    artifact.write_bytes(b"")
+    with pytest.raises(NotImplementedError, match="learned and remote"):
+        resolve_policy(str(artifact))
