@@ -47,6 +47,9 @@ class RunConfig:
             raise ValueError(f"--agents must be > 0, got {self.agents}")
         if self.online and (self.aps is None or self.duration_s is None):
             raise ValueError("--online needs --aps X and --duration S")
+        if self.timeline is not None and not self.timeline.lower().endswith(
+                (".csv", ".parquet")):
+            raise ValueError(f"--timeline {self.timeline}: the file must end in .csv or .parquet")
         if self.trace is not None and not self.trace.startswith("mooncake:"):
             raise ValueError(f"--trace {self.trace}: expected mooncake:PATH")
 

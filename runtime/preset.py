@@ -19,7 +19,7 @@ import math
 import re
 import tomllib
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,11 @@ def _flatten(data: dict[str, Any], source: str) -> dict[str, Any]:
             for sub, sub_value in value.items():
                 _check_key(key, sub, source)
                 flat[f"{key}.{sub}"] = sub_value
+        elif isinstance(value, dict):
+            close = difflib.get_close_matches(key, list(_TABLES), n=1, cutoff=0.6)
+            hint = f"; did you mean [{close[0]}]?" if close else ""
+            raise ConfigError(f"{source}: {key}: unknown table [{key}]{hint} "
+                              f"(tables: {', '.join(f'[{t}]' for t in _TABLES)})")
         else:
             _check_key("", key, source)
             flat[key] = value
@@ -159,16 +164,19 @@ def _check_key(section: str, leaf: str, where: str) -> None:
 
 def _suggest(section: str, dotted: str) -> str:
     leaf = dotted.rpartition(".")[2]
-    same_leaf = [k for k in _ALL_KEYS if k.rpartition(".")[2] == leaf]
-    close = difflib.get_close_matches(dotted, _ALL_KEYS, n=3, cutoff=0.6)
-    candidates = list(dict.fromkeys(same_leaf + close))
-    if candidates:
-        return f"; did you mean {', '.join(candidates)}?"
+    prefix = f"{section}." if section else ""
+    # the same field in another section, a near spelling within the section, or a near
+    # dotted key (``nodegpus`` -> ``node.gpus``)
+    candidates = [k for k in _ALL_KEYS if k.rpartition(".")[2] == leaf]
     if section in _SCHEMA:
-        prefix = f"{section}." if section else ""
-        valid = [prefix + k for k in _SCHEMA[section]] + ([f"[{t}]" for t in _TABLES]
-                                                          if not section else [])
-        return f"; valid keys: {', '.join(valid)}"
+        candidates += [prefix + k for k in
+                       difflib.get_close_matches(leaf, list(_SCHEMA[section]), n=3, cutoff=0.6)]
+    candidates += difflib.get_close_matches(dotted, _ALL_KEYS, n=3, cutoff=0.8)
+    if candidates:
+        return f"; did you mean {', '.join(dict.fromkeys(candidates))}?"
+    if section in _SCHEMA:
+        tables = [f"[{t}]" for t in _TABLES] if not section else []
+        return f"; valid keys: {', '.join([prefix + k for k in _SCHEMA[section]] + tables)}"
     return f"; valid tables: {', '.join(_TABLES)}"
 
 
@@ -227,7 +235,7 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"no coercion for field {key} of type {hint!r}")  # a new field type
 
 
-def _build(values: dict[str, Any], where: typing.Callable[[str], str]) -> ClusterSpec:
+def _build(values: dict[str, Any], where: Callable[[str], str]) -> ClusterSpec:
     kwargs: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
     for key, value in values.items():
         section, _, leaf = key.rpartition(".")

@@ -25,8 +25,10 @@ def write_timeline(rows: Sequence[tuple[Any, ...]], path: str | Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in TIMELINE_COLUMNS]
-    table = pa.table({name: list(col) for name, col in zip(TIMELINE_COLUMNS, columns,
-                                                           strict=True)})
+    columns: list[list[Any]] = [[] for _ in TIMELINE_COLUMNS]
+    for row in rows:
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    table = pa.table(dict(zip(TIMELINE_COLUMNS, columns, strict=True)))
     pq.write_table(table, path)
     return path

@@ -1,0 +1,331 @@
+"""Workloads: the agentic trajectory sets and the Mooncake trace loader."""
+
+from __future__ import annotations
+
+import heapq
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.request import Request
+from runtime.workload import (
+    MAL_TOKENS,
+    PAPER_STATS,
+    SET_PARAMS,
+    AgenticWorkload,
+    MooncakeTrace,
+    Workload,
+    trajectory_stats,
+)
+from runtime.workload.agentic import PAPER_HIT_RATE_64K, generate_set
+
+# The shared data folder sits beside the repository checkout.
+SHARED_TRACE = Path(__file__).resolve().parents[3] / "shared/data/mooncake/synthetic_trace.jsonl"
+
+
+def drive(workload: Workload, service_s: float = 0.5) -> list[tuple[Request, float]]:
+    """Run a workload on an ideal server of fixed service time; (request, finish) in order."""
+    heap = [(r.arrival_s, r.request_id, r) for r in workload.initial_requests()]
+    heapq.heapify(heap)
+    done = []
+    while heap:
+        arrival, _, req = heapq.heappop(heap)
+        finish = arrival + service_s
+        done.append((req, finish))
+        for nxt in workload.on_complete(req, finish):
+            heapq.heappush(heap, (nxt.arrival_s, nxt.request_id, nxt))
+    return done
+
+
+def by_agent(done: list[tuple[Request, float]]) -> dict[int, list[Request]]:
+    agents: dict[int, list[Request]] = {}
+    for req, _ in done:
+        agents.setdefault(req.agent_id, []).append(req)
+    return agents
+
+
+# --- agentic: calibration -------------------------------------------------------
+
+
+@pytest.mark.parametrize("mal", list(MAL_TOKENS))
+@pytest.mark.parametrize("stat", list(PAPER_STATS["64k"]))
+def test_set_calibrated_within_10_percent(mal: str, stat: str) -> None:
+    got = trajectory_stats(mal)
+    want = PAPER_STATS[mal][stat]
+    assert got["trajectories"] == 500
+    assert got[stat] == pytest.approx(want, rel=0.10), f"{mal} {stat}: {got[stat]} vs {want}"
+
+
+def test_hit_rate_64k() -> None:
+    stats = trajectory_stats("64k")
+    # Averaged per trajectory it matches the paper; token-weighted it is higher
+    # (see the agentic module docstring for why both cannot match).
+    assert stats["trajectory_hit_rate"] == pytest.approx(PAPER_HIT_RATE_64K, abs=0.005)
+    assert PAPER_HIT_RATE_64K < stats["hit_rate"] < 0.996
+
+
+@pytest.mark.parametrize("mal", list(MAL_TOKENS))
+def test_set_respects_max_length(mal: str) -> None:
+    assert trajectory_stats(mal)["max_total_tokens"] <= MAL_TOKENS[mal]
+
+
+def test_set_generation_is_deterministic_and_case_insensitive() -> None:
+    a = generate_set("32k", SET_PARAMS["32k"], 50, np.random.default_rng(5))
+    b = generate_set("32k", SET_PARAMS["32k"], 50, np.random.default_rng(5))
+    assert np.array_equal(a.appended, b.appended)
+    assert np.array_equal(a.generated, b.generated)
+    assert trajectory_stats("48K") == trajectory_stats("48k")
+
+
+# --- agentic: the workload ------------------------------------------------------
+
+
+def test_offline_turns_and_hits_stay_within_agent() -> None:
+    wl = AgenticWorkload(520, "32k", seed=3)  # 20 agents get synthetic first turns
+    first = wl.initial_requests()
+    assert all(r.arrival_s == 0.0 for r in first) and len(first) == 520
+    done = drive(wl)
+    assert len(done) == wl.total_requests
+    assert len({r.request_id for r, _ in done}) == len(done)
+    for agent, turns in by_agent(done).items():
+        assert [r.turn for r in turns] == list(range(wl.turns_of(agent)))
+        assert turns[0].hit_tokens == 0
+        for prev, cur in zip(turns, turns[1:], strict=False):
+            assert cur.hit_tokens == prev.prompt_tokens + prev.gen_tokens
+            assert cur.appended_tokens >= 1 and cur.gen_tokens >= 1
+        assert turns[-1].total_tokens <= MAL_TOKENS["32k"]
+
+
+def test_agents_beyond_500_reuse_trajectory_with_new_first_turn() -> None:
+    wl = AgenticWorkload(1000, "64k", seed=1)
+    agents = by_agent(drive(wl))
+    same_first = 0
+    for k in range(500):
+        a, b = agents[k], agents[k + 500]
+        assert len(a) == len(b)
+        assert [r.appended_tokens for r in a[1:]] == [r.appended_tokens for r in b[1:]]
+        assert [r.gen_tokens for r in a] == [r.gen_tokens for r in b]
+        same_first += a[0].appended_tokens == b[0].appended_tokens
+        assert b[-1].total_tokens <= MAL_TOKENS["64k"]
+    assert same_first < 25
+
+
+def test_same_seed_same_requests_other_seed_differs() -> None:
+    def run(seed: int) -> list[tuple[Request, float]]:
+        return drive(AgenticWorkload(600, "32k", seed=seed, tool_latency_s=1.0))
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_online_poisson_arrivals() -> None:
+    aps, duration = 2.0, 300.0
+    counts = []
+    for seed in range(5):
+        wl = AgenticWorkload(None, "32k", seed=seed, online=True, aps=aps, duration_s=duration)
+        first = wl.initial_requests()
+        arrivals = [r.arrival_s for r in first]
+        assert arrivals == sorted(arrivals)
+        assert all(0.0 <= t < duration for t in arrivals)
+        assert [r.agent_id for r in first] == list(range(len(first)))
+        counts.append(len(first))
+    mean = aps * duration
+    # Poisson: sd = sqrt(600) ≈ 24.5 per run; 5 sd per run, 3 sd for the mean of 5.
+    assert all(abs(c - mean) < 5 * mean**0.5 for c in counts)
+    assert abs(np.mean(counts) - mean) < 3 * (mean / 5) ** 0.5
+
+
+def test_online_and_offline_argument_errors() -> None:
+    with pytest.raises(ValueError, match="aps"):
+        AgenticWorkload(None, online=True, duration_s=10.0)
+    with pytest.raises(ValueError, match="aps"):
+        AgenticWorkload(None, online=True, aps=0.0, duration_s=10.0)
+    with pytest.raises(ValueError, match="duration_s"):
+        AgenticWorkload(None, online=True, aps=1.0, duration_s=-1.0)
+    with pytest.raises(ValueError, match="agents"):
+        AgenticWorkload(0)
+    with pytest.raises(ValueError, match="agents"):
+        AgenticWorkload(None)
+    with pytest.raises(ValueError, match="online"):
+        AgenticWorkload(4, aps=1.0)
+    with pytest.raises(ValueError, match="append_scale"):
+        AgenticWorkload(4, append_scale=0.0)
+    with pytest.raises(ValueError, match="tool_latency_s"):
+        AgenticWorkload(4, tool_latency_s=-1.0)
+
+
+def test_unknown_mal_names_value_and_choices() -> None:
+    with pytest.raises(ValueError, match=r"'16k'.*32k, 48k, 64k"):
+        AgenticWorkload(4, "16k")
+    assert AgenticWorkload(4, "64K").mal == "64k"
+
+
+def test_scaling_multiplies_per_turn_lengths() -> None:
+    base = drive(AgenticWorkload(100, "48k"))
+    scaled = drive(AgenticWorkload(100, "48k", append_scale=2.0, gen_scale=3.0))
+    assert len(base) == len(scaled)
+    for (b, _), (s, _) in zip(base, scaled, strict=True):
+        assert (s.agent_id, s.turn) == (b.agent_id, b.turn)
+        assert s.appended_tokens == 2 * b.appended_tokens
+        assert s.gen_tokens == 3 * b.gen_tokens
+    for turns in by_agent(scaled).values():
+        for prev, cur in zip(turns, turns[1:], strict=False):
+            assert cur.hit_tokens == prev.prompt_tokens + prev.gen_tokens
+    half = drive(AgenticWorkload(100, "48k", append_scale=0.5, gen_scale=0.5))
+    ratio = np.mean([r.appended_tokens for r, _ in half]) / np.mean(
+        [r.appended_tokens for r, _ in base])
+    assert ratio == pytest.approx(0.5, rel=0.02)
+    assert min(r.gen_tokens for r, _ in half) >= 1
+
+
+def test_no_delay_by_default() -> None:
+    for turns in by_agent(drive(AgenticWorkload(20, "32k"), service_s=0.25)).values():
+        assert all(cur.arrival_s == prev.arrival_s + 0.25
+                   for prev, cur in zip(turns, turns[1:], strict=False))
+
+
+def test_exponential_delays_applied() -> None:
+    wl = AgenticWorkload(50, "32k", seed=2, tool_latency_s=2.0, think_time_s=3.0)
+    gaps = []
+    for agent, turns in by_agent(drive(wl, service_s=0.5)).items():
+        assert turns[0].arrival_s == 0.0, agent
+        gaps += [cur.arrival_s - (prev.arrival_s + 0.5) for prev, cur in
+                 zip(turns, turns[1:], strict=False)]
+    gaps_arr = np.array(gaps)
+    assert (gaps_arr >= 0).all()
+    assert gaps_arr.mean() == pytest.approx(5.0, rel=0.05)  # thousands of samples
+    # Sum of two exponentials is not exponential: its variance is 2² + 3² = 13.
+    assert gaps_arr.var() == pytest.approx(13.0, rel=0.15)
+
+
+def test_large_offline_run_is_cheap() -> None:
+    wl = AgenticWorkload(4096, "64k", seed=0)
+    assert wl.total_requests == sum(wl.turns_of(k) for k in range(wl.agents))
+    assert wl.name == "agentic-64k-offline-4096agents"
+    req = wl.initial_requests()[4095]
+    assert wl.on_complete(req, 1.0)[0].request_id == 4096
+
+
+# --- Mooncake traces ------------------------------------------------------------
+
+
+def write_trace(path: Path, rows: list[dict[str, object] | str]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def row(ts: int, inp: int, hashes: list[int], out: int = 10) -> dict[str, object]:
+    return {"timestamp": ts, "input_length": inp, "output_length": out, "hash_ids": hashes}
+
+
+def test_mooncake_hits_unlimited_storage(tmp_path: Path) -> None:
+    path = write_trace(tmp_path / "t.jsonl", [
+        row(0, 1024, [1, 2]),
+        "",
+        row(10, 1536, [1, 2, 3]),   # 2 leading blocks stored
+        row(20, 1024, [1, 2]),      # all stored, capped at input - 1
+        row(30, 700, [4, 2]),       # 2 is stored but not leading
+        row(40, 600, [1, 9], out=0),
+    ])
+    trace = MooncakeTrace(path, time_scale=2.0)
+    reqs = trace.initial_requests()
+    assert [r.hit_tokens for r in reqs] == [0, 1024, 1023, 0, 512]
+    assert [r.appended_tokens for r in reqs] == [1024, 512, 1, 700, 88]
+    assert [r.arrival_s for r in reqs] == pytest.approx([0.0, 0.02, 0.04, 0.06, 0.08])
+    assert [r.agent_id for r in reqs] == [0, 1, 2, 3, 4]
+    assert [r.request_id for r in reqs] == [0, 1, 2, 3, 4]
+    assert {r.turn for r in reqs} == {0}
+    assert reqs[4].gen_tokens == 1 and reqs[0].gen_tokens == 10
+    assert reqs[1].block_hashes == (1, 2, 3)
+    assert trace.on_complete(reqs[0], 1.0) == []
+    stats = trace.stats()
+    assert stats["requests"] == 5
+    assert stats["block_reuse"] == pytest.approx(5 / 11)
+    assert stats["mean_input"] == pytest.approx((1024 + 1536 + 1024 + 700 + 600) / 5)
+    assert len(MooncakeTrace(path, limit=2).initial_requests()) == 2
+
+
+def test_mooncake_lru_eviction(tmp_path: Path) -> None:
+    path = write_trace(tmp_path / "t.jsonl", [
+        row(0, 1024, [1, 2]),   # store (LRU -> MRU): 2 1
+        row(1, 1024, [3, 4]),   # 2 1 4 3 -> evict 2: 1 4 3
+        row(2, 1024, [1, 2]),   # hit [1]; 4 3 1; store: 4 3 2 1 -> evict 4: 3 2 1
+        row(3, 1024, [3, 4]),   # hit [3]; 2 1 3; store: 2 1 4 3 -> evict 2: 1 4 3
+        row(4, 1024, [1, 2]),   # hit [1]; 4 3 1; store: 4 3 2 1 -> evict 4: 3 2 1
+        row(5, 1024, [4, 3]),   # 4 was evicted by row 4's write-back
+    ])
+    lru = [r.hit_tokens for r in MooncakeTrace(path, storage_capacity_blocks=3).initial_requests()]
+    assert lru == [0, 0, 512, 512, 512, 0]
+    full = [r.hit_tokens for r in MooncakeTrace(path).initial_requests()]
+    assert full == [0, 0, 1023, 1023, 1023, 1023]
+    none = [r.hit_tokens for r in MooncakeTrace(path, storage_capacity_blocks=0).initial_requests()]
+    assert none == [0] * 6
+
+
+def test_mooncake_lru_evicts_prefix_tails_first(tmp_path: Path) -> None:
+    path = write_trace(tmp_path / "t.jsonl", [row(0, 2000, [1, 2, 3]), row(1, 2000, [1, 2, 3])])
+    reqs = MooncakeTrace(path, storage_capacity_blocks=2).initial_requests()
+    assert [r.hit_tokens for r in reqs] == [0, 1024]
+
+
+BAD_LINES = {
+    "bad json": ('{"timestamp": 1,', "invalid JSON"),
+    "not an object": ("[1, 2]", "JSON object"),
+    "missing timestamp": ('{"input_length": 5, "output_length": 1, "hash_ids": []}',
+                          "'timestamp'"),
+    "missing input": ('{"timestamp": 5, "output_length": 1, "hash_ids": []}', "'input_length'"),
+    "missing output": ('{"timestamp": 5, "input_length": 1, "hash_ids": []}', "'output_length'"),
+    "missing hashes": ('{"timestamp": 5, "input_length": 1, "output_length": 1}', "'hash_ids'"),
+    "negative timestamp": (json.dumps(row(-1, 5, [])), "timestamp"),
+    "negative output": (json.dumps(row(5, 5, [], out=-2)), "output_length"),
+    "zero input": (json.dumps(row(5, 0, [])), "input_length"),
+    "float input": (json.dumps(row(5, 5, [])).replace('"input_length": 5', '"input_length": 5.5'),
+                    "input_length"),
+    "string output": (json.dumps(row(5, 5, [])).replace('"output_length": 10',
+                                                        '"output_length": "10"'),
+                      "output_length"),
+    "bool timestamp": (json.dumps(row(5, 5, [])).replace('"timestamp": 5', '"timestamp": true'),
+                       "timestamp"),
+    "hashes not a list": (json.dumps(row(5, 5, [])).replace("[]", '"abc"'), "hash_ids"),
+    "hashes not ints": (json.dumps(row(5, 5, [])).replace("[]", '[1, "x"]'), "hash_ids"),
+    "timestamp backwards": (json.dumps(row(0, 5, [])), "backwards"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LINES))
+def test_mooncake_malformed_line_names_file_and_line(tmp_path: Path, case: str) -> None:
+    bad, what = BAD_LINES[case]
+    path = write_trace(tmp_path / "bad.jsonl", [row(0, 100, [1]), "", row(3, 100, [1]), bad])
+    with pytest.raises(ValueError) as err:
+        MooncakeTrace(path)
+    assert f"{path}:4:" in str(err.value)
+    assert what in str(err.value)
+
+
+def test_mooncake_empty_trace_and_bad_options(tmp_path: Path) -> None:
+    empty = write_trace(tmp_path / "e.jsonl", ["", "  "])
+    with pytest.raises(ValueError, match="no requests"):
+        MooncakeTrace(empty)
+    good = write_trace(tmp_path / "g.jsonl", [row(0, 100, [1])])
+    with pytest.raises(ValueError, match="storage_capacity_blocks"):
+        MooncakeTrace(good, storage_capacity_blocks=-1)
+    with pytest.raises(ValueError, match="time_scale"):
+        MooncakeTrace(good, time_scale=0.0)
+    with pytest.raises(ValueError, match="limit"):
+        MooncakeTrace(good, limit=0)
+
+
+@pytest.mark.skipif(not SHARED_TRACE.exists(), reason="shared Mooncake trace not present")
+def test_shared_mooncake_trace_loads() -> None:
+    trace = MooncakeTrace(SHARED_TRACE)
+    stats = trace.stats()
+    assert stats["requests"] == 3993
+    assert stats["mean_input"] == pytest.approx(15_325, rel=0.01)
+    assert stats["block_reuse"] == pytest.approx(0.64, abs=0.02)
+    assert stats["duration_s"] == pytest.approx(1022, rel=0.01)
+    reqs = trace.initial_requests()
+    assert all(r.appended_tokens >= 1 for r in reqs)
+    bounded = MooncakeTrace(SHARED_TRACE, storage_capacity_blocks=2000).stats()
+    assert bounded["block_reuse"] < stats["block_reuse"]
