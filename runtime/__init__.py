@@ -4,7 +4,7 @@
 """
 
 from runtime.cluster import ClusterSpec
-from runtime.decision import Decision
+from runtime.decision import Decision, Defer, WaitFor
 from runtime.errors import ConfigError
 from runtime.model import ModelSpec
 from runtime.node import NodeSpec
@@ -13,6 +13,6 @@ from runtime.request import Request
 from runtime.view import ClusterView, EngineView, NodeView, QueueView, Role
 
 __all__ = [
-    "ClusterSpec", "ClusterView", "ConfigError", "Decision", "EngineView", "ModelSpec",
-    "NodeSpec", "NodeView", "Policy", "QueueView", "Request", "Role",
+    "ClusterSpec", "ClusterView", "ConfigError", "Decision", "Defer", "EngineView", "ModelSpec",
+    "NodeSpec", "NodeView", "Policy", "QueueView", "Request", "Role", "WaitFor",
 ]

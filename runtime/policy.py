@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from runtime.decision import Decision
+from runtime.decision import Decision, Defer
 from runtime.request import Request
 from runtime.view import ClusterView
 
@@ -13,8 +13,9 @@ from runtime.view import ClusterView
 class Policy(Protocol):
     """Chooses the prefill engine, decode engine and path for a request.
 
-    ``decide`` does no I/O and does not mutate ``view``; it returns ``None`` to
-    defer (no engine can take the request now; it then waits in FIFO order).
+    ``decide`` does no I/O and does not mutate ``view``; it returns a
+    :class:`Defer` (or ``None``) when no engine can take the request now; the
+    request then waits at the head of the FIFO queue.
     The executor applies the decision (reserving capacity) before asking about
     the next request. A policy that learns from outcomes may also define
     ``complete(request_id, outcome)``.
@@ -22,4 +23,4 @@ class Policy(Protocol):
 
     name: str
 
-    def decide(self, request: Request, view: ClusterView) -> Decision | None: ...
+    def decide(self, request: Request, view: ClusterView) -> Decision | Defer | None: ...

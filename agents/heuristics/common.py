@@ -19,7 +19,10 @@ def has_room(engine: EngineView, request: Request, spec: ClusterSpec) -> bool:
 
 def with_room(engines: Sequence[EngineView], request: Request,
               spec: ClusterSpec) -> list[EngineView]:
-    return [e for e in engines if has_room(e, request, spec)]
+    """The engines of ``engines`` that pass :func:`has_room` (the need computed once)."""
+    need = request.total_tokens * spec.model.kv_bytes_per_token
+    cap = spec.decode_max_batch
+    return [e for e in engines if e.seq < cap and e.free_hbm_bytes >= need]
 
 
 def shorter_queue_share(request: Request, view: ClusterView, pe: EngineView,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from agents.heuristics.common import number, shorter_queue_share, with_room
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
-from runtime.decision import Decision
+from runtime.decision import Decision, Defer, WaitFor
 from runtime.request import Request
 from runtime.view import ClusterView, EngineView
 
@@ -35,11 +35,15 @@ class DualPath:
         self.z_slack = number("z_slack", z_slack)
         self._cost: CostModel | None = None
 
-    def decide(self, request: Request, view: ClusterView) -> Decision | None:
+    def decide(self, request: Request, view: ClusterView) -> Decision | Defer:
+        # The two choices are independent; the decode side is tried first
+        # because a full decode tier is the usual reason to defer.
+        de = self.choose_decode(request, view)
+        if de is None:
+            return Defer("no decode engine has room", WaitFor.DECODE)
         pe = self.choose_prefill(request, view)
-        de = self.choose_decode(request, view) if pe is not None else None
-        if pe is None or de is None:
-            return None
+        if pe is None:
+            return Defer("every prefill engine is over beta", WaitFor.PREFILL)
         share, why = self._share(request, view, pe[0], de[0])
         return Decision(pe[0].engine_id, de[0].engine_id, share, f"{pe[1]}, {de[1]}, {why}")
 
@@ -63,16 +67,21 @@ class DualPath:
 
     def choose_decode(self, request: Request,
                       view: ClusterView) -> tuple[EngineView, str] | None:
-        groups: dict[int, list[EngineView]] = {}
-        for e in view.decode_engines():
-            groups.setdefault(e.group, []).append(e)
-        by_load = sorted(groups.items(), key=lambda g: (sum(e.tok for e in g[1]), g[0]))
-        for _, engines in by_load:
-            room = with_room(engines, request, view.spec)
+        # Groups are whole nodes and engines are numbered node by node, so each
+        # group is a contiguous slice of the decode engines.
+        spec = view.spec
+        size = spec.decode_group_nodes * spec.node.gpus
+        des = view.decode_engines()
+        groups = [des[i:i + size] for i in range(0, len(des), size)]
+        if len(groups) > 1:
+            groups.sort(key=lambda g: (sum(e.tok for e in g), g[0].group))
+        length = request.total_tokens
+        for engines in groups:
+            room = with_room(engines, request, spec)
             if not room:
                 continue
             z = self._z(engines, view)
-            fits = [e for e in room if e.tok + request.total_tokens <= z]
+            fits = [e for e in room if e.tok + length <= z]
             if fits:
                 return min(fits, key=lambda e: (e.seq, e.tok, e.engine_id)), "de tok+len<=Z"
             return min(room, key=lambda e: (e.tok, e.engine_id)), "de lowest tok"
@@ -80,7 +89,7 @@ class DualPath:
 
     def _z(self, engines: list[EngineView], view: ClusterView) -> float:
         kv = view.spec.model.kv_bytes_per_token
-        free_tokens = sum(max(0.0, e.free_hbm_bytes) for e in engines) / kv
+        free_tokens = sum(e.free_hbm_bytes for e in engines) / kv
         queued = min(float(view.queue.tokens), free_tokens)
         return self.z_slack * (queued + sum(e.tok for e in engines)) / len(engines)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agents.heuristics.common import shorter_queue_share, with_room
-from runtime.decision import Decision
+from runtime.decision import Decision, Defer, WaitFor
 from runtime.request import Request
 from runtime.view import ClusterView
 
@@ -15,10 +15,10 @@ class LeastTokens:
 
     name = "least_tokens"
 
-    def decide(self, request: Request, view: ClusterView) -> Decision | None:
+    def decide(self, request: Request, view: ClusterView) -> Decision | Defer:
         room = with_room(view.decode_engines(), request, view.spec)
         if not room:
-            return None
+            return Defer("no decode engine has room", WaitFor.DECODE)
         de = min(room, key=lambda e: (e.tok, e.engine_id))
         pe = min(view.prefill_engines(), key=lambda e: (e.tok, e.engine_id))
         share, why = shorter_queue_share(request, view, pe, de)

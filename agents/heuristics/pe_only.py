@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agents.heuristics.common import Cursor, has_room
-from runtime.decision import Decision
+from runtime.decision import Decision, Defer, WaitFor
 from runtime.request import Request
 from runtime.view import ClusterView, EngineView
 
@@ -21,12 +21,13 @@ class PeOnly:
         self._pe = Cursor()
         self._de = Cursor()
 
-    def decide(self, request: Request, view: ClusterView) -> Decision | None:
+    def decide(self, request: Request, view: ClusterView) -> Decision | Defer:
         # The DE first: only a decision moves the cursors, and only a DE can lack room.
         de = self._de.take(view.decode_engines(), lambda e: has_room(e, request, view.spec))
-        pe = self._pe.take(view.prefill_engines()) if de is not None else None
-        if pe is None or de is None:
-            return None
+        if de is None:
+            return Defer("no decode engine has room", WaitFor.DECODE)
+        pe = self._pe.take(view.prefill_engines())
+        assert pe is not None  # every prefill engine is acceptable
         share, why = self._share(request, view, pe, de)
         return Decision(pe.engine_id, de.engine_id, share, f"round robin, {why}")
 

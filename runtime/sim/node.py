@@ -61,4 +61,6 @@ class NodeStorage:
 
     def read_queue_bytes(self, now: float) -> float:
         """Bytes requested through this SNIC and not yet read."""
-        return self.pending_bytes + self.snic.backlog_bytes(now)
+        snic = self.snic
+        busy = snic.busy_until - now
+        return self.pending_bytes + busy * snic.bytes_s if busy > 0 else self.pending_bytes

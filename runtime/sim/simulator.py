@@ -17,7 +17,7 @@ from typing import Any
 
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
-from runtime.decision import Decision
+from runtime.decision import Decision, Defer, WaitFor
 from runtime.policy import Policy
 from runtime.request import Request
 from runtime.sim.decode import DecodeEngine
@@ -71,9 +71,11 @@ class Simulator:
         self.des = [DecodeEngine(e, spec.node_of(e), self.cost)
                     for e in range(spec.prefill_engines, spec.engines)]
         self._eviews = [self._engine_view(e) for e in range(spec.engines)]
+        self._node_roles = [spec.role_of_node(n) for n in range(spec.nodes)]
         self.waiting: deque[Job] = deque()
         self._waiting_tokens = 0
         self._due = False
+        self._wait: WaitFor | None = None  # what the deferred head waits for
         self.recorder = Recorder(self.options.timeline)
         self.on_finish: Callable[[Job], None] | None = None
         self.finished = 0
@@ -121,11 +123,16 @@ class Simulator:
             self.now = t
             handlers[kind](payload)
 
-    def apply(self, decision: Decision | None) -> None:
-        """Apply a decision for the request at the head of the queue (``None`` defers it)."""
-        if decision is None:
+    def apply(self, decision: Decision | Defer | None) -> None:
+        """Apply a decision for the request at the head of the queue.
+
+        A :class:`Defer` (or ``None``) leaves it there until what it waits for frees.
+        """
+        if not isinstance(decision, Decision):
             self._due = False
+            self._wait = decision.wait_for if decision is not None else WaitFor.ANY
             return
+        self._wait = None
         job = self.waiting[0]
         self._check(job, decision)
         self.waiting.popleft()
@@ -140,25 +147,26 @@ class Simulator:
     def view(self) -> ClusterView:
         now = self.now
         kvb = self._kvb
-        spec = self.spec
+        roles = self._node_roles
         nodes = tuple(
-            NodeView(n.node_id, spec.role_of_node(n.node_id), n.read_queue_bytes(now) / kvb,
+            NodeView(n.node_id, roles[n.node_id], n.read_queue_bytes(now) / kvb,
                      n.snic.bytes_s, n.buffer_bytes - n.buffer_used)
             for n in self.nodes)
-        return ClusterView(now, spec, tuple(self._eviews), nodes,
+        return ClusterView(now, self.spec, tuple(self._eviews), nodes,
                            QueueView(len(self.waiting), self._waiting_tokens))
 
     def _engine_view(self, engine_id: int) -> EngineView:
         spec = self.spec
+        group = spec.group_of(engine_id)
         if engine_id < spec.prefill_engines:
             pe = self.pes[engine_id]
-            return EngineView(engine_id, Role.PREFILL, pe.node_id, spec.group_of(engine_id),
-                              pe.seq, pe.tok, pe.hbm_bytes - pe.hbm_used,
-                              max(pe.cnic_in.busy_until, pe.cnic_out.busy_until))
+            busy = max(pe.cnic_in.busy_until, pe.cnic_out.busy_until)
+            return EngineView(engine_id, Role.PREFILL, pe.node_id, group, pe.seq, pe.tok,
+                              pe.hbm_bytes - pe.hbm_used, busy)
         de = self.des[engine_id - spec.prefill_engines]
-        return EngineView(engine_id, Role.DECODE, de.node_id, spec.group_of(engine_id),
-                          de.seq, de.tok, de.free_hbm,
-                          max(de.cnic_in.busy_until, de.cnic_out.busy_until))
+        busy = max(de.cnic_in.busy_until, de.cnic_out.busy_until)
+        return EngineView(engine_id, Role.DECODE, de.node_id, group, de.seq, de.tok,
+                          de.free_hbm, busy)
 
     def _refresh(self, engine_id: int) -> None:
         self._eviews[engine_id] = self._engine_view(engine_id)
@@ -218,7 +226,7 @@ class Simulator:
         self.waiting.append(job)
         self._waiting_tokens += job.request.prompt_tokens
         self.recorder.arrive(job)
-        self._due = True
+        self._wake(None)
 
     def _read_issued(self, node_id: int, job: Job, start: float, end: float) -> None:
         if node_id < self.spec.prefill_nodes:
@@ -264,7 +272,7 @@ class Simulator:
         pe.busy = False
         self._refresh(pe.engine_id)
         self._try_prefill(pe)
-        self._due = True
+        self._wake(WaitFor.PREFILL)
 
     def _consume_buffers(self, job: Job) -> None:
         job.loaded = True
@@ -329,7 +337,13 @@ class Simulator:
             self.on_finish(job)
         for follow in self.workload.on_complete(req, now):
             self._push_arrival(follow)
-        self._due = True
+        self._wake(WaitFor.DECODE)
+
+    def _wake(self, freed: WaitFor | None) -> None:
+        """Something changed (``freed`` capacity, or an arrival when ``None``)."""
+        wait = self._wait
+        if wait is None or wait is WaitFor.ANY or wait is freed:
+            self._due = True
 
     def _stuck_message(self) -> str:
         req = self.waiting[0].request

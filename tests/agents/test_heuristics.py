@@ -13,6 +13,7 @@ from agents.heuristics.common import has_room
 from agents.heuristics.dualpath_split import balanced_de_blocks
 from agents.registry import POLICIES
 from runtime.cost import CostModel
+from runtime.decision import Defer, WaitFor
 from runtime.policy import Policy
 from runtime.view import Role
 from tests.builders import make_request, make_spec, make_view
@@ -53,7 +54,7 @@ def test_round_robin_defers_without_room_and_keeps_its_place(cls):
     policy = cls()
     policy.decide(request, make_view(spec))  # (0, 2)
     full = make_view(spec, free_hbm={2: 0.0, 3: 0.0})
-    assert policy.decide(request, full) is None
+    assert policy.decide(request, full) == Defer("no decode engine has room", WaitFor.DECODE)
     d = policy.decide(request, make_view(spec))
     assert (d.prefill_engine, d.decode_engine) == (1, 3)
 
@@ -101,7 +102,7 @@ def test_least_tokens_decode_engine_needs_room():
 def test_least_tokens_defers_when_no_decode_engine_has_room():
     spec = make_spec(1, 1, gpus=2)
     view = make_view(spec, free_hbm={2: 0.0, 3: 0.0})
-    assert LeastTokens().decide(make_request(), view) is None
+    assert LeastTokens().decide(make_request(), view).wait_for is WaitFor.DECODE
 
 
 # -- dualpath: prefill choice ---------------------------------------------------------
@@ -159,7 +160,7 @@ def test_dualpath_defers_when_every_prefill_engine_is_over_beta():
     spec, request = two_pe_spec(), make_request()
     _, beta = alpha_beta(spec, request)
     view = make_view(spec, tok={0: beta + 1, 1: 2 * beta})
-    assert DualPath().decide(request, view) is None
+    assert DualPath().decide(request, view).wait_for is WaitFor.PREFILL
 
 
 def test_dualpath_alpha_parameter_moves_the_threshold():
@@ -236,7 +237,7 @@ def test_dualpath_next_group_when_the_lightest_has_no_room():
 def test_dualpath_defers_when_no_decode_engine_has_room():
     spec = make_spec(1, 2, gpus=2)
     view = make_view(spec, free_hbm={2: 0.0, 3: 0.0, 4: 0.0}, seq={5: 256})
-    assert DualPath().decide(make_request(), view) is None
+    assert DualPath().decide(make_request(), view).wait_for is WaitFor.DECODE
 
 
 # -- dualpath_split -------------------------------------------------------------------
@@ -342,7 +343,7 @@ def test_decide_keeps_the_contract(name):
         before = copy.deepcopy(view)
         d = policy.decide(request, view)
         assert view == before
-        if d is None:
+        if isinstance(d, Defer):
             continue
         decided += 1
         assert view.engines[d.prefill_engine].role is Role.PREFILL
