@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from runtime.errors import require
 from runtime.model import ModelSpec
@@ -13,6 +14,8 @@ from runtime.view import Role
 @dataclass(frozen=True)
 class ClusterSpec:
     """A cluster of prefill nodes then decode nodes, one engine per GPU.
+
+    (Counts are cached properties: they are read on every scheduling decision.)
 
     Numbering: nodes ``0 .. prefill_nodes-1`` are prefill nodes and the rest
     decode nodes; engines are numbered node by node, so engine ``e`` lives on
@@ -54,19 +57,19 @@ class ClusterSpec:
                 "decode_group_nodes",
                 f"must divide decode_nodes={self.decode_nodes}, got {self.decode_group_nodes}")
 
-    @property
+    @cached_property
     def nodes(self) -> int:
         return self.prefill_nodes + self.decode_nodes
 
-    @property
+    @cached_property
     def prefill_engines(self) -> int:
         return self.prefill_nodes * self.node.gpus
 
-    @property
+    @cached_property
     def decode_engines(self) -> int:
         return self.decode_nodes * self.node.gpus
 
-    @property
+    @cached_property
     def engines(self) -> int:
         return self.nodes * self.node.gpus
 

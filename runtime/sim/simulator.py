@@ -70,6 +70,7 @@ class Simulator:
                     for e in range(spec.prefill_engines)]
         self.des = [DecodeEngine(e, spec.node_of(e), self.cost)
                     for e in range(spec.prefill_engines, spec.engines)]
+        self._groups = [spec.group_of(e) for e in range(spec.engines)]
         self._eviews = [self._engine_view(e) for e in range(spec.engines)]
         self._node_roles = [spec.role_of_node(n) for n in range(spec.nodes)]
         self.waiting: deque[Job] = deque()
@@ -157,7 +158,7 @@ class Simulator:
 
     def _engine_view(self, engine_id: int) -> EngineView:
         spec = self.spec
-        group = spec.group_of(engine_id)
+        group = self._groups[engine_id]
         if engine_id < spec.prefill_engines:
             pe = self.pes[engine_id]
             busy = max(pe.cnic_in.busy_until, pe.cnic_out.busy_until)
