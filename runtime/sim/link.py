@@ -31,18 +31,15 @@ class Link:
         if nbytes <= 0:
             return start, start
         end = start + nbytes / self.bytes_s
-        self._record(start, end, nbytes)
+        self.busy_until = end
+        self.starts.append(start)
+        self.ends.append(end)
+        self.sizes.append(nbytes)
         return start, end
 
     def backlog_bytes(self, now: float) -> float:
         busy = self.busy_until - now
         return busy * self.bytes_s if busy > 0 else 0.0
-
-    def _record(self, start: float, end: float, nbytes: float) -> None:
-        self.busy_until = end
-        self.starts.append(start)
-        self.ends.append(end)
-        self.sizes.append(nbytes)
 
     @property
     def total_bytes(self) -> float:
@@ -50,14 +47,18 @@ class Link:
 
 
 def reserve_path(links: Sequence[Link], earliest: float, nbytes: float) -> tuple[float, float]:
-    """Reserve the same interval on every link of a path (e.g. DE CNIC out → PE CNIC in).
+    """Send ``nbytes`` across several links (e.g. DE CNIC out → PE CNIC in).
 
-    The transfer starts when all links are free and runs at the slowest one's rate.
+    Each link serves the transfer in its own FIFO order at its own rate, as
+    switch buffers between the hops would let it; the bytes have arrived when
+    the slowest hop is done. Returns (latest start, latest end). Reserving
+    the same interval on every hop at once would leave each link idle while
+    it waits for the others, and with many senders and receivers those gaps
+    cascade into queues on links that are mostly idle.
     """
-    start = max(earliest, *(link.busy_until for link in links))
-    if nbytes <= 0:
-        return start, start
-    end = start + nbytes / min(link.bytes_s for link in links)
+    start = end = earliest
     for link in links:
-        link._record(start, end, nbytes)
+        s, e = link.reserve(earliest, nbytes)
+        start = max(start, s)
+        end = max(end, e)
     return start, end
