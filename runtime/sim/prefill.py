@@ -56,12 +56,11 @@ class PrefillEngine:
         attn = 0.0
         while self.ready:
             job = self.ready[0]
+            need = 0.0
             if not layerwise and not job.loaded:
                 need = job.request.prompt_tokens * kv_bytes
                 if batch and self.hbm_used + need > self.hbm_bytes:
                     break
-                self.hbm_used += need
-                job.hbm_bytes = need
             n = job.remaining
             a = cost.attention_s(Chunk(n, job.context), tokens + n)
             if batch and attn + a > quota:
@@ -73,6 +72,9 @@ class PrefillEngine:
             elif not batch and a > quota:
                 n = max(1, int(n * quota / a))
                 a = cost.attention_s(Chunk(n, job.context), n)
+            if need:
+                self.hbm_used += need
+                job.hbm_bytes = need
             batch.append((job, n))
             tokens += n
             attn += a

@@ -118,6 +118,16 @@ def test_invariants_on_random_clusters(spec, turns, seed, layerwise, oracle):
     read = m["read_bytes_pe_side"] + m["read_bytes_de_side"]
     assert read == pytest.approx(0.0 if oracle else m["hit_bytes"], rel=1e-9, abs=1e-6)
 
+    # Every reservation is released: buffers, HBM, tokens and sequences.
+    for node in sim.nodes:
+        assert node.buffer_used == 0 and not node.pending
+    for pe in sim.pes:
+        assert pe.hbm_used == pytest.approx(0, abs=1e-6) and pe.tok == 0 and pe.seq == 0
+        assert not pe.ready and not pe.busy
+    for de in sim.des:
+        assert de.free_hbm == pytest.approx(spec.node.de_hbm_kv_bytes) and de.seq == 0
+        assert de.tok == 0 and not de.heap
+
     # Timestamps are ordered within every request.
     for row in result.timeline:
         arrival, decision, prefill_start, first, finish = row[9], row[10], row[15], row[17], row[18]
