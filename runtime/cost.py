@@ -7,6 +7,7 @@ decode iterations, and the bandwidth of each kind of link.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -77,6 +78,18 @@ class CostModel:
     @property
     def pcie_bytes_s(self) -> float:
         return self.spec.node.pcie_bytes_s
+
+    def layer_pieces(self, nbytes: float) -> int:
+        """Copies or RDMA writes that move ``nbytes`` of KV into HBM: one per block and layer."""
+        return math.ceil(nbytes / self.spec.block_bytes) * self.model.layers
+
+    def h2d_overhead_s(self, nbytes: float) -> float:
+        """Submission time of the host-to-GPU copies of ``nbytes`` (beyond bandwidth)."""
+        return self.layer_pieces(nbytes) * self.spec.node.h2d_copy_us * 1e-6
+
+    def rdma_overhead_s(self, nbytes: float) -> float:
+        """Submission time of the RDMA writes of ``nbytes`` (beyond bandwidth)."""
+        return self.layer_pieces(nbytes) * self.spec.node.rdma_write_us * 1e-6
 
     def tokens_readable(self, seconds: float) -> float:
         """KV tokens one node's SNIC reads in ``seconds`` (the paper's α is 3 s of this)."""

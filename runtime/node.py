@@ -14,7 +14,10 @@ class NodeSpec:
     """Hardware of one node; prefill and decode nodes share it.
 
     Bandwidths are in GB/s (1e9 bytes per second) and sizes in GB, as in the
-    preset files; the ``*_bytes*`` properties give bytes.
+    preset files; the ``*_bytes*`` properties give bytes. Moving KV into HBM
+    costs, besides bandwidth, one submission per block and layer (KV is paged
+    per layer in HBM): ``h2d_copy_us`` per host-to-GPU copy and
+    ``rdma_write_us`` per RDMA write.
     """
 
     gpus: int = 8
@@ -26,6 +29,8 @@ class NodeSpec:
     pe_hbm_kv_gb: float = 30.0
     de_hbm_kv_gb: float = 30.0
     gpu_tflops: float = 1350.0
+    h2d_copy_us: float = 6.0
+    rdma_write_us: float = 1.0
 
     def __post_init__(self) -> None:
         require(self.gpus > 0, "node.gpus", f"must be > 0 engines per node, got {self.gpus}")
@@ -33,6 +38,9 @@ class NodeSpec:
                     "pe_hbm_kv_gb", "de_hbm_kv_gb", "gpu_tflops"):
             value = getattr(self, key)
             require(value > 0, f"node.{key}", f"must be > 0, got {value}")
+        for key in ("h2d_copy_us", "rdma_write_us"):
+            value = getattr(self, key)
+            require(value >= 0, f"node.{key}", f"must be >= 0, got {value}")
         require(0 < self.cnic_kv_share <= 1, "node.cnic_kv_share",
                 f"must lie in (0, 1], got {self.cnic_kv_share}")
 

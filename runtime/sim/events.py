@@ -12,9 +12,10 @@ class EventKind(IntEnum):
     # visible to the arrivals and decisions that follow.
     READ_DONE = 0
     PREFILL_DONE = 1
-    TRANSFER_DONE = 2
-    DECODE_DONE = 3
-    ARRIVAL = 4
+    PREFILL_FREE = 2
+    TRANSFER_DONE = 3
+    DECODE_DONE = 4
+    ARRIVAL = 5
 
 
 class EventQueue:

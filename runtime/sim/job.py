@@ -26,7 +26,7 @@ class Job:
     __slots__ = (
         "request", "state", "pe", "de", "share", "pe_bytes", "de_bytes", "reads_left",
         "remaining", "context", "loaded", "t_decision", "t_pe_read", "t_de_read",
-        "t_prefill_start", "t_first_token", "t_finish", "hbm_bytes",
+        "t_prefill_start", "t_first_token", "t_transfer", "t_finish", "hbm_bytes",
     )
 
     def __init__(self, request: Request) -> None:
@@ -47,5 +47,6 @@ class Job:
         self.t_de_read = (NAN, NAN)
         self.t_prefill_start = NAN
         self.t_first_token = NAN
+        self.t_transfer = NAN     # when the P→D transfer of its KV ends
         self.t_finish = NAN
         self.hbm_bytes = 0.0

@@ -25,12 +25,14 @@ class Link:
         self.ends: list[float] = []
         self.sizes: list[float] = []
 
-    def reserve(self, earliest: float, nbytes: float) -> tuple[float, float]:
-        """Queue ``nbytes`` that may start at ``earliest``; returns (start, end)."""
+    def reserve(self, earliest: float, nbytes: float,
+                overhead_s: float = 0.0) -> tuple[float, float]:
+        """Queue ``nbytes`` that may start at ``earliest`` and also hold the link
+        ``overhead_s`` (per-transfer submission costs); returns (start, end)."""
         start = earliest if earliest > self.busy_until else self.busy_until
         if nbytes <= 0:
             return start, start
-        end = start + nbytes / self.bytes_s
+        end = start + nbytes / self.bytes_s + overhead_s
         self.busy_until = end
         self.starts.append(start)
         self.ends.append(end)
@@ -46,7 +48,8 @@ class Link:
         return float(sum(self.sizes))
 
 
-def reserve_path(links: Sequence[Link], earliest: float, nbytes: float) -> tuple[float, float]:
+def reserve_path(links: Sequence[Link], earliest: float, nbytes: float,
+                 overhead_s: float = 0.0) -> tuple[float, float]:
     """Send ``nbytes`` across several links (e.g. DE CNIC out → PE CNIC in).
 
     Each link serves the transfer in its own FIFO order at its own rate, as
@@ -58,7 +61,7 @@ def reserve_path(links: Sequence[Link], earliest: float, nbytes: float) -> tuple
     """
     start = end = earliest
     for link in links:
-        s, e = link.reserve(earliest, nbytes)
+        s, e = link.reserve(earliest, nbytes, overhead_s)
         start = max(start, s)
         end = max(end, e)
     return start, end

@@ -26,7 +26,8 @@ DecodeCnic = Callable[[int], Link]
 
 class PrefillEngine:
     __slots__ = ("engine_id", "node_id", "ready", "busy", "hbm_bytes", "hbm_used",
-                 "cnic_in", "cnic_out", "pcie", "tok", "seq", "batch", "batch_start")
+                 "cnic_in", "cnic_out", "pcie", "tok", "seq", "batch", "batch_start",
+                 "release_at")
 
     def __init__(self, engine_id: int, node_id: int, cost: CostModel) -> None:
         node = cost.spec.node
@@ -43,6 +44,7 @@ class PrefillEngine:
         self.seq = 0
         self.batch: list[tuple[Job, int]] = []
         self.batch_start = 0.0
+        self.release_at = 0.0  # free for the next batch (compute and P→D transfers done)
 
     def form_batch(self, cost: CostModel, layerwise: bool) -> list[tuple[Job, int]]:
         """Take ready requests FIFO while predicted attention fits the quota; chunk the last.
@@ -90,18 +92,20 @@ class PrefillEngine:
         if oracle:
             return now + compute
         layers = cost.model.layers
-        pe_bytes = 0.0
+        pe_bytes = pe_overhead = 0.0
         de_first = de_last = now
         for job, _ in batch:
             if job.loaded:
                 continue
             pe_bytes += job.pe_bytes
+            pe_overhead += cost.h2d_overhead_s(job.pe_bytes)
             if job.de_bytes > 0:
-                start, end = reserve_path((de_cnic(job.de), self.cnic_in), now, job.de_bytes)
+                start, end = reserve_path((de_cnic(job.de), self.cnic_in), now, job.de_bytes,
+                                          cost.rdma_overhead_s(job.de_bytes))
                 first = start + (end - start) / layers
                 de_first = max(de_first, first)
                 de_last = max(de_last, end)
-        h_start, h_end = self.pcie.reserve(now, pe_bytes)
+        h_start, h_end = self.pcie.reserve(now, pe_bytes, pe_overhead)
         first_layer = max(de_first, h_start + (h_end - h_start) / layers)
         last_layer = max(de_last, h_end)
         if not layerwise:

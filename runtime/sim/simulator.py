@@ -85,6 +85,7 @@ class Simulator:
         self._handlers: dict[int, Callable[[Any], None]] = {
             EventKind.READ_DONE: self._on_read_done,
             EventKind.PREFILL_DONE: self._on_prefill_done,
+            EventKind.PREFILL_FREE: self._on_prefill_free,
             EventKind.TRANSFER_DONE: self._on_transfer_done,
             EventKind.DECODE_DONE: self._on_decode_done,
             EventKind.ARRIVAL: self._on_arrival,
@@ -252,10 +253,35 @@ class Simulator:
             return
         opts = self.options
         batch = pe.form_batch(self.cost, opts.layerwise)
-        finish = pe.batch_finish(self.now, batch, self.cost, opts.layerwise, opts.oracle,
+        now = self.now
+        finish = pe.batch_finish(now, batch, self.cost, opts.layerwise, opts.oracle,
                                  self._de_cnic_out)
-        pe.start(self.now, batch)
+        pe.start(now, batch)
+        pe.release_at = max(finish, self._send_to_decode(pe, batch, now, finish))
         self.events.push(finish, EventKind.PREFILL_DONE, pe)
+
+    def _send_to_decode(self, pe: PrefillEngine, batch: list[tuple[Job, int]],
+                        start: float, finish: float) -> float:
+        """Reserve the P→D transfers of the requests this batch completes; return the last end.
+
+        The KV goes out layer by layer as the batch computes, so a transfer may
+        start once the first layer is done; it cannot end before the compute.
+        The engine takes its next batch only when these transfers are done: the
+        KV occupies its HBM until sent, which stops a prefill engine from
+        outrunning its CNIC.
+        """
+        first_layer = start + (finish - start) / self.spec.model.layers
+        last = finish
+        for job, tokens in batch:
+            if tokens < job.remaining:
+                continue  # chunked: its KV goes with its last chunk
+            de = self.des[job.de - self.spec.prefill_engines]
+            nbytes = job.request.prompt_tokens * self._kvb
+            _, end = reserve_path((pe.cnic_out, de.cnic_in), first_layer, nbytes,
+                                  self.cost.rdma_overhead_s(nbytes))
+            job.t_transfer = max(end, finish)
+            last = max(last, job.t_transfer)
+        return last
 
     def _de_cnic_out(self, engine_id: int) -> Link:
         return self.des[engine_id - self.spec.prefill_engines].cnic_out
@@ -270,8 +296,14 @@ class Simulator:
             if job.remaining == 0:
                 self._prefilled(pe, job)
         pe.batch = []
-        pe.busy = False
         self._refresh(pe.engine_id)
+        if pe.release_at > self.now:
+            self.events.push(pe.release_at, EventKind.PREFILL_FREE, pe)
+        else:
+            self._on_prefill_free(pe)
+
+    def _on_prefill_free(self, pe: PrefillEngine) -> None:
+        pe.busy = False
         self._try_prefill(pe)
         self._wake(WaitFor.PREFILL)
 
@@ -291,9 +323,7 @@ class Simulator:
         job.hbm_bytes = 0.0
         job.t_first_token = now
         job.state = JobState.TRANSFERRING
-        de = self.des[job.de - self.spec.prefill_engines]
-        _, end = reserve_path((pe.cnic_out, de.cnic_in), now, req.prompt_tokens * self._kvb)
-        self.events.push(end, EventKind.TRANSFER_DONE, job)
+        self.events.push(job.t_transfer, EventKind.TRANSFER_DONE, job)
         if not self.options.oracle:
             # Write-back of the blocks this prefill produced.
             self.nodes[pe.node_id].snic_write.reserve(now, req.appended_tokens * self._kvb)

@@ -168,14 +168,16 @@ def test_oracle_is_no_slower_than_loading():
 
 @pytest.mark.parametrize("layerwise", [False, True])
 def test_prefill_time_overlaps_loading_only_when_layerwise(layerwise):
-    # Turn 1 loads 2,001 hit tokens over PCIe (4.002 ms) and computes 2,000
+    # Turn 1 loads 2,001 hit tokens over PCIe (4.002 ms + copies) and computes 2,000
     # tokens (2.963 ms at half of 1,350 TFLOP/s), over 4 layers.
-    spec = make_spec(1, 1, gpus=1, snic_gb_s=100.0, pcie_gb_s=0.5)
+    spec = make_spec(1, 1, gpus=1, snic_gb_s=100.0, pcie_gb_s=0.5, h2d_copy_us=6.0)
     sim = Simulator(spec, ScriptedAgents([[(2000, 1), (2000, 1)]]),
                     SimOptions(layerwise=layerwise, timeline=True))
     rows = sim.run(RandomPolicy(0, shares=(0.0,))).timeline
     turn1 = next(r for r in rows if r[2] == 1)
-    load, compute, layers = 2001 * 1000 / 0.5e9, 2000 * 1e9 / (0.5 * 1350e12), 4
+    # Loading also submits one 6 us copy per 64-token block and layer.
+    copies = math.ceil(2001 / 64) * 4
+    load, compute, layers = 2001 * 1000 / 0.5e9 + copies * 6e-6, 2000 * 1e9 / (0.5 * 1350e12), 4
     expected = (max(load / layers + compute, load + compute / layers) if layerwise
                 else load + compute)
     assert turn1[16] - turn1[15] == pytest.approx(expected, rel=1e-9)
@@ -208,12 +210,32 @@ def test_policy_choosing_a_full_decode_engine_is_refused():
 
 
 def test_decode_time_matches_closed_form():
-    # One request alone: after the P->D transfer of its 100-token prompt, each of
-    # its 10 decode iterations runs at batch 1.
-    spec = make_spec(1, 1, gpus=1, decode_base_s=0.02, decode_per_seq_s=0.001)
+    # One request alone: each of its 10 decode iterations runs at batch 1. Its
+    # P->D transfer starts after the first of 4 layers and ends before the
+    # prefill does, so it adds nothing.
+    spec = make_spec(1, 1, gpus=1, decode_base_s=0.02, decode_per_seq_s=0.001,
+                     rdma_write_us=1.0)
+    compute = 100 * 1e9 / (0.5 * 1350e12)
+    writes = math.ceil(100 / 64) * 4  # one RDMA write per block and layer
+    transfer = 100 * 1000 / spec.node.cnic_kv_bytes_s + writes * 1e-6
+    assert compute / 4 + transfer < compute
     m = _run(spec, [[(100, 11)]], seed=0).metrics
-    transfer = 100 * 1000 / spec.node.cnic_kv_bytes_s
-    assert m["tpot_mean_s"] == pytest.approx(0.021 + transfer / 10, rel=1e-9)
+    assert m["tpot_mean_s"] == pytest.approx(0.021, rel=1e-9)
+
+
+def test_slow_transfer_to_decode_holds_the_prefill_engine():
+    # A slow CNIC: the P->D transfer outlasts the compute and delays both the
+    # first decode step and the engine's next batch.
+    spec = make_spec(1, 1, gpus=1, cnic_gb_s=0.001, cnic_kv_share=1.0, rdma_write_us=0.0,
+                     decode_base_s=0.02, decode_per_seq_s=0.0)
+    # The second agent arrives while the first one's batch computes.
+    agents = ScriptedAgents([[(100, 2)], [(100, 2)]], arrivals=[0.0, 1e-6])
+    sim = Simulator(spec, agents, SimOptions(timeline=True))
+    first, second = sorted(sim.run(RandomPolicy(0)).timeline, key=lambda r: r[9])
+    compute = 100 * 1e9 / (0.5 * 1350e12)
+    transfer = 100 * 1000 / 1e6  # 0.1 s per request on a 1 MB/s lane
+    assert first[18] == pytest.approx(compute / 4 + transfer + 0.02, rel=1e-9)
+    assert second[15] == pytest.approx(compute / 4 + transfer, rel=1e-9)
 
 
 def test_split_reads_whole_blocks_on_each_side():
