@@ -27,15 +27,18 @@ def with_room(engines: Sequence[EngineView], request: Request,
 
 def shorter_queue_share(request: Request, view: ClusterView, pe: EngineView,
                         de: EngineView) -> tuple[float, str]:
-    """The whole request reads on the side whose node read queue is shorter (ties: PE side).
+    """The whole request reads on the side whose node read queue is shorter.
 
-    Returns ``(decode_share, reason)``; a request with no hit tokens reads nothing (share 0).
+    Ties (typically both queues empty) go to the DE side: prefill nodes are the
+    fewer, and every request whatever its path lands on a prefill engine, so
+    their SNICs are the scarcer ones to keep free. Returns ``(decode_share,
+    reason)``; a request with no hit tokens reads nothing (share 0).
     """
     if request.hit_tokens == 0:
         return 0.0, "no hits"
     pe_q = view.nodes[pe.node_id].read_q_tokens
     de_q = view.nodes[de.node_id].read_q_tokens
-    return (1.0, "read de") if de_q < pe_q else (0.0, "read pe")
+    return (1.0, "read de") if de_q <= pe_q else (0.0, "read pe")
 
 
 class Cursor:

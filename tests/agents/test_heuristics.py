@@ -68,7 +68,7 @@ def test_pe_only_always_reads_on_the_prefill_node():
 @pytest.mark.parametrize(("read_q", "share"), [
     ([100.0, 50.0], 1.0),   # DE node shorter
     ([50.0, 100.0], 0.0),   # PE node shorter
-    ([70.0, 70.0], 0.0),    # tie: PE side
+    ([70.0, 70.0], 1.0),    # tie: DE side
 ])
 @pytest.mark.parametrize("cls", [RoundRobin, LeastTokens, DualPath])
 def test_whole_request_reads_on_the_shorter_queue_side(cls, read_q, share):
