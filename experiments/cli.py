@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from experiments.runner import DEFAULT_PRESET, RunConfig, run, run_many
-from experiments.table import format_table
+from experiments.table import format_table, format_value
 
 SUMMARY = ["policy", "jct_s", "jct_mean_s", "throughput_tok_s", "ttft_mean_s", "tpot_mean_s",
            "slo_attainment", "snic_util_mean", "snic_max_over_avg"]
@@ -64,7 +64,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 def cmd_simulate(args: argparse.Namespace) -> None:
     result = run(_config(args, args.policy), progress=True)
     keys = [k for k in SUMMARY if k != "policy"] + ["requests", "wall_s", "sim_requests_per_s"]
-    text = "\n".join(f"{k:>20}  {result[k]}" for k in ["policy", "preset", *keys])
+    text = "\n".join(f"{k:>20}  {format_value(result[k])}" for k in ["policy", "preset", *keys])
     _emit(args, result, text)
 
 
