@@ -3,7 +3,7 @@ DE by token threshold Z, the whole request read on the shorter-queue side."""
 
 from __future__ import annotations
 
-from agents.heuristics.common import number, shorter_queue_share, with_room
+from agents.heuristics.common import number, shorter_queue_share
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.decision import Decision, Defer, WaitFor
@@ -77,21 +77,33 @@ class DualPath:
             groups.sort(key=lambda g: (sum(e.tok for e in g), g[0].group))
         length = request.total_tokens
         for engines in groups:
-            room = with_room(engines, request, spec)
+            room, limit = self._room_and_z(engines, request, view)
             if not room:
                 continue
-            z = self._z(engines, view)
-            fits = [e for e in room if e.tok + length <= z]
+            fits = [e for e in room if e.tok + length <= limit]
             if fits:
                 return min(fits, key=lambda e: (e.seq, e.tok, e.engine_id)), "de tok+len<=Z"
             return min(room, key=lambda e: (e.tok, e.engine_id)), "de lowest tok"
         return None
 
-    def _z(self, engines: list[EngineView], view: ClusterView) -> float:
-        kv = view.spec.model.kv_bytes_per_token
-        free_tokens = sum(e.free_hbm_bytes for e in engines) / kv
-        queued = min(float(view.queue.tokens), free_tokens)
-        return self.z_slack * (queued + sum(e.tok for e in engines)) / len(engines)
+    def _room_and_z(self, engines: tuple[EngineView, ...], request: Request,
+                    view: ClusterView) -> tuple[list[EngineView], float]:
+        """The group's engines with room for ``request`` (the rule of ``common.has_room``)
+        and the group's Z, in one pass: this runs on every decision."""
+        spec = view.spec
+        kv = spec.model.kv_bytes_per_token
+        need = request.total_tokens * kv
+        cap = spec.decode_max_batch
+        room = []
+        tok = 0
+        free = 0.0
+        for e in engines:
+            tok += e.tok
+            free += e.free_hbm_bytes
+            if e.seq < cap and e.free_hbm_bytes >= need:
+                room.append(e)
+        queued = min(float(view.queue.tokens), free / kv)
+        return room, self.z_slack * (queued + tok) / len(engines)
 
     def _share(self, request: Request, view: ClusterView, pe: EngineView,
                de: EngineView) -> tuple[float, str]:
