@@ -117,3 +117,16 @@ def test_bad_input_is_a_clear_error(capsys, argv, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "error" in err
+
+
+def test_preset_from_a_file_with_overrides(capsys, tmp_path):
+    from runtime.preset import PRESET_DIR
+
+    path = tmp_path / "mine.toml"
+    path.write_text((PRESET_DIR / "tiny.toml").read_text())
+    base = ("simulate", "--agents", "3", "--mal", "32k", "--json")
+    from_file = _json(capsys, *base, "--preset", str(path))
+    named = _json(capsys, *base, "--preset", "tiny")
+    assert _stable(from_file) | {"preset": ""} == _stable(named) | {"preset": ""}
+    slower = _json(capsys, *base, "--preset", str(path), "--set", "node.snic_gb_s=0.05")
+    assert slower["jct_s"] > from_file["jct_s"]
