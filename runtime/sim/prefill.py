@@ -26,8 +26,7 @@ DecodeCnic = Callable[[int], Link]
 
 class PrefillEngine:
     __slots__ = ("engine_id", "node_id", "ready", "busy", "hbm_bytes", "hbm_used",
-                 "cnic_in", "cnic_out", "pcie", "tok", "seq", "batch", "batch_start",
-                 "release_at")
+                 "cnic_in", "cnic_out", "pcie", "tok", "seq", "batch", "release_at")
 
     def __init__(self, engine_id: int, node_id: int, cost: CostModel) -> None:
         node = cost.spec.node
@@ -43,7 +42,6 @@ class PrefillEngine:
         self.tok = 0
         self.seq = 0
         self.batch: list[tuple[Job, int]] = []
-        self.batch_start = 0.0
         self.release_at = 0.0  # free for the next batch (compute and P→D transfers done)
 
     def form_batch(self, cost: CostModel, layerwise: bool) -> list[tuple[Job, int]]:
@@ -116,7 +114,6 @@ class PrefillEngine:
     def start(self, now: float, batch: list[tuple[Job, int]]) -> None:
         self.busy = True
         self.batch = batch
-        self.batch_start = now
         for job, _ in batch:
             if job.state is JobState.READY:
                 job.state = JobState.PREFILLING
