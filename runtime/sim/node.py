@@ -61,6 +61,4 @@ class NodeStorage:
 
     def read_queue_bytes(self, now: float) -> float:
         """Bytes requested through this SNIC and not yet read."""
-        snic = self.snic
-        busy = snic.busy_until - now
-        return self.pending_bytes + busy * snic.bytes_s if busy > 0 else self.pending_bytes
+        return self.pending_bytes + self.snic.backlog_bytes(now)

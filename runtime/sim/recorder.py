@@ -6,6 +6,8 @@ from typing import Any
 
 from runtime.sim.job import Job
 
+# The prefill engine produces the first token when the request's last chunk
+# finishes, so ``prefill_end_s`` and ``first_token_s`` hold the same time.
 TIMELINE_COLUMNS = (
     "request_id", "agent_id", "turn", "hit_tokens", "appended_tokens", "gen_tokens",
     "prefill_engine", "decode_engine", "decode_share", "arrival_s", "decision_s",
