@@ -80,6 +80,8 @@ class Simulator:
         self.recorder = Recorder(self.options.timeline)
         self.on_finish: Callable[[Job], None] | None = None
         self.finished = 0
+        self.in_system = 0  # arrived and not finished
+        self.time_in_system = 0.0  # integral of in_system over simulated time
         self.hit_bytes = 0.0
         self._kvb = spec.model.kv_bytes_per_token
         self._handlers: dict[int, Callable[[Any], None]] = {
@@ -122,6 +124,7 @@ class Simulator:
                     raise SimulationStuck(self._stuck_message())
                 return None
             t, kind, _, payload = events.pop()
+            self.time_in_system += self.in_system * (t - self.now)
             self.now = t
             handlers[kind](payload)
 
@@ -226,6 +229,7 @@ class Simulator:
 
     def _on_arrival(self, job: Job) -> None:
         self.waiting.append(job)
+        self.in_system += 1
         self._waiting_tokens += job.request.prompt_tokens
         self.recorder.arrive(job)
         self._wake(None)
@@ -363,6 +367,7 @@ class Simulator:
             # Write-back of the generated tokens' KV for the agent's next turn.
             self.nodes[de.node_id].snic_write.reserve(now, req.gen_tokens * self._kvb)
         self.finished += 1
+        self.in_system -= 1
         self.recorder.done(job)
         if self.on_finish is not None:
             self.on_finish(job)

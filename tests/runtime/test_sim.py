@@ -128,6 +128,12 @@ def test_invariants_on_random_clusters(spec, turns, seed, layerwise, oracle):
         assert de.free_hbm == pytest.approx(spec.node.de_hbm_kv_bytes) and de.seq == 0
         assert de.tok == 0 and not de.heap
 
+    # The time-integral of requests in system is the sum of their latencies
+    # (the env's reward telescopes to it).
+    assert sim.in_system == 0
+    latencies = sum(row[18] - row[9] for row in result.timeline)
+    assert sim.time_in_system == pytest.approx(latencies, rel=1e-9, abs=1e-9)
+
     # Timestamps are ordered within every request.
     for row in result.timeline:
         arrival, decision, prefill_start, first, finish = row[9], row[10], row[15], row[17], row[18]
