@@ -1,0 +1,253 @@
+"""``DualPathEnv``: the gymnasium environment over the simulator."""
+
+from __future__ import annotations
+
+import time as wallclock
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from env.encoding import Encoder, Encoding, Tuning
+from runtime.cluster import ClusterSpec
+from runtime.decision import Decision, Defer, WaitFor
+from runtime.policy import Policy
+from runtime.preset import load_preset
+from runtime.request import Request
+from runtime.sim import SimOptions, Simulator
+from runtime.sim.job import Job
+from runtime.view import ClusterView
+from runtime.workload.agentic import AgenticWorkload
+from runtime.workload.base import Workload
+
+WorkloadFactory = Callable[[int], Workload]
+TunableFactory = Callable[[dict[str, float]], Policy]
+#: Features are log1p seconds or shares; the bound only keeps the space finite.
+OBS_HIGH = 1e6
+
+
+class Mode(StrEnum):
+    ROUTE = "route"
+    TUNE = "tune"
+
+
+class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Schedule the requests of a simulated dual-path PD cluster.
+
+    ## Description
+
+    A discrete-event simulation of a prefill/decode-disaggregated cluster whose
+    requests reload their KV cache from storage, either through the prefill
+    engine's node or through a decode engine's node and RDMA. In *routing* mode
+    every step decides one request, the one at the head of the scheduler's queue:
+    its prefill engine, its decode engine and the share of its KV read on the
+    decode side. In *tuning* mode every step sets the parameters of a heuristic
+    (``tunable``) for the next ``tuning.window_s`` seconds of simulated time.
+    Between steps the simulator runs until the next decision (or window end).
+
+    ## Action Space
+
+    Routing: ``MultiDiscrete`` over the parts of the decision the agent controls
+    (``encoding.control``, default all three): prefill slot
+    (``encoding.max_prefill``), decode slot (``encoding.max_decode``) and share
+    level (``encoding.share_levels``). :meth:`action_masks` gives the valid
+    choices: existing prefill engines, decode engines with HBM and a batch slot
+    for the request, and share 0 alone for a request without hits. A masked-out
+    choice is replaced by the next valid one (cyclically), so agents without
+    masks and the env checkers can act. Parts the
+    agent does not control are decided by ``fallback``, a ``Policy`` the caller
+    passes in; when the fallback defers, the request waits without a step.
+    Without a fallback the env defers only when no decode engine has room.
+
+    Tuning: ``MultiDiscrete`` with one level index per parameter of ``tuning``.
+
+    ## Observation Space
+
+    ``Box(0, 1e6, (encoding.obs_size,), float32)``: per-engine, per-node, request
+    and queue features padded to the encoding's maxima; see ``env/encoding.py``.
+    In tuning mode the request block is zero.
+
+    ## Rewards
+
+    Minus the number of unfinished requests integrated over the simulated time
+    until the next step, times ``reward_scale``: the undiscounted return is minus
+    the total time requests spend in the system (sum of latencies), scaled.
+    With ``slo_penalty`` > 0, each finished request that missed the TTFT or TPOT
+    SLO subtracts that much more.
+
+    ## Starting State
+
+    An idle cluster at time 0 with the workload's first requests arriving;
+    ``reset(seed=...)`` seeds the workload (the only randomness), so two envs
+    reset with the same seed give identical rollouts for identical actions.
+
+    ## Episode End
+
+    Terminated when every request of the workload has finished. Truncated by
+    the ``TimeLimit`` given at registration (``max_episode_steps``).
+
+    ## Arguments
+
+    ``gymnasium.make("DualPath-v0")`` needs none: preset ``ds27b-1p1d``, routing
+    mode, 16 offline agents of the 32K set. ``preset`` (name, file or
+    ``ClusterSpec``), ``mode`` (``"route"``/``"tune"``), ``workload`` (a
+    ``seed -> Workload`` factory, overriding ``agents``/``mal``), ``encoding``,
+    ``fallback``, ``tuning`` and ``tunable`` (required in tuning mode: parameters
+    → policy), ``layerwise``, ``reward_scale``, ``slo_penalty``.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, preset: str | ClusterSpec = "ds27b-1p1d", mode: str = "route",
+                 workload: WorkloadFactory | None = None, agents: int = 16,
+                 mal: str = "32k", encoding: Encoding | None = None,
+                 fallback: Policy | None = None, tuning: Tuning | None = None,
+                 tunable: TunableFactory | None = None, layerwise: bool = True,
+                 reward_scale: float = 0.01, slo_penalty: float = 0.0) -> None:
+        super().__init__()
+        self.mode = Mode(mode)
+        self.cluster = preset if isinstance(preset, ClusterSpec) else load_preset(preset)
+        self.encoding = encoding or Encoding()
+        self.encoder = Encoder(self.encoding, self.cluster)
+        self.tuning = tuning or Tuning()
+        self.fallback = fallback
+        self.tunable = tunable
+        if self.mode is Mode.ROUTE and len(self.encoding.control) < 3 and fallback is None:
+            raise ValueError(f"the agent controls only {', '.join(self.encoding.control)}: "
+                             "pass fallback=<Policy> to decide the rest")
+        if self.mode is Mode.TUNE and tunable is None:
+            raise ValueError("tuning mode needs tunable=<callable: parameters -> Policy>, the "
+                             "heuristic whose parameters the agent sets")
+        self._workload = workload or (lambda seed: AgenticWorkload(agents, mal, seed))
+        self.layerwise = layerwise
+        self.reward_scale = _positive("reward_scale", reward_scale)
+        self.slo_penalty = _non_negative("slo_penalty", slo_penalty)
+        self.observation_space = spaces.Box(0.0, OBS_HIGH, (self.encoding.obs_size,), np.float32)
+        nvec = self.encoding.action_nvec if self.mode is Mode.ROUTE else self.tuning.action_nvec
+        self.action_space = spaces.MultiDiscrete(np.array(nvec, dtype=np.int64))
+        self.sim: Simulator | None = None
+        self._point: tuple[Request, ClusterView] | None = None
+        self._hint: Decision | None = None
+        self._mask = np.ones(sum(nvec), dtype=bool)
+        self._violations = 0
+        self._wall = 0.0
+
+    # -- gymnasium API ------------------------------------------------------
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        workload_seed = int(self.np_random.integers(2**31 - 1)) if seed is None else seed
+        self.sim = Simulator(self.cluster, self._workload(workload_seed),
+                             SimOptions(layerwise=self.layerwise))
+        self.sim.on_finish = self._on_finish
+        self._violations = 0
+        self._wall = wallclock.perf_counter()
+        self._point = self.sim.next_decision()
+        if self.mode is Mode.ROUTE:
+            self._route_to_agent()
+        return self._observe(), self._info()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        sim = self.sim
+        if sim is None or self._point is None:
+            raise RuntimeError("step() called before reset() or after the episode ended")
+        area, violations = sim.time_in_system, self._violations
+        if self.mode is Mode.ROUTE:
+            action = self.encoder.project(action, self._mask)
+            sim.apply(self.encoder.decision(action, self._hint))
+            self._point = sim.next_decision()
+            self._route_to_agent()
+        else:
+            self._run_window(self.tunable(self.tuning.params(action)))  # type: ignore[misc]
+        reward = -(sim.time_in_system - area) * self.reward_scale
+        reward -= (self._violations - violations) * self.slo_penalty
+        done = self._point is None
+        return self._observe(), float(reward), done, False, self._info(done)
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions now, per part, concatenated (for MaskablePPO)."""
+        return self._mask.copy()
+
+    # -- stepping -----------------------------------------------------------
+    def _route_to_agent(self) -> None:
+        """Advance to the next request the agent must decide; defer the others."""
+        sim = self.sim
+        assert sim is not None
+        while self._point is not None:
+            request, view = self._point
+            hint = None
+            if self.fallback is not None:
+                answer = self.fallback.decide(request, view)
+                if not isinstance(answer, Decision):
+                    sim.apply(answer)
+                    self._point = sim.next_decision()
+                    continue
+                hint = answer
+            mask = self.encoder.action_mask(request, view)
+            if "decode" in self.encoding.control and not self._any_decode(mask):
+                sim.apply(Defer("no decode engine has room", WaitFor.DECODE))
+                self._point = sim.next_decision()
+                continue
+            self._hint, self._mask = hint, mask
+            return
+
+    def _any_decode(self, mask: np.ndarray) -> bool:
+        e = self.encoding
+        at = e.max_prefill if "prefill" in e.control else 0
+        return bool(mask[at:at + e.max_decode].any())
+
+    def _run_window(self, policy: Policy) -> None:
+        sim = self.sim
+        assert sim is not None
+        end = sim.now + self.tuning.window_s
+        while self._point is not None and self._point[1].time_s < end:
+            sim.apply(policy.decide(*self._point))
+            self._point = sim.next_decision()
+
+    def _on_finish(self, job: Job) -> None:
+        r = job.request
+        spec = self.cluster
+        ttft = job.t_first_token - r.arrival_s
+        tpot = ((job.t_finish - job.t_first_token) / (r.gen_tokens - 1)
+                if r.gen_tokens > 1 else 0.0)
+        if ttft > spec.slo_ttft_s or tpot > spec.slo_tpot_s:
+            self._violations += 1
+        complete = getattr(self.fallback, "complete", None)
+        if callable(complete):
+            complete(r.request_id, {"ttft_s": ttft, "latency_s": job.t_finish - r.arrival_s})
+
+    # -- observation and info -----------------------------------------------
+    def _observe(self) -> np.ndarray:
+        sim = self.sim
+        assert sim is not None
+        if self._point is None:
+            return self.encoder.observe(None, sim.view())
+        request, view = self._point
+        if self.mode is Mode.TUNE:
+            return self.encoder.observe(None, view)
+        return self.encoder.observe(request, view, self._hint)
+
+    def _info(self, done: bool = False) -> dict[str, Any]:
+        sim = self.sim
+        assert sim is not None
+        info: dict[str, Any] = {"time_s": sim.now, "finished": sim.finished,
+                                "in_system": sim.in_system,
+                                "slo_violations": self._violations}
+        if done:
+            info["metrics"] = sim.result(wallclock.perf_counter() - self._wall).metrics
+        return info
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _non_negative(name: str, value: float) -> float:
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)

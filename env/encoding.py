@@ -1,0 +1,330 @@
+"""The single place that turns a ``ClusterView`` and a ``Request`` into arrays, and an
+action back into a ``Decision``.
+
+The env trains on it and the learned policy serves with it, so both see the same
+features. Any change to the features or the action layout must bump
+:data:`ENCODING_VERSION`: a trained artifact records the version it was trained
+with and refuses to load against another.
+
+Observation (one float32 vector, every block padded to the configured maxima):
+
+- per prefill slot (``max_prefill`` × 7): present; unfinished prefill work as
+  seconds of compute (``tok`` at the prefill rate of a 32k-token prompt), log1p;
+  ``seq`` / 8; free HBM share; when this request's hits would finish reading on
+  the engine's node if read there (queue + hits at the node's SNIC), log1p
+  seconds; CNIC backlog seconds, log1p; the fallback's pick (1/0).
+- per decode slot (``max_decode`` × 7): present; ``tok`` as a share of HBM;
+  ``seq`` / max batch; has room for the request; read-finish seconds on its node
+  as above, log1p; CNIC backlog seconds, log1p; the fallback's pick.
+- per node (``max_nodes`` × 4): present; prefill node; read-queue drain seconds,
+  log1p; SNIC bandwidth / the nominal one (a degraded NIC shows here).
+- the request (5): hit read seconds at nominal SNIC bandwidth, log1p; appended
+  prefill seconds, log1p; generated tokens / 1024, log1p; hit share of the
+  prompt; context as a share of one decode engine's HBM.
+- the queue and the fallback (3): waiting requests, log1p; waiting prompt tokens as
+  seconds of SNIC reads, log1p; the fallback's decode share.
+
+Times are log1p-compressed seconds, so the same network reads a lightly and a
+heavily loaded cluster. Absent slots are all zeros.
+
+Action (routing): ``MultiDiscrete`` over the parts the agent controls, in the
+order prefill slot, decode slot, share level; masks say which slots exist and
+which decode engines have room.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from runtime.cluster import ClusterSpec
+from runtime.cost import CostModel
+from runtime.decision import Decision
+from runtime.request import Request
+from runtime.view import ClusterView, EngineView, Role
+
+ENCODING_VERSION = 1
+PARTS = ("prefill", "decode", "path")
+
+PE_FEATURES = 7
+DE_FEATURES = 7
+NODE_FEATURES = 4
+REQUEST_FEATURES = 5
+GLOBAL_FEATURES = 3
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """Padding sizes, share levels and which parts of a decision the agent controls."""
+
+    max_prefill: int = 16
+    max_decode: int = 16
+    max_nodes: int = 4
+    share_levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    control: tuple[str, ...] = PARTS
+    version: int = field(default=ENCODING_VERSION)
+
+    def __post_init__(self) -> None:
+        for name in ("max_prefill", "max_decode", "max_nodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        levels = self.share_levels
+        if not levels or any(not 0.0 <= s <= 1.0 for s in levels) or list(levels) != sorted(
+                set(levels)):
+            raise ValueError(f"share_levels must be distinct increasing values in [0, 1], "
+                             f"got {levels!r}")
+        if not self.control or any(p not in PARTS for p in self.control) or len(
+                set(self.control)) != len(self.control):
+            raise ValueError(f"control must be a non-empty subset of {PARTS}, got "
+                             f"{self.control!r}")
+        object.__setattr__(self, "control", tuple(p for p in PARTS if p in self.control))
+        if self.version != ENCODING_VERSION:
+            raise ValueError(f"encoding version {self.version} is not this code's "
+                             f"({ENCODING_VERSION})")
+
+    # -- sizes --------------------------------------------------------------
+    @cached_property
+    def obs_size(self) -> int:
+        return (self.max_prefill * PE_FEATURES + self.max_decode * DE_FEATURES
+                + self.max_nodes * NODE_FEATURES + REQUEST_FEATURES + GLOBAL_FEATURES)
+
+    @cached_property
+    def action_nvec(self) -> tuple[int, ...]:
+        sizes = {"prefill": self.max_prefill, "decode": self.max_decode,
+                 "path": len(self.share_levels)}
+        return tuple(sizes[p] for p in self.control)
+
+    def check_fits(self, spec: ClusterSpec) -> None:
+        """ValueError unless ``spec``'s engines and nodes fit the padding."""
+        for what, have, most in (("prefill engines", spec.prefill_engines, self.max_prefill),
+                                 ("decode engines", spec.decode_engines, self.max_decode),
+                                 ("nodes", spec.nodes, self.max_nodes)):
+            if have > most:
+                raise ValueError(f"cluster {spec.name!r} has {have} {what}; the encoding pads "
+                                 f"to {most} (raise max_{what.split()[0].rstrip('s')})")
+
+    def to_json(self) -> dict[str, object]:
+        return {"version": self.version, "max_prefill": self.max_prefill,
+                "max_decode": self.max_decode, "max_nodes": self.max_nodes,
+                "share_levels": list(self.share_levels), "control": list(self.control)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Encoding:
+        """The encoding an artifact was trained with; ValueError if this code cannot serve it."""
+        version = data.get("version")
+        if version != ENCODING_VERSION:
+            raise ValueError(f"artifact was trained with encoding version {version!r}; this "
+                             f"code encodes version {ENCODING_VERSION}: retrain or use a "
+                             "matching release")
+        try:
+            return cls(max_prefill=int(data["max_prefill"]),  # type: ignore[call-overload]
+                       max_decode=int(data["max_decode"]),  # type: ignore[call-overload]
+                       max_nodes=int(data["max_nodes"]),  # type: ignore[call-overload]
+                       share_levels=tuple(float(s) for s in data["share_levels"]),  # type: ignore[attr-defined]
+                       control=tuple(str(p) for p in data["control"]))  # type: ignore[attr-defined]
+        except KeyError as err:
+            raise ValueError(f"artifact encoding lacks the key {err.args[0]!r}") from err
+
+
+class Encoder:
+    """An :class:`Encoding` bound to one cluster: precomputed constants, reused buffers."""
+
+    def __init__(self, encoding: Encoding, spec: ClusterSpec) -> None:
+        encoding.check_fits(spec)
+        self.encoding = encoding
+        self.spec = spec
+        self.cost = CostModel(spec)
+        self._kvb = spec.model.kv_bytes_per_token
+        self._snic = spec.node.snic_bytes_s
+        self._de_hbm = spec.node.de_hbm_kv_bytes
+        self._pe_hbm = spec.node.pe_hbm_kv_bytes
+        self._cnic = spec.node.cnic_kv_bytes_s
+        self._mask = np.zeros(sum(encoding.action_nvec), dtype=bool)
+        # Prefill work is measured in seconds at the rate of a 32k-token prompt: a fixed
+        # yardstick keeps an engine's features a function of its own view alone.
+        self._rate = self.cost.prefill_tokens_per_s(32768)
+        self._cache: dict[int, tuple[EngineView, tuple[float, ...]]] = {}
+        e = encoding
+        self._de_at = e.max_prefill * PE_FEATURES
+        self._node_at = self._de_at + e.max_decode * DE_FEATURES
+        self._req_at = self._node_at + e.max_nodes * NODE_FEATURES
+
+    def observe(self, request: Request | None, view: ClusterView,
+                hint: Decision | None = None) -> np.ndarray:
+        """The observation for deciding ``request`` on ``view`` (``None``: no request,
+        for the tuning mode); ``hint`` is the fallback policy's decision, if any."""
+        spec = self.spec
+        obs = np.zeros(self.encoding.obs_size, dtype=np.float32)
+        kvb = self._kvb
+        log1p = math.log1p
+        hit = request.hit_tokens if request is not None else 0
+        read_done = [log1p((n.read_q_tokens + hit) * kvb / n.snic_bytes_s) for n in view.nodes]
+        now = view.time_s
+        pe_hint = hint.prefill_engine if hint is not None else -1
+        de_hint = hint.decode_engine if hint is not None else -1
+        static = self._static
+        feats: list[float] = []
+        for e in view.prefill_engines():
+            feats += static(e)
+            feats += (read_done[e.node_id], log1p(max(0.0, e.cnic_busy_until_s - now)),
+                      float(e.engine_id == pe_hint))
+        obs[:len(feats)] = feats
+        need = request.total_tokens * kvb if request is not None else 0.0
+        cap = spec.decode_max_batch
+        feats = []
+        for e in view.decode_engines():
+            feats += static(e)
+            feats += (float(e.seq < cap and e.free_hbm_bytes >= need), read_done[e.node_id],
+                      log1p(max(0.0, e.cnic_busy_until_s - now)), float(e.engine_id == de_hint))
+        obs[self._de_at:self._de_at + len(feats)] = feats
+        feats = []
+        for n in view.nodes:
+            feats += (1.0, float(n.node_id < spec.prefill_nodes),
+                      log1p(n.read_q_tokens * kvb / n.snic_bytes_s), n.snic_bytes_s / self._snic)
+        obs[self._node_at:self._node_at + len(feats)] = feats
+        i = self._req_at
+        if request is not None:
+            obs[i:i + REQUEST_FEATURES] = (
+                log1p(hit * kvb / self._snic), log1p(request.appended_tokens / self._rate),
+                log1p(request.gen_tokens / 1024.0), hit / request.prompt_tokens,
+                need / self._de_hbm)
+        i += REQUEST_FEATURES
+        obs[i:i + GLOBAL_FEATURES] = (
+            log1p(view.queue.requests), log1p(view.queue.tokens * kvb / self._snic),
+            hint.decode_share if hint is not None else 0.0)
+        return obs
+
+    def _static(self, e: EngineView) -> tuple[float, ...]:
+        """The features of an engine that only its view determines, cached per view
+        object (the simulator rebuilds an engine's view only when the engine changes)."""
+        hit = self._cache.get(e.engine_id)
+        if hit is not None and hit[0] is e:
+            return hit[1]
+        if e.role is Role.PREFILL:
+            feats: tuple[float, ...] = (1.0, math.log1p(e.tok / self._rate), e.seq / 8.0,
+                                        e.free_hbm_bytes / self._pe_hbm)
+        else:
+            feats = (1.0, e.tok * self._kvb / self._de_hbm, e.seq / self.spec.decode_max_batch)
+        self._cache[e.engine_id] = (e, feats)
+        return feats
+
+    def action_mask(self, request: Request, view: ClusterView) -> np.ndarray:
+        """Valid choices per controlled part, concatenated (MaskablePPO's MultiDiscrete form)."""
+        spec = self.spec
+        e = self.encoding
+        mask = self._mask
+        mask[:] = False
+        at = 0
+        for part in e.control:
+            if part == "prefill":
+                mask[at:at + spec.prefill_engines] = True
+                at += e.max_prefill
+            elif part == "decode":
+                need = request.total_tokens * self._kvb
+                cap = spec.decode_max_batch
+                for k, d in enumerate(view.decode_engines()):
+                    mask[at + k] = d.seq < cap and d.free_hbm_bytes >= need
+                at += e.max_decode
+            else:
+                n = len(e.share_levels)
+                # With no hits the path is moot: only share 0 is offered.
+                mask[at:at + (n if request.hit_tokens else 1)] = True
+                at += n
+        return mask.copy()
+
+    def project(self, action: Sequence[int] | np.ndarray, mask: np.ndarray) -> list[int]:
+        """``action`` with each masked-out choice replaced by the next valid one
+        (cyclically), so agents without masks and env checkers can act."""
+        out = []
+        at = 0
+        for a, n in zip(action, self.encoding.action_nvec, strict=True):
+            part = mask[at:at + n]
+            a = int(a) % n
+            if not part[a]:
+                valid = np.flatnonzero(np.roll(part, -a))
+                a = (a + int(valid[0])) % n if len(valid) else a
+            out.append(a)
+            at += n
+        return out
+
+    def decision(self, action: Sequence[int] | np.ndarray, hint: Decision | None = None,
+                 reason: str = "learned") -> Decision:
+        """The ``Decision`` an action stands for; parts the agent does not control come
+        from ``hint`` (the fallback's decision), which is then required."""
+        e = self.encoding
+        if len(action) != len(e.control):
+            raise ValueError(f"action has {len(action)} parts, the encoding controls "
+                             f"{len(e.control)} ({', '.join(e.control)})")
+        if hint is None and len(e.control) < len(PARTS):
+            raise ValueError(f"the agent controls only {', '.join(e.control)}: a fallback "
+                             "decision is needed for the rest")
+        if hint is None or len(e.control) == len(PARTS):
+            pe, de, level = (int(a) for a in action)
+            return Decision(pe, self.spec.prefill_engines + de, e.share_levels[level], reason)
+        chosen = dict(zip(e.control, (int(a) for a in action), strict=True))
+        pe = chosen.get("prefill", hint.prefill_engine)
+        de = chosen.get("decode")
+        level = chosen.get("path")
+        return Decision(pe, hint.decode_engine if de is None else self.spec.prefill_engines + de,
+                        hint.decode_share if level is None else e.share_levels[level], reason)
+
+
+DEFAULT_TUNING_LEVELS: tuple[tuple[str, tuple[float, ...]], ...] = (
+    ("alpha_s", (0.5, 1.0, 2.0, 3.0, 6.0, 12.0)),
+    ("beta_s", (1.0, 2.5, 5.0, 10.0, 20.0)),
+    ("z_slack", (1.0, 1.05, 1.2, 1.5)),
+    ("split", (0.0, 1.0)),
+)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The tuning mode's action: one discrete level per heuristic parameter, held for
+    ``window_s`` of simulated time. The parameter names are the tuned heuristic's
+    (the caller's factory reads them); the defaults fit ``dualpath``/``dualpath_split``,
+    where ``split`` ≥ 0.5 picks the split rule."""
+
+    levels: tuple[tuple[str, tuple[float, ...]], ...] = DEFAULT_TUNING_LEVELS
+    window_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.levels:
+            raise ValueError("tuning levels are empty")
+        names = [name for name, _ in self.levels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tuning parameter names repeat: {names}")
+        for name, values in self.levels:
+            if not values:
+                raise ValueError(f"tuning parameter {name!r} has no levels")
+        if not self.window_s > 0 or math.isinf(self.window_s):
+            raise ValueError(f"window_s must be a finite number > 0, got {self.window_s!r}")
+
+    @cached_property
+    def action_nvec(self) -> tuple[int, ...]:
+        return tuple(len(values) for _, values in self.levels)
+
+    def params(self, action: Sequence[int] | np.ndarray) -> dict[str, float]:
+        """The parameter values an action stands for."""
+        if len(action) != len(self.levels):
+            raise ValueError(f"tuning action has {len(action)} parts, expected "
+                             f"{len(self.levels)}")
+        return {name: values[int(a)] for (name, values), a in zip(self.levels, action,
+                                                                  strict=True)}
+
+    def to_json(self) -> dict[str, object]:
+        return {"levels": [[name, list(values)] for name, values in self.levels],
+                "window_s": self.window_s}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Tuning:
+        try:
+            levels = tuple((str(n), tuple(float(v) for v in vs))
+                           for n, vs in data["levels"])  # type: ignore[attr-defined]
+            return cls(levels=levels, window_s=float(data["window_s"]))  # type: ignore[arg-type]
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"artifact tuning block is malformed: {err}") from err
