@@ -61,9 +61,10 @@ GLOBAL_FEATURES = 3
 class Encoding:
     """Padding sizes, share levels and which parts of a decision the agent controls."""
 
+    # Defaults fit every shipped preset (ds660b-2p4d: 16 prefill, 32 decode engines).
     max_prefill: int = 16
-    max_decode: int = 16
-    max_nodes: int = 4
+    max_decode: int = 32
+    max_nodes: int = 8
     share_levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     control: tuple[str, ...] = PARTS
     version: int = field(default=ENCODING_VERSION)

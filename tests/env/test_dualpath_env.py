@@ -179,6 +179,7 @@ def test_other_presets_fit_the_padding_and_too_large_ones_are_refused():
     assert obs[:16 * 7].reshape(16, 7)[:, 0].sum() == 16  # 16 prefill slots present
     with pytest.raises(ValueError, match="prefill engines"):
         DualPathEnv("ds660b-2p4d", encoding=Encoding(max_prefill=8))
+    DualPathEnv("ds660b-2p4d", agents=2).reset(seed=0)  # the defaults fit the largest preset
 
 
 @pytest.mark.parametrize("bad", [{"reward_scale": 0.0}, {"slo_penalty": -1.0},
