@@ -21,6 +21,11 @@ class ClusterSpec:
     decode nodes; engines are numbered node by node, so engine ``e`` lives on
     node ``e // node.gpus``. Engines form groups of ``*_group_nodes`` whole
     nodes (the paper's PE and DE groups).
+
+    ``snic_factors`` degrades storage NICs: empty (the default) runs every node
+    at the nominal ``node.snic_bytes_s``; otherwise it holds one factor in
+    (0, 1] per node, and node ``n`` reads and writes storage at
+    :meth:`snic_bytes_s_of` ``(n)`` = nominal × ``snic_factors[n]``.
     """
 
     name: str
@@ -37,6 +42,7 @@ class ClusterSpec:
     decode_max_batch: int = 256
     slo_ttft_s: float = 4.0
     slo_tpot_s: float = 0.05
+    snic_factors: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         require(self.prefill_nodes > 0, "prefill_nodes",
@@ -56,6 +62,22 @@ class ClusterSpec:
         require(self.decode_group_nodes > 0 and self.decode_nodes % self.decode_group_nodes == 0,
                 "decode_group_nodes",
                 f"must divide decode_nodes={self.decode_nodes}, got {self.decode_group_nodes}")
+        self._check_snic_factors()
+
+    def _check_snic_factors(self) -> None:
+        factors = self.snic_factors
+        require(isinstance(factors, tuple), "snic_factors",
+                f"must be a tuple of numbers, got {type(factors).__name__} {factors!r}")
+        if not factors:
+            return
+        require(len(factors) == self.nodes, "snic_factors",
+                f"must hold one factor per node ({self.nodes}: {self.prefill_nodes} prefill "
+                f"then {self.decode_nodes} decode), got {len(factors)}: {list(factors)}")
+        for n, factor in enumerate(factors):
+            ok = (isinstance(factor, int | float) and not isinstance(factor, bool)
+                  and 0 < factor <= 1)  # NaN fails the comparison
+            require(ok, "snic_factors",
+                    f"factor of node {n} must lie in (0, 1], got {factor!r}")
 
     @cached_property
     def nodes(self) -> int:
@@ -72,6 +94,11 @@ class ClusterSpec:
     @cached_property
     def engines(self) -> int:
         return self.nodes * self.node.gpus
+
+    def snic_bytes_s_of(self, node_id: int) -> float:
+        """Storage NIC bandwidth of node ``node_id`` in bytes/s (nominal × its factor)."""
+        nominal = self.node.snic_bytes_s
+        return nominal * self.snic_factors[node_id] if self.snic_factors else nominal
 
     def node_of(self, engine_id: int) -> int:
         return engine_id // self.node.gpus

@@ -5,7 +5,10 @@ A preset file holds the top-level :class:`ClusterSpec` fields plus two tables,
 are exactly the dataclass fields. Overrides (``--set KEY=VALUE`` on the command
 line) use dotted keys: ``prefill_nodes=3``, ``node.snic_gb_s=25``,
 ``model.layers=30``; the value is read as a TOML value, and a bare word that is
-not valid TOML is taken as a string.
+not valid TOML is taken as a string. A list of numbers (``snic_factors``, one
+storage-NIC factor per node) is written as a TOML array in a file
+(``snic_factors = [1.0, 0.25]``) and as an array or comma-separated numbers in
+an override (``snic_factors=1,0.25``; an empty value means none).
 
 Every problem is a :class:`ConfigError` whose message starts with where the bad
 value came from (the file, or ``--set ...``) and names the key.
@@ -32,6 +35,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 OVERRIDE_SOURCE = "--set"
 
 _TABLES: dict[str, type] = {"node": NodeSpec, "model": ModelSpec}
+_NUMBERS = tuple[float, ...]  # the type of a field holding a list of numbers
 _TOML_TYPE = {bool: "boolean", int: "integer", float: "float", str: "string",
               list: "array", dict: "table"}
 
@@ -188,7 +192,22 @@ def _parse_override(raw: str) -> tuple[str, Any]:
                           "expected KEY=VALUE, e.g. node.snic_gb_s=25")
     section, _, leaf = key.rpartition(".")
     _check_key(section, leaf, f"{OVERRIDE_SOURCE} {raw}")
-    return key, _parse_value(text.strip())
+    value = _parse_value(text.strip())
+    if isinstance(value, str) and _SCHEMA[section][leaf] == _NUMBERS:
+        value = _parse_number_list(value, f"{OVERRIDE_SOURCE} {raw}: {key}")
+    return key, value
+
+
+def _parse_number_list(text: str, where: str) -> list[Any]:
+    """``1,0.25`` as ``[1, 0.25]`` (an empty text as ``[]``): a list without brackets."""
+    if not text.strip():
+        return []
+    items = [_parse_value(item.strip()) for item in text.split(",")]
+    for item in items:
+        if type(item) not in (int, float):
+            raise ConfigError(f"{where}: expected comma-separated numbers (e.g. 1,0.25), "
+                              f"got {item!r}")
+    return items
 
 
 def _parse_value(text: str) -> Any:
@@ -225,6 +244,10 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise wrong("a string")
         return value
+    if hint == _NUMBERS:  # snic_factors: one number per node
+        if not (isinstance(value, list) and all(type(x) in (int, float) for x in value)):
+            raise wrong("an array of numbers, e.g. [1.0, 0.25]")
+        return tuple(float(x) for x in value)
     if typing.get_origin(hint) is tuple:  # prefill_efficiency: pairs of numbers
         pair_ok = (isinstance(value, list) and all(
             isinstance(p, list) and len(p) == 2 and all(type(x) in (int, float) for x in p)

@@ -64,14 +64,15 @@ class Simulator:
         self.now = 0.0
         self.events = EventQueue()
         node = spec.node
-        self.nodes = [NodeStorage(n, node.snic_bytes_s, node.host_buffer_bytes, self._read_issued)
-                      for n in range(spec.nodes)]
+        self.nodes = [NodeStorage(n, spec.snic_bytes_s_of(n), node.host_buffer_bytes,
+                                  self._read_issued) for n in range(spec.nodes)]
         self.pes = [PrefillEngine(e, spec.node_of(e), self.cost)
                     for e in range(spec.prefill_engines)]
         self.des = [DecodeEngine(e, spec.node_of(e), self.cost)
                     for e in range(spec.prefill_engines, spec.engines)]
         self._groups = [spec.group_of(e) for e in range(spec.engines)]
         self._eviews = [self._engine_view(e) for e in range(spec.engines)]
+        self._stale: set[int] = set()  # engines whose view is rebuilt at the next view()
         self._node_roles = [spec.role_of_node(n) for n in range(spec.nodes)]
         self.waiting: deque[Job] = deque()
         self._waiting_tokens = 0
@@ -157,6 +158,10 @@ class Simulator:
             NodeView(n.node_id, roles[n.node_id], n.read_queue_bytes(now) / kvb,
                      n.snic.bytes_s, n.buffer_bytes - n.buffer_used)
             for n in self.nodes)
+        if self._stale:
+            for engine_id in self._stale:
+                self._eviews[engine_id] = self._engine_view(engine_id)
+            self._stale.clear()
         return ClusterView(now, self.spec, tuple(self._eviews), nodes,
                            QueueView(len(self.waiting), self._waiting_tokens))
 
@@ -174,7 +179,8 @@ class Simulator:
                           de.free_hbm, busy)
 
     def _refresh(self, engine_id: int) -> None:
-        self._eviews[engine_id] = self._engine_view(engine_id)
+        # Views are rebuilt lazily: an engine may change several times between decisions.
+        self._stale.add(engine_id)
 
     # -- decisions ----------------------------------------------------------
     def _check(self, job: Job, d: Decision) -> None:

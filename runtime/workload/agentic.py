@@ -285,6 +285,89 @@ def fit_set_params(mal: str, count: int = 20_000, iterations: int = 30,
     return params
 
 
+# --- online arrival processes ----------------------------------------------------
+
+ARRIVALS = ("poisson", "bursty")
+
+
+@dataclass(frozen=True)
+class BurstyArrivals:
+    """An on/off modulated Poisson process with a given long-run mean rate.
+
+    Time alternates between bursts and quiet periods of exponential lengths,
+    bursts with mean ``burst_s`` and quiet periods with mean ``burst_s × (1 −
+    burst_share) / burst_share``, so that a long run spends ``burst_share`` of
+    its time in bursts. For a mean rate ``aps``, arrivals come at ``burst_factor
+    × aps`` in a burst and at ``aps × (1 − burst_share × burst_factor) / (1 −
+    burst_share)`` when quiet, which keeps the long-run mean at ``aps`` (the
+    quiet rate must be >= 0: ``burst_share × burst_factor <= 1``). The first
+    period is a burst with probability ``burst_share`` (the stationary state).
+    ``burst_factor = 1`` is a plain Poisson process.
+    """
+
+    burst_s: float = 20.0
+    burst_factor: float = 4.0
+    burst_share: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_positive("burst_s", self.burst_s)
+        _check_finite("burst_factor", self.burst_factor)
+        if self.burst_factor < 1:
+            raise ValueError(f"burst_factor: must be >= 1 (a burst is busier than the mean), "
+                             f"got {self.burst_factor!r}")
+        _check_finite("burst_share", self.burst_share)
+        if not 0 < self.burst_share < 1:
+            raise ValueError(f"burst_share: must lie in (0, 1), got {self.burst_share!r}")
+        if self.burst_share * self.burst_factor > 1:
+            raise ValueError(
+                f"burst_share × burst_factor must be <= 1 (else the quiet rate is < 0 and the "
+                f"mean cannot be kept), got {self.burst_share!r} × {self.burst_factor!r}")
+
+    @property
+    def quiet_factor(self) -> float:
+        """Quiet-period rate as a multiple of the mean rate."""
+        return (1 - self.burst_share * self.burst_factor) / (1 - self.burst_share)
+
+    @property
+    def quiet_s(self) -> float:
+        """Mean length of a quiet period."""
+        return self.burst_s * (1 - self.burst_share) / self.burst_share
+
+    @property
+    def label(self) -> str:
+        return f"bursty-{self.burst_s:g}s-x{self.burst_factor:g}-{self.burst_share:g}"
+
+    def draw(self, rng: np.random.Generator, aps: float, duration_s: float) -> np.ndarray:
+        """Sorted arrival times in ``[0, duration_s)`` at a mean of ``aps`` per second."""
+        in_burst = bool(rng.uniform() < self.burst_share)
+        t = 0.0
+        chunks: list[np.ndarray] = []
+        while t < duration_s:
+            mean_s, factor = ((self.burst_s, self.burst_factor) if in_burst
+                              else (self.quiet_s, self.quiet_factor))
+            end = min(t + float(rng.exponential(mean_s)), duration_s)
+            count = int(rng.poisson(aps * factor * (end - t)))
+            chunks.append(rng.uniform(t, end, count))
+            t, in_burst = end, not in_burst
+        return np.sort(np.concatenate(chunks)) if chunks else np.zeros(0)
+
+
+def _arrival_process(arrival: str, online: bool,
+                     bursts: BurstyArrivals) -> BurstyArrivals | None:
+    """The bursty process, or None for Poisson; refuses options that would be ignored."""
+    if arrival not in ARRIVALS:
+        raise ValueError(f"arrival: unknown arrival process {arrival!r}; choose one of "
+                         f"{', '.join(ARRIVALS)}")
+    if arrival == "bursty":
+        if not online:
+            raise ValueError("arrival='bursty' applies only to online=True")
+        return bursts
+    if bursts != BurstyArrivals():
+        raise ValueError("burst_s, burst_factor and burst_share apply only to "
+                         "arrival='bursty'")
+    return None
+
+
 # --- the workload --------------------------------------------------------------
 
 
@@ -299,8 +382,11 @@ class AgenticWorkload:
     (appended and generated) and appends that turn's tokens; turn 0 hits none.
 
     Offline (default): ``agents`` agents all arrive at t = 0. Online: agents
-    arrive as a Poisson process of ``aps`` agents per second over
-    ``[0, duration_s)``; ``agents`` is ignored. A turn arrives when the
+    arrive at ``aps`` agents per second over ``[0, duration_s)``; ``agents`` is
+    ignored. ``arrival`` picks the process: ``"poisson"`` (default) or
+    ``"bursty"``, an on/off modulated Poisson process of the same long-run rate
+    (see :class:`BurstyArrivals`; ``burst_s``, ``burst_factor`` and
+    ``burst_share`` set it and apply only to it). A turn arrives when the
     previous one finishes plus two exponential delays with means
     ``tool_latency_s`` and ``think_time_s`` (0 = none, as in the paper).
 
@@ -318,8 +404,13 @@ class AgenticWorkload:
                  online: bool = False, aps: float | None = None,
                  duration_s: float | None = None, append_scale: float = 1.0,
                  gen_scale: float = 1.0, tool_latency_s: float = 0.0,
-                 think_time_s: float = 0.0) -> None:
+                 think_time_s: float = 0.0, arrival: str = "poisson",
+                 burst_s: float = BurstyArrivals.burst_s,
+                 burst_factor: float = BurstyArrivals.burst_factor,
+                 burst_share: float = BurstyArrivals.burst_share) -> None:
         self.mal = check_mal(mal)
+        self.bursts = _arrival_process(arrival, online, BurstyArrivals(
+            burst_s=burst_s, burst_factor=burst_factor, burst_share=burst_share))
         _check_positive("append_scale", append_scale)
         _check_positive("gen_scale", gen_scale)
         _check_non_negative("tool_latency_s", tool_latency_s)
@@ -351,6 +442,8 @@ class AgenticWorkload:
         self._next_id = self.agents
         if online:
             self.name = f"agentic-{self.mal}-online-{aps:g}aps-{duration_s:g}s"
+            if self.bursts is not None:
+                self.name += f"-{self.bursts.label}"
         else:
             self.name = f"agentic-{self.mal}-offline-{self.agents}agents"
         if self.append_scale != 1.0 or self.gen_scale != 1.0:
@@ -368,6 +461,8 @@ class AgenticWorkload:
             raise ValueError("online=True needs aps (agents per second) and duration_s")
         _check_positive("aps", aps)
         _check_positive("duration_s", duration_s)
+        if self.bursts is not None:
+            return self.bursts.draw(self._rng, aps, duration_s)
         # Poisson process: a Poisson count, then uniform order statistics.
         count = int(self._rng.poisson(aps * duration_s))
         return np.sort(self._rng.uniform(0.0, duration_s, count))
@@ -427,6 +522,12 @@ class AgenticWorkload:
 def _check_positive(key: str, value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise ValueError(f"{key}: must be a finite number > 0, got {value!r}")
+
+
+def _check_finite(key: str, value: float) -> None:
+    if not (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value)):
+        raise ValueError(f"{key}: must be a finite number, got {value!r}")
 
 
 def _check_non_negative(key: str, value: float) -> None:

@@ -186,6 +186,32 @@ def test_overrides_at_all_three_levels() -> None:
     assert s.decode_nodes == 4 and s.model.kv_bytes_per_token == 48_068
 
 
+def test_snic_factors_default_to_nominal_bandwidth() -> None:
+    spec = load_preset("tiny")
+    assert spec.snic_factors == ()
+    assert [spec.snic_bytes_s_of(n) for n in range(spec.nodes)] == [1e9, 1e9]
+
+
+def test_snic_factors_from_a_file(tmp_path: Path) -> None:
+    spec = load_preset(str(write(tmp_path, with_value("snic_factors", [1, 0.25]))))
+    assert spec.snic_factors == (1.0, 0.25)
+    assert all(isinstance(f, float) for f in spec.snic_factors)
+    assert [spec.snic_bytes_s_of(n) for n in range(2)] == [1e9, 0.25e9]
+
+
+@pytest.mark.parametrize("text", ["1,0.25", "1, 0.25", "[1, 0.25]", "[1.0,0.25]"])
+def test_snic_factors_override_as_list_or_commas(text: str) -> None:
+    spec = load_preset("tiny", [f"snic_factors={text}"])
+    assert spec.snic_factors == (1.0, 0.25)
+    assert spec.snic_bytes_s_of(1) == pytest.approx(0.25e9)
+
+
+@pytest.mark.parametrize("text", ["", "[]"])
+def test_empty_snic_factors_override_means_nominal(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, with_value("snic_factors", [0.5, 0.5]))
+    assert load_preset(str(path), [f"snic_factors={text}"]).snic_factors == ()
+
+
 def test_later_override_wins() -> None:
     assert load_preset("tiny", ["node.gpus=3", "node.gpus=5"]).node.gpus == 5
 
@@ -238,6 +264,12 @@ FILE_ERRORS = [
     ("model.prefill_efficiency", [100, 0.5], ["model.prefill_efficiency", "pairs"]),
     ("model.layers", -3, ["model.layers", "> 0"]),
     ("node.cnic_kv_share", 1.5, ["node.cnic_kv_share"]),
+    ("snic_factors", [1.0, 0.0], ["snic_factors", "node 1", "(0, 1]", "0.0"]),
+    ("snic_factors", [1.0, 1.5], ["snic_factors", "node 1", "(0, 1]", "1.5"]),
+    ("snic_factors", [1.0], ["snic_factors", "one factor per node", "got 1"]),
+    ("snic_factors", "1,0.5", ["snic_factors", "array of numbers", "'1,0.5'"]),
+    ("snic_factors", [1.0, "x"], ["snic_factors", "array of numbers"]),
+    ("snic_factors", 0.5, ["snic_factors", "array of numbers"]),
 ]
 
 
@@ -263,6 +295,10 @@ OVERRIDE_ERRORS = [
     ("model._eff_x=1", ["model._eff_x", "private"]),
     ("node.snic_gb_s", ["node.snic_gb_s", "malformed", "KEY=VALUE"]),
     ("=3", ["malformed"]),
+    ("snic_factors=1,0.5", ["snic_factors", "one factor per node", "6", "got 2"]),
+    ("snic_factors=1,1,1,1,1,x", ["snic_factors", "comma-separated numbers", "'x'"]),
+    ("snic_factors=1,1,1,1,1,2", ["snic_factors", "node 5", "(0, 1]"]),
+    ("snic_factors=0.5", ["snic_factors", "array of numbers"]),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from runtime.workload import (
     PAPER_STATS,
     SET_PARAMS,
     AgenticWorkload,
+    BurstyArrivals,
+    MixedWorkload,
     MooncakeTrace,
     Workload,
     trajectory_stats,
@@ -154,6 +157,95 @@ def test_online_and_offline_argument_errors() -> None:
         AgenticWorkload(4, append_scale=0.0)
     with pytest.raises(ValueError, match="tool_latency_s"):
         AgenticWorkload(4, tool_latency_s=-1.0)
+
+
+def _window_dispersion(arrivals: np.ndarray, duration_s: float, window_s: float) -> float:
+    """Variance / mean of the arrival counts per window (1 for a Poisson process)."""
+    counts = np.bincount((arrivals // window_s).astype(np.int64),
+                         minlength=int(duration_s // window_s))
+    return float(counts.var() / counts.mean())
+
+
+def test_bursty_process_keeps_the_mean_rate_over_a_long_window() -> None:
+    aps, duration = 1.0, 400_000.0
+    arrivals = BurstyArrivals().draw(np.random.default_rng(0), aps, duration)
+    assert np.all(np.diff(arrivals) >= 0) and arrivals[0] >= 0 and arrivals[-1] < duration
+    # sd of the realised rate here is about 1.4% (bursts of ~20 s, cycles of ~100 s)
+    assert len(arrivals) / duration == pytest.approx(aps, rel=0.05)
+    assert _window_dispersion(arrivals, duration, 10.0) > 5
+
+
+def test_bursty_arrivals_are_overdispersed_poisson_are_not() -> None:
+    aps, duration = 2.0, 20_000.0
+
+    def arrivals(arrival: str) -> np.ndarray:
+        wl = AgenticWorkload(None, "32k", seed=3, online=True, aps=aps, duration_s=duration,
+                             arrival=arrival)
+        first = wl.initial_requests()
+        assert [r.agent_id for r in first] == list(range(len(first)))
+        return np.array([r.arrival_s for r in first])
+
+    poisson, bursty = arrivals("poisson"), arrivals("bursty")
+    for times in (poisson, bursty):
+        assert np.all(np.diff(times) >= 0) and times[-1] < duration
+        assert len(times) / duration == pytest.approx(aps, rel=0.1)
+    assert _window_dispersion(poisson, duration, 10.0) == pytest.approx(1.0, abs=0.15)
+    assert _window_dispersion(bursty, duration, 10.0) > 5
+
+
+def test_bursty_rates_and_period_lengths() -> None:
+    b = BurstyArrivals(burst_s=10.0, burst_factor=3.0, burst_share=0.25)
+    assert b.quiet_factor == pytest.approx((1 - 0.75) / 0.75)
+    assert b.quiet_s == pytest.approx(30.0)
+    # long-run mean of the modulated rate is the base rate
+    assert 0.25 * 3.0 + 0.75 * b.quiet_factor == pytest.approx(1.0)
+    assert BurstyArrivals(burst_factor=5.0, burst_share=0.2).quiet_factor == 0.0
+
+
+def test_default_arrival_is_poisson_and_unchanged() -> None:
+    def firsts(**kw: object) -> list[Request]:
+        return AgenticWorkload(None, "32k", seed=5, online=True, aps=2.0, duration_s=100.0,
+                               **kw).initial_requests()  # type: ignore[arg-type]
+
+    default = AgenticWorkload(None, "32k", seed=5, online=True, aps=2.0, duration_s=100.0)
+    assert default.name == "agentic-32k-online-2aps-100s"
+    assert firsts(arrival="poisson") == firsts()
+    assert firsts(arrival="bursty") != firsts()
+
+
+def test_bursty_is_deterministic_and_named() -> None:
+    def run(seed: int) -> list[tuple[Request, float]]:
+        return drive(AgenticWorkload(None, "32k", seed=seed, online=True, aps=1.0,
+                                     duration_s=60.0, arrival="bursty", burst_factor=2.0))
+
+    assert run(4) == run(4)
+    assert run(4) != run(5)
+    wl = AgenticWorkload(None, "32k", online=True, aps=1.0, duration_s=60.0, arrival="bursty")
+    assert wl.name == "agentic-32k-online-1aps-60s-bursty-20s-x4-0.2"
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"arrival": "spiky"}, ["arrival", "'spiky'", "poisson, bursty"]),
+    ({"arrival": "bursty", "burst_factor": 0.5}, ["burst_factor", ">= 1", "0.5"]),
+    ({"arrival": "bursty", "burst_share": 0.0}, ["burst_share", "(0, 1)"]),
+    ({"arrival": "bursty", "burst_share": 1.0}, ["burst_share", "(0, 1)"]),
+    ({"arrival": "bursty", "burst_share": 0.3, "burst_factor": 4.0},
+     ["burst_share × burst_factor", "<= 1", "quiet rate"]),
+    ({"arrival": "bursty", "burst_s": 0.0}, ["burst_s", "> 0"]),
+    ({"arrival": "bursty", "burst_factor": float("inf")}, ["burst_factor", "finite"]),
+    ({"burst_factor": 2.0}, ["apply only to arrival='bursty'"]),
+])
+def test_bursty_argument_errors(kwargs: dict[str, object], words: list[str]) -> None:
+    with pytest.raises(ValueError) as info:
+        AgenticWorkload(None, "32k", online=True, aps=1.0, duration_s=10.0,
+                        **kwargs)  # type: ignore[arg-type]
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def test_bursty_is_online_only() -> None:
+    with pytest.raises(ValueError, match="online=True"):
+        AgenticWorkload(4, arrival="bursty")
 
 
 def test_unknown_mal_names_value_and_choices() -> None:
@@ -329,3 +421,108 @@ def test_shared_mooncake_trace_loads() -> None:
     assert all(r.appended_tokens >= 1 for r in reqs)
     bounded = MooncakeTrace(SHARED_TRACE, storage_capacity_blocks=2000).stats()
     assert bounded["block_reuse"] < stats["block_reuse"]
+
+
+# --- mixed workloads -------------------------------------------------------------
+
+class Recording:
+    """Wraps a workload and records which requests its ``on_complete`` is shown."""
+
+    def __init__(self, inner: Workload) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.total_requests: int = inner.total_requests  # type: ignore[attr-defined]
+        self.issued: list[Request] = []
+        self.completed: list[Request] = []
+
+    def initial_requests(self) -> list[Request]:
+        reqs = self.inner.initial_requests()
+        self.issued += reqs
+        return reqs
+
+    def on_complete(self, request: Request, finish_s: float) -> list[Request]:
+        self.completed.append(request)
+        reqs = self.inner.on_complete(request, finish_s)
+        self.issued += reqs
+        return reqs
+
+
+def _mixed_parts(tmp_path: Path) -> list[Recording]:
+    path = write_trace(tmp_path / "t.jsonl", [
+        row(0, 1024, [1, 2]), row(500, 1536, [1, 2, 3]), row(1500, 700, [4]),
+        row(3000, 1024, [1, 2], out=3)])
+    return [Recording(AgenticWorkload(3, "32k", seed=1, tool_latency_s=0.5)),
+            Recording(MooncakeTrace(path))]
+
+
+def test_mixed_ids_unique_and_routed_to_their_part(tmp_path: Path) -> None:
+    parts = _mixed_parts(tmp_path)
+    mixed = MixedWorkload(parts)
+    assert mixed.name == "mixed(agentic-32k-offline-3agents+mooncake-t)"
+    done = drive(mixed)
+    ids = [r.request_id for r, _ in done]
+    assert len(ids) == len(set(ids))
+    assert len(done) == mixed.total_requests == sum(p.total_requests for p in parts)
+    # each part saw exactly its own requests, as the very objects it issued
+    for p, part in enumerate(parts):
+        assert len(part.completed) == len(part.issued) == part.total_requests
+        assert {id(r) for r in part.completed} == {id(r) for r in part.issued}
+        mine = [r for r, _ in done if mixed.part_of(r.request_id) == p]
+        assert len(mine) == part.total_requests
+    # agent ids do not collide: agentic agents 0..2 and trace agents 0..3 stay apart
+    agents_of = [{r.agent_id for r, _ in done if mixed.part_of(r.request_id) == p}
+                 for p in range(2)]
+    assert not agents_of[0] & agents_of[1]
+    assert len(agents_of[0]) == 3 and len(agents_of[1]) == 4
+    # ids are ``own × parts + part``; everything else is the part's own
+    for r, _ in done:
+        p = mixed.part_of(r.request_id)
+        own = {q.request_id: q for q in parts[p].issued}[r.request_id // 2]
+        assert r.agent_id == own.agent_id * 2 + p
+        assert dataclasses_replace(r, request_id=own.request_id, agent_id=own.agent_id) == own
+
+
+def test_mixed_initial_requests_merge_by_arrival(tmp_path: Path) -> None:
+    parts = _mixed_parts(tmp_path)
+    firsts = MixedWorkload(parts).initial_requests()
+    assert [r.arrival_s for r in firsts] == sorted(r.arrival_s for r in firsts)
+    own = sorted((r.arrival_s, r.hit_tokens, r.appended_tokens, r.gen_tokens, r.turn)
+                 for part in parts for r in part.issued)
+    assert sorted((r.arrival_s, r.hit_tokens, r.appended_tokens, r.gen_tokens, r.turn)
+                  for r in firsts) == own
+
+
+def test_mixed_is_deterministic(tmp_path: Path) -> None:
+    def run() -> list[tuple[Request, float]]:
+        return drive(MixedWorkload([part.inner for part in _mixed_parts(tmp_path)]))
+
+    assert run() == run()
+
+
+def test_mixed_refuses_unknown_and_repeated_completions(tmp_path: Path) -> None:
+    mixed = MixedWorkload(_mixed_parts(tmp_path))
+    first = mixed.initial_requests()[0]
+    mixed.on_complete(first, 1.0)
+    with pytest.raises(ValueError, match="already completed"):
+        mixed.on_complete(first, 2.0)
+    with pytest.raises(ValueError, match="not issued"):
+        mixed.on_complete(dataclasses_replace(first, request_id=10_001), 2.0)
+
+
+def test_mixed_needs_workloads() -> None:
+    with pytest.raises(ValueError, match="at least one part"):
+        MixedWorkload([])
+    with pytest.raises(ValueError, match=r"parts\[1\].*not a workload"):
+        MixedWorkload([AgenticWorkload(1), object()])  # type: ignore[list-item]
+
+
+@pytest.mark.skipif(not SHARED_TRACE.exists(), reason="shared Mooncake trace not present")
+def test_mixed_agents_with_the_shared_trace() -> None:
+    agents = AgenticWorkload(None, "64k", seed=0, online=True, aps=0.5, duration_s=200.0)
+    trace = MooncakeTrace(SHARED_TRACE, limit=400, time_scale=0.5)
+    mixed = MixedWorkload([agents, trace])
+    assert mixed.name.startswith("mixed(agentic-64k-online") and "+mooncake-" in mixed.name
+    firsts = mixed.initial_requests()
+    assert len(firsts) == agents.agents + 400
+    assert len({r.request_id for r in firsts}) == len(firsts)
+    assert mixed.total_requests == agents.total_requests + 400
