@@ -1,0 +1,150 @@
+"""Confidence intervals over seeds and the rule that promotes a learned policy.
+
+Every figure we publish is a mean over evaluation seeds with a Student-t 95%
+interval. Comparisons between two policies are paired: both ran on the same seeds
+and workloads, so the interval is taken over the per-seed differences, which
+removes the seed-to-seed variance the two share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# t(0.975, df) for df = 1..30, to 6 decimals. Small samples are where the
+# expansion below is least accurate, and they are the common case (5-10 seeds).
+_T975 = (
+    12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004,
+    2.262157, 2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905,
+    2.109816, 2.100922, 2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899,
+    2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
+)
+_Z975 = 1.959963984540054
+
+# Promotion thresholds (fractions, not percent).
+MIN_JCT_GAIN = 0.02
+MAX_TTFT_P99_REGRESSION = 0.05
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (df >= 1).
+
+    Exact to 6 decimals up to df = 30 (table); beyond, the Cornish-Fisher expansion
+    in 1/df (Abramowitz & Stegun 26.7.5), whose error there is below 1e-6.
+    """
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z, v = _Z975, float(df)
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / v + g2 / v**2 + g3 / v**3 + g4 / v**4
+
+
+def _finite(values: Sequence[float], what: str) -> list[float]:
+    xs = [float(x) for x in values]
+    if not xs:
+        raise ValueError(f"{what}: no values")
+    bad = [x for x in xs if not math.isfinite(x)]
+    if bad:
+        raise ValueError(f"{what}: non-finite values {bad}")
+    return xs
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half width of its Student-t 95% interval: ``mean ± half_width``.
+
+    One value carries no information about spread, so its half width is ``inf``
+    (an interval that excludes nothing), never 0. Empty or non-finite input raises
+    ``ValueError``.
+    """
+    xs = _finite(values, "mean_ci95")
+    n = len(xs)
+    mean = math.fsum(xs) / n
+    if n == 1:
+        return mean, math.inf
+    var = math.fsum((x - mean) ** 2 for x in xs) / (n - 1)
+    return mean, t975(n - 1) * math.sqrt(var / n)
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """Paired difference of ``a`` and ``b`` over the same seeds.
+
+    ``diff ± diff_ci95`` is the mean of ``a - b``; ``rel ± rel_ci95`` is the mean of
+    ``(a - b) / b`` (a fraction: -0.05 means ``a`` is 5% below ``b``).
+    """
+
+    n: int
+    diff: float
+    diff_ci95: float
+    rel: float
+    rel_ci95: float
+
+
+def paired_diff_ci95(a: Sequence[float], b: Sequence[float]) -> PairedDiff:
+    """Paired difference of per-seed values ``a[i]`` and ``b[i]`` with 95% intervals."""
+    xa, xb = _finite(a, "paired_diff_ci95 a"), _finite(b, "paired_diff_ci95 b")
+    if len(xa) != len(xb):
+        raise ValueError(f"paired values need equal lengths, got {len(xa)} and {len(xb)}")
+    if any(y == 0 for y in xb):
+        raise ValueError("paired_diff_ci95: b has a zero, the relative difference is undefined")
+    diff, diff_hw = mean_ci95([x - y for x, y in zip(xa, xb, strict=True)])
+    rel, rel_hw = mean_ci95([(x - y) / y for x, y in zip(xa, xb, strict=True)])
+    return PairedDiff(n=len(xa), diff=diff, diff_ci95=diff_hw, rel=rel, rel_ci95=rel_hw)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%" if math.isfinite(x) else "inf%"
+
+
+def _ttft_regression(challenger: Sequence[float], heuristic: Sequence[float]) -> float:
+    """Relative change of the mean per-seed p99 TTFT (positive = challenger slower)."""
+    c = math.fsum(_finite(challenger, "challenger TTFT p99")) / len(challenger)
+    h = math.fsum(_finite(heuristic, "heuristic TTFT p99")) / len(heuristic)
+    if h <= 0:
+        return 0.0 if c <= h else math.inf
+    return c / h - 1
+
+
+def promote_decision(
+    challenger_jct: Sequence[float],
+    heuristic_jct: Sequence[float],
+    challenger_ttft_p99: Sequence[float],
+    heuristic_ttft_p99: Sequence[float],
+    *,
+    min_gain: float = MIN_JCT_GAIN,
+    max_ttft_regression: float = MAX_TTFT_P99_REGRESSION,
+) -> tuple[bool, str]:
+    """Whether a challenger may replace the champion, and why.
+
+    Inputs are per-seed values on the same evaluation seeds: mean JCT of the
+    challenger and of the best heuristic, and each one's p99 TTFT. The challenger
+    passes when (1) its paired relative JCT improvement ``(h - c) / h`` is at least
+    ``min_gain`` on average, (2) the 95% interval of that improvement excludes
+    zero, and (3) the mean of its per-seed p99 TTFTs is at most
+    ``max_ttft_regression`` above the heuristic's. The reason names every part
+    that failed, with the figures, or the figures that passed.
+    """
+    d = paired_diff_ci95(challenger_jct, heuristic_jct)
+    # rel is (c - h) / h, so the improvement is its negation with the same half width
+    gain, half = -d.rel, d.rel_ci95
+    ttft = _ttft_regression(challenger_ttft_p99, heuristic_ttft_p99)
+    figures = (f"JCT improvement {_pct(gain)} ± {_pct(half)} (95% CI, {d.n} seeds), "
+               f"p99 TTFT change {ttft:+.2%}")
+    failed = []
+    if gain < min_gain:
+        failed.append(f"mean JCT improvement {_pct(gain)} is below the {_pct(min_gain)} bar")
+    if not gain - half > 0:
+        failed.append(f"the 95% interval [{_pct(gain - half)}, {_pct(gain + half)}] "
+                      "of the JCT improvement does not exclude zero")
+    if ttft > max_ttft_regression:
+        failed.append(f"p99 TTFT regresses by {_pct(ttft)}, more than the "
+                      f"{_pct(max_ttft_regression)} allowed")
+    if failed:
+        return False, "refused: " + "; ".join(failed) + f" ({figures})"
+    return True, f"promoted: {figures}"
