@@ -6,12 +6,25 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from env.encoding import PARTS
+from experiments.compare import (
+    compare,
+    default_specs,
+    pick_seeds,
+    render,
+    shipped_policies,
+    split_specs,
+)
 from experiments.runner import DEFAULT_PRESET, RunConfig, run, run_many
+from experiments.scenario import list_scenarios, load_scenario
 from experiments.table import format_table, format_value
+from experiments.tracking import MODEL_NAME
 
 SUMMARY = ["policy", "jct_s", "jct_mean_s", "throughput_tok_s", "ttft_mean_s", "tpot_mean_s",
            "slo_attainment", "snic_util_mean", "snic_max_over_avg"]
@@ -68,7 +81,22 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     _emit(args, result, text)
 
 
+def cmd_scenarios(args: argparse.Namespace) -> None:
+    names = list_scenarios()
+    if args.json:
+        print(json.dumps({"scenarios": [load_scenario(n).to_json() for n in names]}))
+        return
+    for name in names:
+        print(f"{name:<16} {load_scenario(name).description}")
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
+    if args.scenario is not None:
+        _compare_scenario(args)
+        return
+    if args.policies is not None or args.seeds is not None:
+        raise ValueError("--policies and --seeds go with --scenario; without one, name "
+                         "policies with --policy")
     policies = args.policy or list(COMPARE_POLICIES)
     rows = run_many([_config(args, p) for p in policies], args.jobs, progress=True)
     base = rows[0]["jct_s"]
@@ -77,6 +105,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
     header = (f"preset {args.preset}, {args.agents} agents, {args.mal} set, seed {args.seed}; "
               f"speedup = JCT of {policies[0]} / JCT")
     _emit(args, {"runs": rows}, header + "\n" + format_table(rows, [*SUMMARY, "speedup"]))
+
+
+def _compare_scenario(args: argparse.Namespace) -> None:
+    scenario = load_scenario(args.scenario)
+    specs = (split_specs(args.policies) if args.policies is not None
+             else (args.policy or default_specs(scenario, shipped_policies())))
+    seeds = pick_seeds(scenario, args.seeds)
+    out = Path(args.out) if args.out else Path("results") / "compare" / scenario.name
+    payload = compare(scenario, specs, seeds, jobs=args.jobs, out_dir=out,
+                      tracking_uri=args.tracking_uri, progress=not args.json)
+    _emit(args, payload, render(payload))
 
 
 def cmd_ablation(args: argparse.Namespace) -> None:
@@ -90,6 +129,44 @@ def cmd_ablation(args: argparse.Namespace) -> None:
     header = f"ablation on {args.preset}, {args.agents} agents, {args.mal} set, seed {args.seed}"
     _emit(args, {"steps": steps, "runs": rows},
           header + "\n" + format_table(steps, ["name", "policy", "jct_s", "reduction_pct"]))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from experiments.train import TrainConfig, train
+
+    scenario = load_scenario(args.scenario)
+    mode = args.mode or scenario.train.mode
+    cfg = TrainConfig(
+        mode=mode, steps=args.steps or scenario.train.steps, seed=args.seed,
+        control=tuple(args.control.split(",")) if args.control else PARTS,
+        fallback=args.fallback, window_s=args.window)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("results") / "train" / (
+        f"{scenario.name}-{mode}-{stamp}")
+    result = train(scenario, cfg, out_dir=out, tracking_uri=args.tracking_uri,
+                   progress=not args.json)
+    payload = {"artifact": str(result.artifact_dir), "mlflow_run_id": result.run_id,
+               "model": f"{MODEL_NAME} version {result.version}", "alias": "challenger",
+               "env_time_share": result.env_time_share, "wall_s": result.wall_s}
+    text = "\n".join(f"{k:>16}  {format_value(v)}" for k, v in payload.items())
+    _emit(args, payload, text)
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from experiments.promote import promote
+
+    payload = promote(load_scenario(args.scenario), args.challenger, jobs=args.jobs,
+                      seeds=args.seeds, tracking_uri=args.tracking_uri)
+    _emit(args, payload, payload["reason"])
+
+
+def cmd_bench_env(args: argparse.Namespace) -> None:
+    from experiments.bench import bench_env
+
+    payload = bench_env(steps=args.steps, seed=args.seed)
+    text = (f"{payload['steps']:,} env steps ({payload['preset']}, random valid actions) in "
+            f"{payload['wall_s']:.2f} s: {payload['steps_per_s']:,.0f} steps/s")
+    _emit(args, payload, text)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -119,14 +196,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", help="write one row per request to FILE.csv or FILE.parquet")
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("scenarios", help="list the shipped scenarios")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scenarios)
+
     p = sub.add_parser("compare", help="compare policies on the same workload (the main job)")
     _add_run_args(p, agents=512)
     p.add_argument("--policy", action="append", help="policy spec; repeat for several")
+    p.add_argument("--scenario", help="evaluate on a scenario's evaluation seeds (name or file)")
+    p.add_argument("--policies", help="with --scenario: comma-separated policy specs")
+    p.add_argument("--seeds", type=int, help="with --scenario: the first N evaluation seeds")
+    p.add_argument("--out", help="with --scenario: folder for the plots "
+                                 "(default results/compare/SCENARIO)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                                          "else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("ablation", help="the paper's ablation steps and the oracle")
     _add_run_args(p, agents=1024)
     p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("train", help="train a learned policy on a scenario (MLflow-logged)")
+    p.add_argument("--scenario", required=True, help="scenario name or file")
+    p.add_argument("--mode", choices=["route", "tune"], help="default: the scenario's")
+    p.add_argument("--steps", type=int, help="env steps (default: the scenario's)")
+    p.add_argument("--seed", type=int, default=0, help="the learner's seed")
+    p.add_argument("--control", help="route: parts the agent decides, from "
+                                     "prefill,decode,path (default all)")
+    p.add_argument("--fallback", help="route: heuristic spec for the other parts")
+    p.add_argument("--window", type=float, default=10.0,
+                   help="tune: simulated seconds per parameter setting")
+    p.add_argument("--out", help="artifact folder (default results/train/SCENARIO-MODE-TIME)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("promote", help="move the champion alias to the challenger if it wins")
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--challenger", default="models:/dualpath-scheduler@challenger",
+                   help="policy spec of the challenger")
+    p.add_argument("--seeds", type=int, help="the first N evaluation seeds")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="what", required=True)
@@ -134,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--agents", type=int, default=BENCH.agents)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("env", help="raw env steps per second (ds27b-1p1d, random valid "
+                                     "actions)")
+    b.add_argument("--steps", type=int, default=50_000)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_env)
     return parser
 
 
@@ -141,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+    except (ValueError, FileNotFoundError, NotImplementedError, LookupError) as exc:
         print(f"dualpath {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -288,6 +288,12 @@ def _resolve_version(uri: str) -> tuple[str, int]:
     return name, int(m["version"])
 
 
+def model_version(uri: str) -> int:
+    """The version a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI names now."""
+    _ensure_setup()
+    return _resolve_version(uri)[1]
+
+
 def download_model(uri: str, dst: str | os.PathLike[str] | None = None) -> Path:
     """Copy the files of a registered version into ``dst`` (a new temporary folder if None).
 

@@ -1,0 +1,98 @@
+"""``dualpath compare --scenario``: evaluate policies on a scenario's evaluation seeds,
+print the table, write plots, and log everything to MLflow."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import agents
+from experiments import plots, tracking
+from experiments.evaluate import DEFAULT_POLICIES, METRICS, run_all, summarize
+from experiments.scenario import Scenario
+from experiments.table import format_table
+
+TABLE_COLUMNS = ["policy", "jct_mean_s", "jct_ci95_s", "jct_vs_pe_only", "throughput_tok_s",
+                 "ttft_p99_s", "slo_attainment"]
+JSON_KEYS = ("policy", "jct_mean_s", "jct_ci95_s", "throughput_tok_s", "ttft_p99_s",
+             "slo_attainment", "jct_vs_pe_only", "jct_vs_pe_only_ci95", "seeds",
+             "per_seed_jct_mean_s", "per_seed_ttft_p99_s")
+
+
+def split_specs(text: str) -> list[str]:
+    """``--policies`` as a list: commas separate specs, except that a ``key=value`` item
+    continues the spec before it (``dualpath:alpha_s=2,beta_s=5,pe_only`` is two specs)."""
+    specs: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            raise ValueError(f"--policies {text!r}: empty policy spec")
+        continues = ("=" in item and ":" not in item.split("=", 1)[0]
+                     and "/" not in item and specs and ":" in specs[-1])
+        if continues:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    return specs
+
+
+def shipped_policies() -> list[str]:
+    """Names of the learned policies shipped in ``agents/pretrained/``."""
+    root = Path(agents.__file__).resolve().parent / "pretrained"
+    return sorted(p.name for p in root.iterdir() if (p / "policy.json").exists()) \
+        if root.is_dir() else []
+
+
+def default_specs(scenario: Scenario, shipped: Sequence[str]) -> list[str]:
+    """The heuristics, plus the shipped learned policy trained on this scenario, if any."""
+    specs = list(DEFAULT_POLICIES)
+    if scenario.name in shipped:
+        specs.append(f"pretrained:{scenario.name}")
+    return specs
+
+
+def pick_seeds(scenario: Scenario, n: int | None) -> list[int]:
+    seeds = list(scenario.eval_seeds)
+    if n is None:
+        return seeds
+    if not 1 <= n <= len(seeds):
+        raise ValueError(f"--seeds {n}: scenario {scenario.name!r} has {len(seeds)} evaluation "
+                         "seeds")
+    return seeds[:n]
+
+
+def metric_key(spec: str, metric: str) -> str:
+    """An MLflow metric name for ``metric`` of policy ``spec`` (only allowed characters)."""
+    return f"{re.sub(r'[^A-Za-z0-9_./ -]', '_', spec)}/{metric}"
+
+
+def compare(scenario: Scenario, specs: Sequence[str], seeds: Sequence[int], *, jobs: int,
+            out_dir: Path, tracking_uri: str | None, progress: bool) -> dict[str, Any]:
+    """Run, summarize, plot and log; returns the JSON payload (``rows`` among it)."""
+    runs = run_all(scenario, specs, seeds, jobs=jobs, progress=progress)
+    rows = summarize(runs, specs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = plots.save(plots.compare_figure(rows, METRICS), out_dir / "compare.png")
+    tracking.setup(tracking_uri)
+    config = {"scenario": scenario.to_json(), "policies": list(specs), "seeds": list(seeds)}
+    with tracking.run(f"compare-{scenario.name}", config, tags={"kind": "compare"}) as run:
+        for row in rows:
+            tracking.log_metrics({metric_key(row["policy"], m): row[m]
+                                  for m in (*METRICS, "jct_ci95_s")})
+        tracking.log_table([{k: row[k] for k in JSON_KEYS if k in row} for row in rows],
+                           "compare")
+        tracking.log_table(runs, "runs")
+        tracking.log_artifact_dir(out_dir, "plots")
+        run_id = run.info.run_id
+    return {"scenario": scenario.name, "seeds": list(seeds), "mlflow_run_id": run_id,
+            "plot": str(figure), "rows": [{k: row[k] for k in JSON_KEYS if k in row}
+                                          for row in rows]}
+
+
+def render(payload: dict[str, Any]) -> str:
+    header = (f"scenario {payload['scenario']}, evaluation seeds {payload['seeds']}; "
+              "mean over seeds with the 95% CI half-width of mean JCT; jct_vs_pe_only = "
+              "paired mean of JCT / pe_only's JCT")
+    return "\n".join([header, format_table(payload["rows"], TABLE_COLUMNS),
+                      f"plot: {payload['plot']}  mlflow run: {payload['mlflow_run_id']}"])

@@ -1,0 +1,44 @@
+"""``dualpath promote``: move the ``champion`` alias to the challenger only if it beats the
+best heuristic on the scenario's evaluation seeds (the rule in ``stats.promote_decision``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from experiments import tracking
+from experiments.evaluate import run_all, summarize
+from experiments.scenario import Scenario
+from experiments.stats import promote_decision
+
+HEURISTICS = ("pe_only", "round_robin", "least_tokens", "dualpath", "dualpath_split")
+
+
+def promote(scenario: Scenario, challenger: str, *, jobs: int = 1, seeds: int | None = None,
+            tracking_uri: str | None = None) -> dict[str, Any]:
+    """Evaluate, decide, and move the alias when the rule passes; returns what happened."""
+    tracking.setup(tracking_uri)
+    version = None
+    if challenger.startswith("models:/"):
+        version = tracking.model_version(challenger)
+        challenger = f"models:/{tracking.MODEL_NAME}/{version}"  # pin what is evaluated
+    chosen = list(scenario.eval_seeds[:seeds] if seeds else scenario.eval_seeds)
+    specs = [challenger, *HEURISTICS]
+    rows = {r["policy"]: r for r in summarize(run_all(scenario, specs, chosen, jobs=jobs),
+                                               specs)}
+    best = min(HEURISTICS, key=lambda h: rows[h]["jct_mean_s"])
+    ok, reason = promote_decision(
+        rows[challenger]["per_seed_jct_mean_s"], rows[best]["per_seed_jct_mean_s"],
+        rows[challenger]["per_seed_ttft_p99_s"], rows[best]["per_seed_ttft_p99_s"])
+    reason = f"{reason} (challenger {challenger} vs best heuristic {best})"
+    promoted = ok and version is not None
+    if ok and version is None:
+        reason += "; not moved: only a registered model (models:/...) can become champion"
+    config = {"scenario": scenario.to_json(), "challenger": challenger, "seeds": chosen}
+    with tracking.run(f"promote-{scenario.name}", config, tags={"kind": "promote"}):
+        tracking.log_metrics({"promoted": promoted})
+        tracking.log_table(list(rows.values()), "promote")
+        if promoted:
+            tracking.set_alias("champion", version)  # type: ignore[arg-type]
+    return {"promoted": promoted, "reason": reason, "challenger": challenger,
+            "version": version, "best_heuristic": best, "seeds": chosen,
+            "jct_mean_s": {k: v["jct_mean_s"] for k, v in rows.items()}}
