@@ -24,7 +24,7 @@ A scenario is a TOML file in ``experiments/scenarios/`` (or any path)::
 Workload kinds: ``agentic`` takes :class:`AgenticWorkload`'s keywords (``agents``,
 ``mal``, ``online``, ``aps``, ``duration_s``, ``arrival``, ``burst_s``,
 ``burst_factor``, ``burst_share``, ``append_scale``, ``gen_scale``,
-``tool_latency_s``, ``think_time_s``) and is seeded per run; ``mooncake`` takes
+``tool_latency_s``, ``think_time_s``, ``shuffle``) and is seeded per run; ``mooncake`` takes
 ``path`` (relative to the scenario file), ``limit``, ``time_scale`` and
 ``storage_capacity_blocks``; ``mixed`` takes ``parts``, a list of the other kinds.
 """
@@ -48,7 +48,7 @@ SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 MODES = ("route", "tune")
 _AGENTIC_KEYS = {"agents", "mal", "online", "aps", "duration_s", "arrival", "burst_s",
                  "burst_factor", "burst_share", "append_scale", "gen_scale", "tool_latency_s",
-                 "think_time_s"}
+                 "think_time_s", "shuffle"}
 _MOONCAKE_KEYS = {"path", "limit", "time_scale", "storage_capacity_blocks"}
 _TOP_KEYS = {"name", "description", "preset", "set", "layerwise", "workload", "seeds", "train"}
 

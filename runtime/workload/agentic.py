@@ -407,7 +407,8 @@ class AgenticWorkload:
                  think_time_s: float = 0.0, arrival: str = "poisson",
                  burst_s: float = BurstyArrivals.burst_s,
                  burst_factor: float = BurstyArrivals.burst_factor,
-                 burst_share: float = BurstyArrivals.burst_share) -> None:
+                 burst_share: float = BurstyArrivals.burst_share,
+                 shuffle: bool = False) -> None:
         self.mal = check_mal(mal)
         self.bursts = _arrival_process(arrival, online, BurstyArrivals(
             burst_s=burst_s, burst_factor=burst_factor, burst_share=burst_share))
@@ -425,7 +426,7 @@ class AgenticWorkload:
         self._set = base.scaled(self.append_scale, self.gen_scale)
         self._arrivals = self._draw_arrivals(agents, aps, duration_s)
         self.agents = len(self._arrivals)
-        self._traj = np.arange(self.agents, dtype=np.int64) % len(base)
+        self._traj = self._assign(len(base), shuffle)
         self._first = self._draw_first_turns(base)
         first_idx = self._set.offsets[self._traj]
         # Later turns' hits shift by how much the (synthetic) first turn differs.
@@ -446,6 +447,8 @@ class AgenticWorkload:
                 self.name += f"-{self.bursts.label}"
         else:
             self.name = f"agentic-{self.mal}-offline-{self.agents}agents"
+        if shuffle:
+            self.name += "-shuffled"
         if self.append_scale != 1.0 or self.gen_scale != 1.0:
             self.name += f"-x{self.append_scale:g}a-x{self.gen_scale:g}g"
 
@@ -466,6 +469,18 @@ class AgenticWorkload:
         # Poisson process: a Poisson count, then uniform order statistics.
         count = int(self._rng.poisson(aps * duration_s))
         return np.sort(self._rng.uniform(0.0, duration_s, count))
+
+    def _assign(self, trajectories: int, shuffle: bool) -> np.ndarray:
+        """Each agent's trajectory: in set order, or (``shuffle``) in a seeded random order,
+        so that offline runs of fewer agents than the set differ by seed. The shuffle draws
+        after the arrivals, so it leaves the arrival stream of a seed unchanged."""
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"shuffle: must be true or false, got {shuffle!r}")
+        if not shuffle:
+            return np.arange(self.agents, dtype=np.int64) % trajectories
+        rounds = -(-self.agents // trajectories)
+        order = np.concatenate([self._rng.permutation(trajectories) for _ in range(rounds)])
+        return order[:self.agents].astype(np.int64)
 
     def _draw_first_turns(self, base: TrajectorySet) -> np.ndarray:
         first_idx = base.offsets[self._traj]

@@ -526,3 +526,24 @@ def test_mixed_agents_with_the_shared_trace() -> None:
     assert len(firsts) == agents.agents + 400
     assert len({r.request_id for r in firsts}) == len(firsts)
     assert mixed.total_requests == agents.total_requests + 400
+
+
+def test_shuffle_draws_a_seeded_set_of_distinct_trajectories():
+    plain = AgenticWorkload(40, "32k", 0)
+    a = AgenticWorkload(40, "32k", 0, shuffle=True)
+    b = AgenticWorkload(40, "32k", 0, shuffle=True)
+    c = AgenticWorkload(40, "32k", 1, shuffle=True)
+    assert list(plain._traj) == list(range(40))
+    assert list(a._traj) == list(b._traj) != list(c._traj)
+    assert len(set(a._traj.tolist())) == 40  # no trajectory twice while the set lasts
+    assert a.name.endswith("-shuffled")
+    with pytest.raises(ValueError, match="shuffle"):
+        AgenticWorkload(4, "32k", 0, shuffle=1)
+
+
+def test_shuffle_keeps_the_online_arrival_stream():
+    kw = dict(online=True, aps=1.0, duration_s=60.0)
+    plain = AgenticWorkload(None, "32k", 5, **kw)
+    mixed = AgenticWorkload(None, "32k", 5, shuffle=True, **kw)
+    assert [r.arrival_s for r in plain.initial_requests()] == \
+        [r.arrival_s for r in mixed.initial_requests()]
