@@ -5,9 +5,12 @@
 else string. ``layerwise`` and ``oracle`` are run switches (layer-wise prefill,
 zero-I/O oracle), not policy parameters: they are returned beside the policy.
 
-``pretrained:NAME``, a trained-policy artifact path, ``models:/...`` (MLflow)
-and ``grpc://HOST:PORT`` name learned and remote policies, which are not
-implemented yet.
+Learned policies (see ``agents.learned`` for the artifact format) are named by
+``pretrained:NAME`` (an artifact shipped in ``agents/pretrained/NAME/``), a path
+to an artifact (its directory, policy.json or policy.onnx), or an MLflow model
+URI, ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (downloaded from the
+tracking server ``MLFLOW_TRACKING_URI`` names). They need the ``cluster`` they
+serve. ``grpc://HOST:PORT`` (the policy service) is not implemented yet.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def resolve_policy(spec: str, cluster: ClusterSpec | None = None) -> ResolvedPol
     """Build the policy ``spec`` names; ValueError (naming the spec and the bad part) if invalid.
 
     ``cluster`` is for policies whose shape depends on the cluster (learned
-    policies' encodings); heuristics read the cluster from each view.
+    policies' encodings; ValueError if they get none); heuristics read the cluster
+    from each view.
     """
     if not isinstance(spec, str):
         raise TypeError(f"policy spec must be a string, got {type(spec).__name__}")
@@ -62,14 +66,35 @@ def resolve_policy(spec: str, cluster: ClusterSpec | None = None) -> ResolvedPol
         params = _parse_params(text, rest) if sep else {}
         return _build(text, name, params)
     if _is_learned(text):
-        raise NotImplementedError(
-            f"policy spec {text!r}: learned and remote policies (pretrained:NAME, model "
-            "artifacts, models:/ URIs, grpc://) are not implemented yet; they arrive with "
-            f"later work. Heuristics available now: {', '.join(list_policies())}")
+        return _resolve_learned(text, cluster)
     if not name:
         raise ValueError(f"policy spec {text!r}: missing policy name before ':'")
     raise ValueError(f"policy spec {text!r}: unknown policy {name!r}{_suggest(name, POLICIES)}; "
                      f"known policies: {', '.join(list_policies())}")
+
+
+def _resolve_learned(text: str, cluster: ClusterSpec | None) -> ResolvedPolicy:
+    if text.startswith("grpc://"):
+        raise NotImplementedError(
+            f"policy spec {text!r}: the policy service (grpc://HOST:PORT) is not implemented "
+            "yet; name a heuristic, pretrained:NAME, an artifact path or a models:/ URI")
+    if cluster is None:
+        raise ValueError(f"policy spec {text!r}: a learned policy needs the cluster it serves "
+                         "(its encoding is sized to it); pass cluster=")
+    # Imported here: heuristic users should not pay for onnxruntime, nor MLflow.
+    from agents import learned
+
+    try:
+        if text.startswith("pretrained:"):
+            artifact = learned.load_pretrained(text.removeprefix("pretrained:").strip())
+        elif text.startswith("models:/"):
+            artifact = learned.load_registered(text)
+        else:
+            artifact = learned.load_artifact(text)
+        policy = learned.policy_from_artifact(artifact, cluster)
+    except ValueError as err:
+        raise ValueError(f"policy spec {text!r}: {err}") from err
+    return ResolvedPolicy(policy=policy, layerwise=None, oracle=None, spec=text)
 
 
 def _is_learned(text: str) -> bool:

@@ -167,6 +167,13 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         done = self._point is None
         return self._observe(), float(reward), done, False, self._info(done)
 
+    def fallback_action(self) -> np.ndarray | None:
+        """Routing: the action standing for the fallback's decision on the pending request
+        (``None`` without a fallback) — a demonstration for imitation learning."""
+        if self._hint is None:
+            return None
+        return np.array(self.encoder.action_of(self._hint), dtype=np.int64)
+
     def action_masks(self) -> np.ndarray:
         """Valid actions now, per part, concatenated (for MaskablePPO)."""
         return self._mask.copy()

@@ -253,6 +253,15 @@ class Encoder:
             at += n
         return out
 
+    def action_of(self, decision: Decision) -> list[int]:
+        """The action that stands for ``decision`` (its share rounded to the nearest level):
+        how a heuristic's decisions become demonstrations for imitation."""
+        chosen = {"prefill": decision.prefill_engine,
+                  "decode": decision.decode_engine - self.spec.prefill_engines,
+                  "path": int(np.argmin([abs(s - decision.decode_share)
+                                         for s in self.encoding.share_levels]))}
+        return [chosen[p] for p in self.encoding.control]
+
     def decision(self, action: Sequence[int] | np.ndarray, hint: Decision | None = None,
                  reason: str = "learned") -> Decision:
         """The ``Decision`` an action stands for; parts the agent does not control come

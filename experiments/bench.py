@@ -50,3 +50,41 @@ def bench_env(steps: int = 50_000, seed: int = 0) -> dict[str, Any]:
     wall = time.perf_counter() - start
     return {"steps": steps, "episodes": episodes, "wall_s": wall, "steps_per_s": steps / wall,
             "env_only_steps_per_s": steps / env_s, "preset": BENCH_PRESET, "mode": "route"}
+
+
+class _Timed:
+    """Wraps a policy; records the wall time of every ``decide``."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.name = policy.name
+        self.times: list[float] = []
+
+    def decide(self, request: Any, view: Any) -> Any:
+        start = time.perf_counter()
+        answer = self.policy.decide(request, view)
+        self.times.append(time.perf_counter() - start)
+        return answer
+
+
+def bench_policy(specs: list[str], preset: str = "ds660b-2p4d", agents: int = 64,
+                 seed: int = 0) -> dict[str, Any]:
+    """Microseconds per ``decide`` of each policy spec, over one simulated run each
+    (64K agents on ``preset``); the first spec is the baseline of the ratios."""
+    from agents.spec import resolve_policy
+    from runtime.preset import load_preset
+    from runtime.sim import Simulator
+    from runtime.workload.agentic import AgenticWorkload
+
+    cluster = load_preset(preset)
+    rows = []
+    for spec in specs:
+        timed = _Timed(resolve_policy(spec, cluster).policy)
+        Simulator(cluster, AgenticWorkload(agents, "64k", seed)).run(timed)  # type: ignore[arg-type]
+        us = np.array(timed.times) * 1e6
+        rows.append({"policy": spec, "decisions": len(us), "mean_us": float(us.mean()),
+                     "p50_us": float(np.percentile(us, 50)),
+                     "p99_us": float(np.percentile(us, 99))})
+    for row in rows:
+        row["vs_first"] = row["mean_us"] / rows[0]["mean_us"]
+    return {"preset": preset, "agents": agents, "rows": rows}

@@ -139,7 +139,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = TrainConfig(
         mode=mode, steps=args.steps or scenario.train.steps, seed=args.seed,
         control=tuple(args.control.split(",")) if args.control else PARTS,
-        fallback=args.fallback, window_s=args.window)
+        fallback=args.fallback, window_s=args.window,
+        imitate=None if args.imitate.lower() == "none" else args.imitate,
+        imitate_steps=args.imitate_steps)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "train" / (
         f"{scenario.name}-{mode}-{stamp}")
@@ -166,6 +168,16 @@ def cmd_bench_env(args: argparse.Namespace) -> None:
     payload = bench_env(steps=args.steps, seed=args.seed)
     text = (f"{payload['steps']:,} env steps ({payload['preset']}, random valid actions) in "
             f"{payload['wall_s']:.2f} s: {payload['steps_per_s']:,.0f} steps/s")
+    _emit(args, payload, text)
+
+
+def cmd_bench_policy(args: argparse.Namespace) -> None:
+    from experiments.bench import bench_policy
+
+    payload = bench_policy(args.policy or ["dualpath"], preset=args.preset, agents=args.agents)
+    text = (f"decision latency on {payload['preset']} ({payload['agents']} agents, 64K)\n"
+            + format_table(payload["rows"], ["policy", "decisions", "mean_us", "p50_us",
+                                             "p99_us", "vs_first"]))
     _emit(args, payload, text)
 
 
@@ -224,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", help="route: parts the agent decides, from "
                                      "prefill,decode,path (default all)")
     p.add_argument("--fallback", help="route: heuristic spec for the other parts")
+    p.add_argument("--imitate", default="dualpath",
+                   help="heuristic to imitate before PPO (routing: also the fallback whose "
+                        "decisions the agent sees); 'none' starts from scratch")
+    p.add_argument("--imitate-steps", type=int,
+                   help="demonstration steps (default 20,000 routing, 400 tuning)")
     p.add_argument("--window", type=float, default=10.0,
                    help="tune: simulated seconds per parameter setting")
     p.add_argument("--out", help="artifact folder (default results/train/SCENARIO-MODE-TIME)")
@@ -253,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_env)
+    b = bench.add_parser("policy", help="microseconds per decision of policy specs")
+    b.add_argument("--policy", action="append", help="policy spec; repeat (first = baseline)")
+    b.add_argument("--preset", default=DEFAULT_PRESET)
+    b.add_argument("--agents", type=int, default=64)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_policy)
     return parser
 
 

@@ -64,7 +64,8 @@ def pick_seeds(scenario: Scenario, n: int | None) -> list[int]:
 
 def metric_key(spec: str, metric: str) -> str:
     """An MLflow metric name for ``metric`` of policy ``spec`` (only allowed characters)."""
-    return f"{re.sub(r'[^A-Za-z0-9_./ -]', '_', spec)}/{metric}"
+    # No '/' from the spec: MLflow refuses names that resolve like file paths.
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', spec).strip('._') or 'policy'}/{metric}"
 
 
 def compare(scenario: Scenario, specs: Sequence[str], seeds: Sequence[int], *, jobs: int,

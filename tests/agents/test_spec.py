@@ -93,17 +93,34 @@ def test_bad_specs_are_refused_naming_the_spec_and_the_part(spec, message):
     assert f"policy spec {spec!r}" in str(err.value)
 
 
+def test_the_policy_service_is_not_implemented_yet():
+    with pytest.raises(NotImplementedError, match=r"policy service \(grpc://HOST:PORT\) is not "
+                                                  "implemented yet"):
+        resolve_policy("grpc://127.0.0.1:50051", make_spec())
+
+
 @pytest.mark.parametrize("spec", [
     "pretrained:ppo-2p4d",
     "runs/42/policy.onnx",
-    "policy.pt",
     "policy.json",
     "models:/dualpath-scheduler@champion",
-    "grpc://127.0.0.1:50051",
 ])
-def test_learned_and_remote_specs_are_not_implemented_yet(spec):
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
+def test_learned_specs_need_a_cluster(spec):
+    with pytest.raises(ValueError, match=f"policy spec {spec!r}: a learned policy needs the "
+                                         "cluster it serves"):
         resolve_policy(spec)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("pretrained:ppo-2p4d", "no pretrained policy 'ppo-2p4d'; available: "),
+    ("runs/42/policy.onnx", "runs/42/policy.onnx: no such file or directory"),
+    ("policy.pt", "policy.pt: no such file or directory"),
+    ("models:/dualpath-scheduler", "expected models:/NAME@ALIAS or models:/NAME/VERSION"),
+])
+def test_learned_specs_that_name_nothing_are_refused(spec, message):
+    with pytest.raises(ValueError, match=message) as err:
+        resolve_policy(spec, make_spec())
+    assert str(err.value).startswith(f"policy spec {spec!r}: ")
 
 
 def test_a_spec_must_be_a_string():
@@ -114,5 +131,5 @@ def test_a_spec_must_be_a_string():
 def test_an_existing_path_is_a_learned_spec(tmp_path):
     artifact = tmp_path / "policy.bin"
     artifact.write_bytes(b"")
-    with pytest.raises(NotImplementedError, match="learned and remote"):
-        resolve_policy(str(artifact))
+    with pytest.raises(ValueError, match="policy.bin: not a trained-policy artifact"):
+        resolve_policy(str(artifact), make_spec())

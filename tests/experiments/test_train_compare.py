@@ -1,0 +1,91 @@
+"""train → compare → promote with a tiny budget against a temporary MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from experiments.cli import main
+from experiments.tracking import MODEL_NAME
+
+SCENARIO = """
+name = "tiny-test"
+description = "two agents on the tiny preset"
+preset = "tiny"
+[workload]
+agents = 3
+mal = "32k"
+shuffle = true
+[seeds]
+train = [11, 12]
+eval = [1, 2, 3]
+[train]
+mode = "route"
+steps = 64
+"""
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scenario = tmp_path / "tiny-test.toml"
+    scenario.write_text(SCENARIO)
+    return scenario, f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def run_json(capsys, argv):
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("mode", ["route", "tune"])
+def test_train_logs_registers_and_compare_evaluates(store, capsys, tmp_path, mode):
+    scenario, uri = store
+    art = tmp_path / f"art-{mode}"
+    trained = run_json(capsys, ["train", "--scenario", str(scenario), "--mode", mode,
+                                "--steps", "64", "--imitate-steps", "64", "--window", "5",
+                                "--out", str(art), "--tracking-uri", uri, "--json"])
+    assert Path(trained["artifact"], "policy.onnx").exists()
+    assert Path(trained["artifact"], "policy.json").exists()
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(trained["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert "env_time_share" in run.data.metrics and "imitation_accuracy" in run.data.metrics
+    version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    assert version.run_id == trained["mlflow_run_id"]
+
+    policies = f"pe_only,dualpath,{art},models:/{MODEL_NAME}@challenger"
+    out = run_json(capsys, ["compare", "--scenario", str(scenario), "--policies", policies,
+                            "--seeds", "2", "--jobs", "1", "--tracking-uri", uri,
+                            "--out", str(tmp_path / "plots"), "--json"])
+    rows = out["rows"]
+    assert [r["policy"] for r in rows] == policies.split(",")
+    for row in rows:
+        for key in ("jct_mean_s", "jct_ci95_s", "throughput_tok_s", "ttft_p99_s",
+                    "slo_attainment"):
+            assert isinstance(row[key], float)
+        assert row["jct_mean_s"] > 0 and 0 <= row["slo_attainment"] <= 1
+    # The registered model and the artifact it came from decide alike.
+    assert rows[2]["per_seed_jct_mean_s"] == rows[3]["per_seed_jct_mean_s"]
+    assert (tmp_path / "plots" / "compare.png").stat().st_size > 1000
+    assert client.get_run(out["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_promote_moves_champion_only_when_the_rule_passes(store, capsys, tmp_path):
+    scenario, uri = store
+    run_json(capsys, ["train", "--scenario", str(scenario), "--steps", "64",
+                      "--imitate-steps", "64", "--out", str(tmp_path / "a"),
+                      "--tracking-uri", uri, "--json"])
+    result = run_json(capsys, ["promote", "--scenario", str(scenario), "--seeds", "2",
+                               "--jobs", "1", "--tracking-uri", uri, "--json"])
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    aliases = client.get_registered_model(MODEL_NAME).aliases
+    assert result["reason"]
+    assert ("champion" in aliases) == result["promoted"]
+    if not result["promoted"]:
+        assert "refused" in result["reason"]
