@@ -29,6 +29,9 @@ from experiments.tracking import MODEL_NAME
 SUMMARY = ["policy", "jct_s", "jct_mean_s", "throughput_tok_s", "ttft_mean_s", "tpot_mean_s",
            "slo_attainment", "snic_util_mean", "snic_max_over_avg"]
 COMPARE_POLICIES = ("pe_only:layerwise=false", "pe_only", "dualpath", "dualpath_split")
+#: The shipped learned policy the main job compares with the heuristics (trained on the
+#: paper-offline scenario, whose cluster the main job runs).
+MAIN_JOB_LEARNED = tuple(f"pretrained:{n}" for n in shipped_policies() if n == "paper-offline")
 ABLATION_STEPS = (
     ("baseline", "pe_only:layerwise=false"),
     ("+layerwise", "pe_only"),
@@ -97,7 +100,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.policies is not None or args.seeds is not None:
         raise ValueError("--policies and --seeds go with --scenario; without one, name "
                          "policies with --policy")
-    policies = args.policy or list(COMPARE_POLICIES)
+    policies = args.policy or [*COMPARE_POLICIES, *MAIN_JOB_LEARNED]
     rows = run_many([_config(args, p) for p in policies], args.jobs, progress=True)
     base = rows[0]["jct_s"]
     for row in rows:

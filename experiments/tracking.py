@@ -21,6 +21,7 @@ MLflow is imported on first use: commands that never track should not pay for it
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import logging
@@ -129,8 +130,9 @@ def setup(explicit_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT)
     uri = tracking_uri(explicit_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
+    with _store_lock(uri):
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(experiment)  # creates a new store's schema
     if exp is None:
         try:
             exp_id = client.create_experiment(experiment, artifact_location=artifact_location(uri))
@@ -142,6 +144,23 @@ def setup(explicit_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT)
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     _state.update(uri=uri, experiment=experiment)
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise first use of a SQLite store across processes: two processes creating
+    its schema at once break MLflow's migrations (seen with parallel training runs)."""
+    db = _sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _ensure_setup() -> None:

@@ -165,3 +165,18 @@ def test_run_inside_a_run_is_nested(tracked):
         pass
     tags = MlflowClient().get_run(child.info.run_id).data.tags
     assert tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+def _first_use(uri: str) -> str:
+    from experiments import tracking as t
+
+    t.setup(uri)
+    return "ok"
+
+
+def test_two_processes_can_create_a_new_store_at_once(tmp_path):
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path}/race.db"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        assert pool.map(_first_use, [uri, uri]) == ["ok", "ok"]
