@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time as wallclock
 from collections.abc import Callable
 from enum import StrEnum
@@ -76,7 +77,11 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
     until the next step, times ``reward_scale``: the undiscounted return is minus
     the total time requests spend in the system (sum of latencies), scaled.
     With ``slo_penalty`` > 0, each finished request that missed the TTFT or TPOT
-    SLO subtracts that much more.
+    SLO subtracts that much more. Tuning mode with ``baseline`` (parameters): the
+    reward is relative, minus the time in system the chosen parameters add over
+    the window plus what ``baseline``'s would have added from the same state (run
+    on a copy of the simulation, with the same future arrivals), so the reward
+    measures the choice rather than the load.
 
     ## Starting State
 
@@ -96,7 +101,7 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
     ``ClusterSpec``), ``mode`` (``"route"``/``"tune"``), ``workload`` (a
     ``seed -> Workload`` factory, overriding ``agents``/``mal``), ``encoding``,
     ``fallback``, ``tuning`` and ``tunable`` (required in tuning mode: parameters
-    → policy), ``layerwise``, ``reward_scale``, ``slo_penalty``.
+    → policy), ``layerwise``, ``reward_scale``, ``slo_penalty``, ``baseline``.
     """
 
     metadata = {"render_modes": []}
@@ -106,7 +111,8 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
                  mal: str = "32k", encoding: Encoding | None = None,
                  fallback: Policy | None = None, tuning: Tuning | None = None,
                  tunable: TunableFactory | None = None, layerwise: bool = True,
-                 reward_scale: float = 0.01, slo_penalty: float = 0.0) -> None:
+                 reward_scale: float = 0.01, slo_penalty: float = 0.0,
+                 baseline: dict[str, float] | None = None) -> None:
         super().__init__()
         self.mode = Mode(mode)
         self.cluster = preset if isinstance(preset, ClusterSpec) else load_preset(preset)
@@ -115,6 +121,9 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         self.tuning = tuning or Tuning()
         self.fallback = fallback
         self.tunable = tunable
+        self.baseline = dict(baseline) if baseline is not None else None
+        if self.baseline is not None and self.mode is not Mode.TUNE:
+            raise ValueError("baseline= applies to tuning mode only")
         if self.mode is Mode.ROUTE and len(self.encoding.control) < 3 and fallback is None:
             raise ValueError(f"the agent controls only {', '.join(self.encoding.control)}: "
                              "pass fallback=<Policy> to decide the rest")
@@ -161,7 +170,10 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
             self._point = sim.next_decision()
             self._route_to_agent()
         else:
-            self._run_window(self.tunable(self.tuning.params(action)))  # type: ignore[misc]
+            base = self._baseline_area() if self.baseline is not None else 0.0
+            self._point = self._run_window(sim, self._point,
+                                           self.tunable(self.tuning.params(action)))  # type: ignore[misc]
+            area += base
         reward = -(sim.time_in_system - area) * self.reward_scale
         reward -= (self._violations - violations) * self.slo_penalty
         done = self._point is None
@@ -206,13 +218,29 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         at = e.max_prefill if "prefill" in e.control else 0
         return bool(mask[at:at + e.max_decode].any())
 
-    def _run_window(self, policy: Policy) -> None:
+    def _run_window(self, sim: Simulator, point: tuple[Request, ClusterView] | None,
+                    policy: Policy) -> tuple[Request, ClusterView] | None:
+        """Let ``policy`` decide for one window of simulated time; the next pending point."""
+        end = sim.now + self.tuning.window_s
+        while point is not None and point[1].time_s < end:
+            sim.apply(policy.decide(*point))
+            point = sim.next_decision()
+        return point
+
+    def _baseline_area(self) -> float:
+        """Time in system the baseline parameters would add over this window, on a copy of
+        the simulation (same state, same future arrivals): a counterfactual baseline that
+        removes the workload's own variation from the reward."""
         sim = self.sim
         assert sim is not None
-        end = sim.now + self.tuning.window_s
-        while self._point is not None and self._point[1].time_s < end:
-            sim.apply(policy.decide(*self._point))
-            self._point = sim.next_decision()
+        callback, sim.on_finish = sim.on_finish, None  # the copy must not report to us
+        try:
+            shadow, point = copy.deepcopy((sim, self._point))
+        finally:
+            sim.on_finish = callback
+        start = shadow.time_in_system
+        self._run_window(shadow, point, self.tunable(self.baseline))  # type: ignore[arg-type, misc]
+        return shadow.time_in_system - start
 
     def _on_finish(self, job: Job) -> None:
         r = job.request

@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         control=tuple(args.control.split(",")) if args.control else PARTS,
         fallback=args.fallback, window_s=args.window,
         imitate=None if args.imitate.lower() == "none" else args.imitate,
-        imitate_steps=args.imitate_steps)
+        imitate_steps=args.imitate_steps, relative_to=args.relative_to)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "train" / (
         f"{scenario.name}-{mode}-{stamp}")
@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "decisions the agent sees); 'none' starts from scratch")
     p.add_argument("--imitate-steps", type=int,
                    help="demonstration steps (default 20,000 routing, 400 tuning)")
+    p.add_argument("--relative-to", help="tune: reward relative to this heuristic's "
+                                         "parameters, run on a copy of the simulation")
     p.add_argument("--window", type=float, default=10.0,
                    help="tune: simulated seconds per parameter setting")
     p.add_argument("--out", help="artifact folder (default results/train/SCENARIO-MODE-TIME)")

@@ -38,14 +38,19 @@ def route_teacher(env: DualPathEnv) -> np.ndarray:
     return action
 
 
-def tune_teacher(spec: str, tuning: Tuning) -> Teacher:
-    """The constant tuning action nearest to the parameters of heuristic ``spec``."""
+def tune_action(spec: str, tuning: Tuning) -> np.ndarray:
+    """The tuning action whose levels are nearest to the parameters of heuristic ``spec``."""
     policy = resolve_policy(spec).policy
     values = {name: float(getattr(policy, name)) for name, _ in tuning.levels
               if hasattr(policy, name)}
     values.setdefault("split", 1.0 if isinstance(policy, DualPathSplit) else 0.0)
-    action = np.array([int(np.argmin([abs(v - values.get(name, v)) for v in levels]))
-                       for name, levels in tuning.levels], dtype=np.int64)
+    return np.array([int(np.argmin([abs(v - values.get(name, v)) for v in levels]))
+                     for name, levels in tuning.levels], dtype=np.int64)
+
+
+def tune_teacher(spec: str, tuning: Tuning) -> Teacher:
+    """The constant tuning action of heuristic ``spec``, every window."""
+    action = tune_action(spec, tuning)
     return lambda env: action
 
 

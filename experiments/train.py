@@ -56,6 +56,9 @@ class TrainConfig:
     imitate: str | None = "dualpath"
     imitate_steps: int | None = None
     clip_range: float = 0.1
+    #: Tuning: reward relative to this heuristic's parameters on a copy of the
+    #: simulation (a counterfactual baseline); None rewards the plain time in system.
+    relative_to: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -147,14 +150,16 @@ def make_env(scenario: Scenario, cfg: TrainConfig) -> DualPathEnv:
     """The scenario's env on its training seeds (each episode draws one of them)."""
     seeds = scenario.train_seeds
     fallback = route_fallback(cfg)
+    tuning = Tuning(window_s=cfg.window_s)
+    baseline = (tuning.params(imitate.tune_action(cfg.relative_to, tuning))
+                if cfg.relative_to and cfg.mode == "tune" else None)
     return DualPathEnv(
         scenario.cluster(), mode=cfg.mode,
         workload=lambda s: scenario.workload(seeds[s % len(seeds)]),
         encoding=Encoding(control=cfg.control),
         fallback=fallback_policy(fallback) if fallback else None,
-        tuning=Tuning(window_s=cfg.window_s), tunable=make_tunable,
-        layerwise=scenario.layerwise, reward_scale=cfg.reward_scale,
-        slo_penalty=cfg.slo_penalty)
+        tuning=tuning, tunable=make_tunable, layerwise=scenario.layerwise,
+        reward_scale=cfg.reward_scale, slo_penalty=cfg.slo_penalty, baseline=baseline)
 
 
 def make_model(env: VecEnv, cfg: TrainConfig) -> Any:
@@ -230,6 +235,8 @@ def command_line(scenario: Scenario, cfg: TrainConfig) -> str:
     if cfg.fallback and cfg.mode == "route":
         parts.append(f"--fallback {cfg.fallback}")
     parts.append(f"--imitate {cfg.imitate or 'none'}")
+    if cfg.relative_to and cfg.mode == "tune":
+        parts.append(f"--relative-to {cfg.relative_to}")
     return " ".join(parts)
 
 

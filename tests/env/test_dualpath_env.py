@@ -187,3 +187,22 @@ def test_other_presets_fit_the_padding_and_too_large_ones_are_refused():
 def test_bad_arguments_are_refused(bad):
     with pytest.raises(ValueError):
         DualPathEnv(**bad)
+
+
+def test_counterfactual_baseline_reward_is_zero_for_the_baseline_itself():
+    def tunable(params):
+        return FirstFit(params["split"])
+
+    tuning = Tuning(levels=(("split", (0.0, 1.0)),), window_s=5.0)
+    e = DualPathEnv(agents=4, mode="tune", tuning=tuning, tunable=tunable,
+                    baseline={"split": 0.0})
+    e.reset(seed=0)
+    same, other, done = [], [], False
+    while not done:
+        action = len(same) % 2
+        _, reward, done, _, _ = e.step(np.array([action]))
+        (other if action else same).append(reward)
+    assert same and all(r == pytest.approx(0.0, abs=1e-9) for r in same)
+    assert any(abs(r) > 1e-6 for r in other)  # a different choice does move the reward
+    with pytest.raises(ValueError, match="tuning mode"):
+        DualPathEnv(baseline={"split": 0.0})
