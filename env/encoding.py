@@ -45,7 +45,7 @@ from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.decision import Decision
 from runtime.request import Request
-from runtime.view import ClusterView, EngineView, Role
+from runtime.view import ClusterView, EngineView, NodeView
 
 ENCODING_VERSION = 1
 PARTS = ("prefill", "decode", "path")
@@ -133,7 +133,13 @@ class Encoding:
 
 
 class Encoder:
-    """An :class:`Encoding` bound to one cluster: precomputed constants, reused buffers."""
+    """An :class:`Encoding` bound to one cluster: precomputed constants, reused buffers.
+
+    ``observe`` keeps the last observation in a buffer and rewrites only what can
+    have changed: an engine's or a node's own features are rewritten when its view
+    is a new object (the simulator rebuilds a view only when the engine or node
+    changes), the rest every call. It returns a copy: callers keep observations.
+    """
 
     def __init__(self, encoding: Encoding, spec: ClusterSpec) -> None:
         encoding.check_fits(spec)
@@ -145,109 +151,159 @@ class Encoder:
         self._de_hbm = spec.node.de_hbm_kv_bytes
         self._pe_hbm = spec.node.pe_hbm_kv_bytes
         self._cnic = spec.node.cnic_kv_bytes_s
-        self._mask = np.zeros(sum(encoding.action_nvec), dtype=bool)
+        self._cap = spec.decode_max_batch
         # Prefill work is measured in seconds at the rate of a 32k-token prompt: a fixed
         # yardstick keeps an engine's features a function of its own view alone.
         self._rate = self.cost.prefill_tokens_per_s(32768)
-        self._cache: dict[int, tuple[EngineView, tuple[float, ...]]] = {}
         e = encoding
         self._de_at = e.max_prefill * PE_FEATURES
         self._node_at = self._de_at + e.max_decode * DE_FEATURES
         self._req_at = self._node_at + e.max_nodes * NODE_FEATURES
+        self._obs = np.zeros(e.obs_size, dtype=np.float32)
+        # The view objects whose own features are in ``_obs`` now, by slot.
+        self._seen_pe: list[EngineView | None] = [None] * e.max_prefill
+        self._seen_de: list[EngineView | None] = [None] * e.max_decode
+        self._seen_nodes: list[NodeView | None] = [None] * e.max_nodes
+        self._masks: dict[tuple[bool, tuple[bool, ...]], np.ndarray] = {}
+        self._rooms_of: tuple[Request | None, ClusterView | None, list[bool]] = (None, None, [])
 
+    # -- observation ----------------------------------------------------------
     def observe(self, request: Request | None, view: ClusterView,
                 hint: Decision | None = None) -> np.ndarray:
         """The observation for deciding ``request`` on ``view`` (``None``: no request,
         for the tuning mode); ``hint`` is the fallback policy's decision, if any."""
-        spec = self.spec
-        obs = np.zeros(self.encoding.obs_size, dtype=np.float32)
-        kvb = self._kvb
         log1p = math.log1p
+        kvb = self._kvb
         hit = request.hit_tokens if request is not None else 0
         read_done = [log1p((n.read_q_tokens + hit) * kvb / n.snic_bytes_s) for n in view.nodes]
-        now = view.time_s
-        pe_hint = hint.prefill_engine if hint is not None else -1
-        de_hint = hint.decode_engine if hint is not None else -1
-        static = self._static
-        feats: list[float] = []
-        for e in view.prefill_engines():
-            feats += static(e)
-            feats += (read_done[e.node_id], log1p(max(0.0, e.cnic_busy_until_s - now)),
-                      float(e.engine_id == pe_hint))
-        obs[:len(feats)] = feats
-        need = request.total_tokens * kvb if request is not None else 0.0
-        cap = spec.decode_max_batch
-        feats = []
-        for e in view.decode_engines():
-            feats += static(e)
-            feats += (float(e.seq < cap and e.free_hbm_bytes >= need), read_done[e.node_id],
-                      log1p(max(0.0, e.cnic_busy_until_s - now)), float(e.engine_id == de_hint))
-        obs[self._de_at:self._de_at + len(feats)] = feats
-        feats = []
-        for n in view.nodes:
-            feats += (1.0, float(n.node_id < spec.prefill_nodes),
-                      log1p(n.read_q_tokens * kvb / n.snic_bytes_s), n.snic_bytes_s / self._snic)
-        obs[self._node_at:self._node_at + len(feats)] = feats
+        self._write_prefill(view, read_done, hint.prefill_engine if hint is not None else -1)
+        self._write_decode(request, view, read_done,
+                           hint.decode_engine if hint is not None else -1)
+        self._write_nodes(view)
+        self._write_request(request, view, hint)
+        return self._obs.copy()
+
+    def _write_prefill(self, view: ClusterView, read_done: list[float], hint: int) -> None:
+        obs, seen, log1p, now = self._obs, self._seen_pe, math.log1p, view.time_s
+        at = 0
+        for k, e in enumerate(view.prefill_engines()):
+            if seen[k] is not e:
+                seen[k] = e
+                obs[at:at + 4] = (1.0, log1p(e.tok / self._rate), e.seq / 8.0,
+                                  e.free_hbm_bytes / self._pe_hbm)
+            # Per-element stores: cheaper than converting a sequence for a slice.
+            busy = e.cnic_busy_until_s - now
+            obs[at + 4] = read_done[e.node_id]
+            obs[at + 5] = log1p(busy) if busy > 0.0 else 0.0  # log1p(max(0, busy))
+            obs[at + 6] = 1.0 if e.engine_id == hint else 0.0
+            at += PE_FEATURES
+
+    def _write_decode(self, request: Request | None, view: ClusterView,
+                      read_done: list[float], hint: int) -> None:
+        obs, seen, log1p, now = self._obs, self._seen_de, math.log1p, view.time_s
+        rooms = self._rooms(request, view)
+        at = self._de_at
+        for k, e in enumerate(view.decode_engines()):
+            if seen[k] is not e:
+                seen[k] = e
+                obs[at:at + 3] = (1.0, e.tok * self._kvb / self._de_hbm, e.seq / self._cap)
+            busy = e.cnic_busy_until_s - now
+            obs[at + 3] = 1.0 if rooms[k] else 0.0
+            obs[at + 4] = read_done[e.node_id]
+            obs[at + 5] = log1p(busy) if busy > 0.0 else 0.0  # log1p(max(0, busy))
+            obs[at + 6] = 1.0 if e.engine_id == hint else 0.0
+            at += DE_FEATURES
+
+    def _write_nodes(self, view: ClusterView) -> None:
+        obs, seen = self._obs, self._seen_nodes
+        at = self._node_at
+        for k, n in enumerate(view.nodes):
+            if seen[k] is not n:
+                seen[k] = n
+                obs[at:at + NODE_FEATURES] = (
+                    1.0, float(n.node_id < self.spec.prefill_nodes),
+                    math.log1p(n.read_q_tokens * self._kvb / n.snic_bytes_s),
+                    n.snic_bytes_s / self._snic)
+            at += NODE_FEATURES
+
+    def _write_request(self, request: Request | None, view: ClusterView,
+                       hint: Decision | None) -> None:
+        log1p, kvb = math.log1p, self._kvb
         i = self._req_at
-        if request is not None:
-            obs[i:i + REQUEST_FEATURES] = (
+        if request is None:
+            self._obs[i:i + REQUEST_FEATURES] = 0.0
+        else:
+            hit = request.hit_tokens
+            self._obs[i:i + REQUEST_FEATURES] = (
                 log1p(hit * kvb / self._snic), log1p(request.appended_tokens / self._rate),
                 log1p(request.gen_tokens / 1024.0), hit / request.prompt_tokens,
-                need / self._de_hbm)
+                request.total_tokens * kvb / self._de_hbm)
         i += REQUEST_FEATURES
-        obs[i:i + GLOBAL_FEATURES] = (
+        self._obs[i:i + GLOBAL_FEATURES] = (
             log1p(view.queue.requests), log1p(view.queue.tokens * kvb / self._snic),
             hint.decode_share if hint is not None else 0.0)
-        return obs
 
-    def _static(self, e: EngineView) -> tuple[float, ...]:
-        """The features of an engine that only its view determines, cached per view
-        object (the simulator rebuilds an engine's view only when the engine changes)."""
-        hit = self._cache.get(e.engine_id)
-        if hit is not None and hit[0] is e:
-            return hit[1]
-        if e.role is Role.PREFILL:
-            feats: tuple[float, ...] = (1.0, math.log1p(e.tok / self._rate), e.seq / 8.0,
-                                        e.free_hbm_bytes / self._pe_hbm)
-        else:
-            feats = (1.0, e.tok * self._kvb / self._de_hbm, e.seq / self.spec.decode_max_batch)
-        self._cache[e.engine_id] = (e, feats)
-        return feats
+    def _rooms(self, request: Request | None, view: ClusterView) -> list[bool]:
+        """Per decode engine: it has HBM and a batch slot for ``request`` (with no
+        request, a batch slot). The mask and the observation both need it: computed
+        once per (request, view)."""
+        last_request, last_view, rooms = self._rooms_of
+        if request is last_request and view is last_view:
+            return rooms
+        need = request.total_tokens * self._kvb if request is not None else 0.0
+        cap = self._cap
+        rooms = [d.seq < cap and d.free_hbm_bytes >= need for d in view.decode_engines()]
+        self._rooms_of = (request, view, rooms)
+        return rooms
+
+    # -- actions --------------------------------------------------------------
+    def any_room(self, request: Request, view: ClusterView) -> bool:
+        """Some decode engine can take ``request`` (its decode mask is not empty)."""
+        return any(self._rooms(request, view))
 
     def action_mask(self, request: Request, view: ClusterView) -> np.ndarray:
         """Valid choices per controlled part, concatenated (MaskablePPO's MultiDiscrete form)."""
-        spec = self.spec
+        return self.shared_action_mask(request, view).copy()
+
+    def shared_action_mask(self, request: Request, view: ClusterView) -> np.ndarray:
+        """:meth:`action_mask` as a read-only array shared between calls (no copy: the
+        env copies it once, for its callers)."""
+        key = (request.hit_tokens > 0, tuple(self._rooms(request, view)))
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._masks[key] = self._build_mask(*key)
+        return mask
+
+    def _build_mask(self, has_hits: bool, rooms: tuple[bool, ...]) -> np.ndarray:
         e = self.encoding
-        mask = self._mask
-        mask[:] = False
+        mask = np.zeros(sum(e.action_nvec), dtype=bool)
         at = 0
         for part in e.control:
             if part == "prefill":
-                mask[at:at + spec.prefill_engines] = True
+                mask[at:at + self.spec.prefill_engines] = True
                 at += e.max_prefill
             elif part == "decode":
-                need = request.total_tokens * self._kvb
-                cap = spec.decode_max_batch
-                for k, d in enumerate(view.decode_engines()):
-                    mask[at + k] = d.seq < cap and d.free_hbm_bytes >= need
+                mask[at:at + len(rooms)] = rooms
                 at += e.max_decode
             else:
                 n = len(e.share_levels)
                 # With no hits the path is moot: only share 0 is offered.
-                mask[at:at + (n if request.hit_tokens else 1)] = True
+                mask[at:at + (n if has_hits else 1)] = True
                 at += n
-        return mask.copy()
+        mask.setflags(write=False)
+        return mask
 
     def project(self, action: Sequence[int] | np.ndarray, mask: np.ndarray) -> list[int]:
         """``action`` with each masked-out choice replaced by the next valid one
         (cyclically), so agents without masks and env checkers can act."""
+        if isinstance(action, np.ndarray):
+            action = action.tolist()  # Python ints: cheaper to iterate and index with
         out = []
         at = 0
         for a, n in zip(action, self.encoding.action_nvec, strict=True):
-            part = mask[at:at + n]
             a = int(a) % n
-            if not part[a]:
-                valid = np.flatnonzero(np.roll(part, -a))
+            if not mask[at + a]:
+                valid = np.flatnonzero(np.roll(mask[at:at + n], -a))
                 a = (a + int(valid[0])) % n if len(valid) else a
             out.append(a)
             at += n
