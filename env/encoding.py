@@ -35,7 +35,7 @@ which decode engines have room.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -160,10 +160,23 @@ class Encoder:
         self._node_at = self._de_at + e.max_decode * DE_FEATURES
         self._req_at = self._node_at + e.max_nodes * NODE_FEATURES
         self._obs = np.zeros(e.obs_size, dtype=np.float32)
-        # The view objects whose own features are in ``_obs`` now, by slot.
-        self._seen_pe: list[EngineView | None] = [None] * e.max_prefill
-        self._seen_de: list[EngineView | None] = [None] * e.max_decode
+        self._mv = memoryview(self._obs)
+        # What ``_obs`` holds now: the view object of each engine (by engine id) whose
+        # own features are written, the engines whose CNIC backlog is written as 0
+        # and stays so, the rooms and the fallback's pick as written, and the time.
+        self._seen: list[EngineView | None] = [None] * spec.engines
+        self._idle: set[int] = set()
+        self._rooms_written: list[bool] = []
+        self._hint_at: list[int] = []
+        self._now = 0.0
         self._seen_nodes: list[NodeView | None] = [None] * e.max_nodes
+        # Per node, where its engines' read-finish feature goes.
+        self._read_done_at: list[list[int]] = [[] for _ in range(spec.nodes)]
+        for engine in range(spec.engines):
+            slot = (engine * PE_FEATURES if engine < spec.prefill_engines else
+                    self._de_at + (engine - spec.prefill_engines) * DE_FEATURES)
+            width = PE_FEATURES if engine < spec.prefill_engines else DE_FEATURES
+            self._read_done_at[spec.node_of(engine)].append(slot + width - 3)
         self._masks: dict[tuple[bool, tuple[bool, ...]], np.ndarray] = {}
         self._rooms_of: tuple[Request | None, ClusterView | None, list[bool]] = (None, None, [])
 
@@ -172,47 +185,87 @@ class Encoder:
                 hint: Decision | None = None) -> np.ndarray:
         """The observation for deciding ``request`` on ``view`` (``None``: no request,
         for the tuning mode); ``hint`` is the fallback policy's decision, if any."""
-        log1p = math.log1p
-        kvb = self._kvb
-        hit = request.hit_tokens if request is not None else 0
-        read_done = [log1p((n.read_q_tokens + hit) * kvb / n.snic_bytes_s) for n in view.nodes]
-        self._write_prefill(view, read_done, hint.prefill_engine if hint is not None else -1)
-        self._write_decode(request, view, read_done,
-                           hint.decode_engine if hint is not None else -1)
+        if view.time_s < self._now:
+            self._idle = set()  # time went back (another run): recompute every backlog
+        self._now = view.time_s
+        self._write_read_done(request, view)
+        self._write_engines(view.prefill_engines(), 0, PE_FEATURES, self._prefill_static)
+        self._write_engines(view.decode_engines(), self._de_at, DE_FEATURES,
+                            self._decode_static)
+        self._write_rooms(request, view)
+        self._write_hints(view, hint)
         self._write_nodes(view)
         self._write_request(request, view, hint)
         return self._obs.copy()
 
-    def _write_prefill(self, view: ClusterView, read_done: list[float], hint: int) -> None:
-        obs, seen, log1p, now = self._obs, self._seen_pe, math.log1p, view.time_s
-        at = 0
-        for k, e in enumerate(view.prefill_engines()):
-            if seen[k] is not e:
-                seen[k] = e
-                obs[at:at + 4] = (1.0, log1p(e.tok / self._rate), e.seq / 8.0,
-                                  e.free_hbm_bytes / self._pe_hbm)
-            # Per-element stores: cheaper than converting a sequence for a slice.
-            busy = e.cnic_busy_until_s - now
-            obs[at + 4] = read_done[e.node_id]
-            obs[at + 5] = log1p(busy) if busy > 0.0 else 0.0  # log1p(max(0, busy))
-            obs[at + 6] = 1.0 if e.engine_id == hint else 0.0
-            at += PE_FEATURES
+    # Single features go through ``_mv``, a memoryview of ``_obs``: storing a float
+    # there costs about half a numpy item assignment (the same float32 rounding).
+    def _write_read_done(self, request: Request | None, view: ClusterView) -> None:
+        """Per engine, when the request's hits would be read on its node (one value per
+        node: engines are laid out node by node, ``_read_done_at`` lists where)."""
+        mv, log1p, kvb = self._mv, math.log1p, self._kvb
+        hit = request.hit_tokens if request is not None else 0
+        for n, slots in zip(view.nodes, self._read_done_at, strict=False):
+            value = log1p((n.read_q_tokens + hit) * kvb / n.snic_bytes_s)
+            for i in slots:
+                mv[i] = value
 
-    def _write_decode(self, request: Request | None, view: ClusterView,
-                      read_done: list[float], hint: int) -> None:
-        obs, seen, log1p, now = self._obs, self._seen_de, math.log1p, view.time_s
-        rooms = self._rooms(request, view)
-        at = self._de_at
-        for k, e in enumerate(view.decode_engines()):
+    def _write_engines(self, engines: tuple[EngineView, ...], at: int, width: int,
+                       static: Callable[[EngineView], tuple[float, ...]]) -> None:
+        """Each engine's own features (rewritten when its view is a new object) and its
+        CNIC backlog (log1p seconds; skipped while it stays idle: time only moves on)."""
+        mv, seen, idle, now = self._mv, self._seen, self._idle, self._now
+        for e in engines:
+            k = e.engine_id
             if seen[k] is not e:
                 seen[k] = e
-                obs[at:at + 3] = (1.0, e.tok * self._kvb / self._de_hbm, e.seq / self._cap)
-            busy = e.cnic_busy_until_s - now
-            obs[at + 3] = 1.0 if rooms[k] else 0.0
-            obs[at + 4] = read_done[e.node_id]
-            obs[at + 5] = log1p(busy) if busy > 0.0 else 0.0  # log1p(max(0, busy))
-            obs[at + 6] = 1.0 if e.engine_id == hint else 0.0
-            at += DE_FEATURES
+                idle.discard(k)
+                for i, value in enumerate(static(e), at):
+                    mv[i] = value
+            if k not in idle:
+                busy = e.cnic_busy_until_s - now
+                if busy > 0.0:
+                    mv[at + width - 2] = math.log1p(busy)
+                else:  # log1p(max(0, busy)) = 0, and stays so until the view changes
+                    mv[at + width - 2] = 0.0
+                    idle.add(k)
+            at += width
+
+    def _prefill_static(self, e: EngineView) -> tuple[float, ...]:
+        return (1.0, math.log1p(e.tok / self._rate), e.seq / 8.0,
+                e.free_hbm_bytes / self._pe_hbm)
+
+    def _decode_static(self, e: EngineView) -> tuple[float, ...]:
+        return (1.0, e.tok * self._kvb / self._de_hbm, e.seq / self._cap)
+
+    def _write_rooms(self, request: Request | None, view: ClusterView) -> None:
+        rooms = self._rooms(request, view)
+        if rooms != self._rooms_written:
+            mv = self._mv
+            at = self._de_at + 3
+            for room in rooms:
+                mv[at] = 1.0 if room else 0.0
+                at += DE_FEATURES
+            self._rooms_written = rooms
+
+    def _write_hints(self, view: ClusterView, hint: Decision | None) -> None:
+        """The fallback's pick: 1 in the slots of its engines, 0 elsewhere. Only the
+        slots set last time are cleared (engine ``e``'s view is ``view.engines[e]``)."""
+        mv = self._mv
+        for i in self._hint_at:
+            mv[i] = 0.0
+        at = []
+        if hint is not None:
+            pes = self.spec.prefill_engines
+            k = hint.prefill_engine
+            if 0 <= k < pes:
+                at.append(k * PE_FEATURES + 6)
+            k = hint.decode_engine - pes
+            if 0 <= k < len(view.engines) - pes:
+                at.append(self._de_at + k * DE_FEATURES + 6)
+        for i in at:
+            mv[i] = 1.0
+        self._hint_at = at
 
     def _write_nodes(self, view: ClusterView) -> None:
         obs, seen = self._obs, self._seen_nodes
@@ -228,18 +281,17 @@ class Encoder:
 
     def _write_request(self, request: Request | None, view: ClusterView,
                        hint: Decision | None) -> None:
+        """The request block (zeros with no request) and the queue block, in one store."""
         log1p, kvb = math.log1p, self._kvb
-        i = self._req_at
         if request is None:
-            self._obs[i:i + REQUEST_FEATURES] = 0.0
+            req: tuple[float, ...] = (0.0,) * REQUEST_FEATURES
         else:
             hit = request.hit_tokens
-            self._obs[i:i + REQUEST_FEATURES] = (
-                log1p(hit * kvb / self._snic), log1p(request.appended_tokens / self._rate),
-                log1p(request.gen_tokens / 1024.0), hit / request.prompt_tokens,
-                request.total_tokens * kvb / self._de_hbm)
-        i += REQUEST_FEATURES
-        self._obs[i:i + GLOBAL_FEATURES] = (
+            req = (log1p(hit * kvb / self._snic), log1p(request.appended_tokens / self._rate),
+                   log1p(request.gen_tokens / 1024.0), hit / request.prompt_tokens,
+                   request.total_tokens * kvb / self._de_hbm)
+        i = self._req_at
+        self._obs[i:i + REQUEST_FEATURES + GLOBAL_FEATURES] = req + (
             log1p(view.queue.requests), log1p(view.queue.tokens * kvb / self._snic),
             hint.decode_share if hint is not None else 0.0)
 
@@ -321,7 +373,7 @@ class Encoder:
             raise ValueError(f"the agent controls only {', '.join(e.control)}: a fallback "
                              "decision is needed for the rest")
         if hint is None or len(e.control) == len(PARTS):
-            pe, de, level = (int(a) for a in action)
+            pe, de, level = map(int, action)
             return Decision(pe, self.spec.prefill_engines + de, e.share_levels[level], reason)
         chosen = dict(zip(e.control, (int(a) for a in action), strict=True))
         pe = chosen.get("prefill", hint.prefill_engine)

@@ -62,10 +62,16 @@ class CostModel:
 
     def batch_prefill_s(self, parts: Sequence[tuple[int, int]]) -> float:
         """:meth:`prefill_s` of a batch given as ``(tokens, context)`` pairs."""
-        tokens = sum(n for n, _ in parts)
+        # One loop in place of two sums over generators; the additions are the
+        # sums' own, in the same order (0 + x is x, whether 0 is an int or a float).
+        tokens = 0
+        flops = 0.0
+        for n, ctx in parts:
+            tokens += n
+            flops += self.flops(n, ctx)
         if tokens == 0:
             return 0.0
-        return self._seconds(sum(self.flops(n, ctx) for n, ctx in parts), tokens)
+        return self._seconds(flops, tokens)
 
     def attention_s(self, chunk: Chunk, batch_tokens: int) -> float:
         """Predicted attention time of ``chunk`` in a batch of ``batch_tokens`` (for the quota)."""

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 
 from runtime.cost import CostModel
-from runtime.sim.job import Job, JobState
+from runtime.sim.job import PREFILLING, READY, Job
 from runtime.sim.link import Link, reserve_path
 
 # Returns the CNIC egress link of a decode engine.
@@ -121,6 +121,6 @@ class PrefillEngine:
         self.busy = True
         self.batch = batch
         for job, _ in batch:
-            if job.state is JobState.READY:
-                job.state = JobState.PREFILLING
+            if job.state is READY:
+                job.state = PREFILLING
                 job.t_prefill_start = now

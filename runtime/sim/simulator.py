@@ -31,7 +31,7 @@ from runtime.sim.events import (
     TRANSFER_DONE,
     EventQueue,
 )
-from runtime.sim.job import Job, JobState
+from runtime.sim.job import DECODING, DONE, READING, READY, TRANSFERRING, Job
 from runtime.sim.link import Link, reserve_path
 from runtime.sim.metrics import compute_metrics
 from runtime.sim.node import NodeStorage
@@ -39,6 +39,10 @@ from runtime.sim.prefill import PrefillEngine
 from runtime.sim.recorder import Recorder
 from runtime.view import ClusterView, EngineView, NodeView, QueueView, Role
 from runtime.workload.base import Workload
+
+# Enum members read on the hot path, as globals (see runtime/sim/job.py).
+_ANY, _PREFILL, _DECODE = WaitFor.ANY, WaitFor.PREFILL, WaitFor.DECODE
+_PREFILL_ROLE, _DECODE_ROLE = Role.PREFILL, Role.DECODE
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,14 @@ class Simulator:
         self.workload = workload
         self.now = 0.0
         self.events = EventQueue()
+        self._kvb = spec.model.kv_bytes_per_token
+        # Spec values read per request (cached properties and nested attributes).
+        self._npe = spec.prefill_engines
+        self._max_batch = spec.decode_max_batch
+        self._block_tokens = spec.block_tokens
+        self._layers = spec.model.layers
+        self._gpus = spec.node.gpus
+        self._oracle = self.options.oracle
         node = spec.node
         self.nodes = [NodeStorage(n, spec.snic_bytes_s_of(n), node.host_buffer_bytes,
                                   self._read_issued) for n in range(spec.nodes)]
@@ -98,14 +110,6 @@ class Simulator:
         self.in_system = 0  # arrived and not finished
         self.time_in_system = 0.0  # integral of in_system over simulated time
         self.hit_bytes = 0.0
-        self._kvb = spec.model.kv_bytes_per_token
-        # Spec values read per request (cached properties and nested attributes).
-        self._npe = spec.prefill_engines
-        self._max_batch = spec.decode_max_batch
-        self._block_tokens = spec.block_tokens
-        self._layers = spec.model.layers
-        self._gpus = spec.node.gpus
-        self._oracle = self.options.oracle
         # Indexed by event kind (a list: cheaper to index than a dict to look up).
         handlers: dict[int, Callable[[Any], None]] = {
             READ_DONE: self._on_read_done,
@@ -203,16 +207,19 @@ class Simulator:
         return view
 
     def _engine_view(self, engine_id: int) -> EngineView:
-        spec = self.spec
         group = self._groups[engine_id]
-        if engine_id < spec.prefill_engines:
+        if engine_id < self._npe:
             pe = self.pes[engine_id]
-            busy = max(pe.cnic_in.busy_until, pe.cnic_out.busy_until)
-            return EngineView(engine_id, Role.PREFILL, pe.node_id, group, pe.seq, pe.tok,
+            busy = pe.cnic_in.busy_until
+            if pe.cnic_out.busy_until > busy:  # max() without the call
+                busy = pe.cnic_out.busy_until
+            return EngineView(engine_id, _PREFILL_ROLE, pe.node_id, group, pe.seq, pe.tok,
                               pe.hbm_bytes - pe.hbm_used, busy)
-        de = self.des[engine_id - spec.prefill_engines]
-        busy = max(de.cnic_in.busy_until, de.cnic_out.busy_until)
-        return EngineView(engine_id, Role.DECODE, de.node_id, group, de.seq, de.tok,
+        de = self.des[engine_id - self._npe]
+        busy = de.cnic_in.busy_until
+        if de.cnic_out.busy_until > busy:
+            busy = de.cnic_out.busy_until
+        return EngineView(engine_id, _DECODE_ROLE, de.node_id, group, de.seq, de.tok,
                           de.free_hbm, busy)
 
     # -- decisions ----------------------------------------------------------
@@ -258,7 +265,7 @@ class Simulator:
             job.loaded = True
             self._ready(job)
             return
-        job.state = JobState.READING
+        job.state = READING
         job.reads_left = (pe_bytes > 0) + (de_bytes > 0)
         if pe_bytes > 0:
             self.nodes[pe.node_id].enqueue_read(job, pe_bytes, self.now)
@@ -289,7 +296,7 @@ class Simulator:
             self._ready(job)
 
     def _ready(self, job: Job) -> None:
-        job.state = JobState.READY
+        job.state = READY
         pe = self.pes[job.pe]
         pe.ready.append(job)
         self._try_prefill(pe)
@@ -353,7 +360,7 @@ class Simulator:
     def _on_prefill_free(self, pe: PrefillEngine) -> None:
         pe.busy = False
         self._try_prefill(pe)
-        self._wake(WaitFor.PREFILL)
+        self._wake(_PREFILL)
 
     def _consume_buffers(self, job: Job) -> None:
         job.loaded = True
@@ -370,7 +377,7 @@ class Simulator:
         pe.hbm_used -= job.hbm_bytes
         job.hbm_bytes = 0.0
         job.t_first_token = now
-        job.state = JobState.TRANSFERRING
+        job.state = TRANSFERRING
         self._push(job.t_transfer, TRANSFER_DONE, job)
         if not self._oracle:
             # Write-back of the blocks this prefill produced.
@@ -380,7 +387,7 @@ class Simulator:
         if job.request.gen_tokens == 1:
             self._finish(job)
             return
-        job.state = JobState.DECODING
+        job.state = DECODING
         de = self.des[job.de - self._npe]
         self._schedule_decode(de, de.join(job, self.now))
 
@@ -401,7 +408,7 @@ class Simulator:
         now = self.now
         req = job.request
         de = self.des[job.de - self._npe]
-        job.state = JobState.DONE
+        job.state = DONE
         job.t_finish = now
         de.tok -= req.total_tokens
         de.seq -= 1
@@ -417,12 +424,12 @@ class Simulator:
             self.on_finish(job)
         for follow in self.workload.on_complete(req, now):
             self._push_arrival(follow)
-        self._wake(WaitFor.DECODE)
+        self._wake(_DECODE)
 
     def _wake(self, freed: WaitFor | None) -> None:
         """Something changed (``freed`` capacity, or an arrival when ``None``)."""
         wait = self._wait
-        if wait is None or wait is WaitFor.ANY or wait is freed:
+        if wait is None or wait is _ANY or wait is freed:
             self._due = True
 
     def _stuck_message(self) -> str:
