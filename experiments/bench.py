@@ -34,8 +34,7 @@ class RandomValidAction:
         keys = self._keys[:-1]
         rng.random(out=keys)  # the same draws as rng.random(len(mask))
         keys[~mask] = -1.0
-        out[:] = self._keys[self._layout].argmax(axis=1)
-        return out
+        return self._keys[self._layout].argmax(axis=1, out=out)
 
 
 def bench_env(steps: int = 50_000, seed: int = 0) -> dict[str, Any]:
