@@ -35,7 +35,7 @@ which decode engines have room.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -161,22 +161,23 @@ class Encoder:
         self._req_at = self._node_at + e.max_nodes * NODE_FEATURES
         self._obs = np.zeros(e.obs_size, dtype=np.float32)
         self._mv = memoryview(self._obs)
-        # What ``_obs`` holds now: the view object of each engine (by engine id) whose
-        # own features are written, the engines whose CNIC backlog is written as 0
-        # and stays so, the rooms and the fallback's pick as written, and the time.
-        self._seen: list[EngineView | None] = [None] * spec.engines
-        self._idle: set[int] = set()
+        # What ``_obs`` holds now: the engines' views whose own features are written,
+        # the engines whose CNIC backlog is written > 0, the rooms and the fallback's
+        # pick as written, and the time.
+        self._engines_seen: tuple[EngineView | None, ...] = (None,) * spec.engines
+        self._busy: set[int] = set()
         self._rooms_written: list[bool] = []
         self._hint_at: list[int] = []
         self._now = 0.0
+        # Where each engine's features start (by engine id), and per node where its
+        # engines' read-finish feature goes.
+        pes = spec.prefill_engines
+        self._slot = [k * PE_FEATURES if k < pes else self._de_at + (k - pes) * DE_FEATURES
+                      for k in range(spec.engines)]
         self._seen_nodes: list[NodeView | None] = [None] * e.max_nodes
-        # Per node, where its engines' read-finish feature goes.
         self._read_done_at: list[list[int]] = [[] for _ in range(spec.nodes)]
-        for engine in range(spec.engines):
-            slot = (engine * PE_FEATURES if engine < spec.prefill_engines else
-                    self._de_at + (engine - spec.prefill_engines) * DE_FEATURES)
-            width = PE_FEATURES if engine < spec.prefill_engines else DE_FEATURES
-            self._read_done_at[spec.node_of(engine)].append(slot + width - 3)
+        for engine, at in enumerate(self._slot):
+            self._read_done_at[spec.node_of(engine)].append(at + 4)
         self._masks: dict[tuple[bool, tuple[bool, ...]], np.ndarray] = {}
         self._rooms_of: tuple[Request | None, ClusterView | None, list[bool]] = (None, None, [])
 
@@ -185,13 +186,11 @@ class Encoder:
                 hint: Decision | None = None) -> np.ndarray:
         """The observation for deciding ``request`` on ``view`` (``None``: no request,
         for the tuning mode); ``hint`` is the fallback policy's decision, if any."""
-        if view.time_s < self._now:
-            self._idle = set()  # time went back (another run): recompute every backlog
+        if view.time_s < self._now:  # time went back (another run): rewrite every engine
+            self._engines_seen = (None,) * self.spec.engines
         self._now = view.time_s
         self._write_read_done(request, view)
-        self._write_engines(view.prefill_engines(), 0, PE_FEATURES, self._prefill_static)
-        self._write_engines(view.decode_engines(), self._de_at, DE_FEATURES,
-                            self._decode_static)
+        self._write_engines(view)
         self._write_rooms(request, view)
         self._write_hints(view, hint)
         self._write_nodes(view)
@@ -210,33 +209,37 @@ class Encoder:
             for i in slots:
                 mv[i] = value
 
-    def _write_engines(self, engines: tuple[EngineView, ...], at: int, width: int,
-                       static: Callable[[EngineView], tuple[float, ...]]) -> None:
-        """Each engine's own features (rewritten when its view is a new object) and its
-        CNIC backlog (log1p seconds; skipped while it stays idle: time only moves on)."""
-        mv, seen, idle, now = self._mv, self._seen, self._idle, self._now
-        for e in engines:
-            k = e.engine_id
-            if seen[k] is not e:
-                seen[k] = e
-                idle.discard(k)
-                for i, value in enumerate(static(e), at):
-                    mv[i] = value
-            if k not in idle:
-                busy = e.cnic_busy_until_s - now
-                if busy > 0.0:
-                    mv[at + width - 2] = math.log1p(busy)
-                else:  # log1p(max(0, busy)) = 0, and stays so until the view changes
-                    mv[at + width - 2] = 0.0
-                    idle.add(k)
-            at += width
+    def _write_engines(self, view: ClusterView) -> None:
+        """Each engine's own features, rewritten when its view is a new object, and its
+        CNIC backlog (log1p seconds), recomputed for those and for the engines whose
+        backlog was > 0: an unchanged idle engine stays idle, as time only moves on."""
+        engines = view.engines  # engine e's view is engines[e]
+        seen = self._engines_seen
+        changed = [] if engines is seen else [
+            e for e, old in zip(engines, seen, strict=True) if e is not old]
+        self._engines_seen = engines
+        for e in changed:
+            self._write_static(e)
+        busy, mv, slot, now = self._busy, self._mv, self._slot, self._now
+        for k in [*busy, *(e.engine_id for e in changed)]:
+            backlog = engines[k].cnic_busy_until_s - now
+            if backlog > 0.0:
+                mv[slot[k] + 5] = math.log1p(backlog)
+                busy.add(k)
+            elif k in busy:  # log1p(max(0, backlog)) = 0
+                mv[slot[k] + 5] = 0.0
+                busy.discard(k)
 
-    def _prefill_static(self, e: EngineView) -> tuple[float, ...]:
-        return (1.0, math.log1p(e.tok / self._rate), e.seq / 8.0,
-                e.free_hbm_bytes / self._pe_hbm)
-
-    def _decode_static(self, e: EngineView) -> tuple[float, ...]:
-        return (1.0, e.tok * self._kvb / self._de_hbm, e.seq / self._cap)
+    def _write_static(self, e: EngineView) -> None:
+        mv, at = self._mv, self._slot[e.engine_id]
+        mv[at] = 1.0
+        if e.engine_id < self.spec.prefill_engines:
+            mv[at + 1] = math.log1p(e.tok / self._rate)
+            mv[at + 2] = e.seq / 8.0
+            mv[at + 3] = e.free_hbm_bytes / self._pe_hbm
+        else:
+            mv[at + 1] = e.tok * self._kvb / self._de_hbm
+            mv[at + 2] = e.seq / self._cap
 
     def _write_rooms(self, request: Request | None, view: ClusterView) -> None:
         rooms = self._rooms(request, view)
@@ -268,20 +271,21 @@ class Encoder:
         self._hint_at = at
 
     def _write_nodes(self, view: ClusterView) -> None:
-        obs, seen = self._obs, self._seen_nodes
+        """Each node's features, rewritten when its view is a new object."""
+        mv, seen = self._mv, self._seen_nodes
         at = self._node_at
         for k, n in enumerate(view.nodes):
             if seen[k] is not n:
                 seen[k] = n
-                obs[at:at + NODE_FEATURES] = (
-                    1.0, float(n.node_id < self.spec.prefill_nodes),
-                    math.log1p(n.read_q_tokens * self._kvb / n.snic_bytes_s),
-                    n.snic_bytes_s / self._snic)
+                mv[at] = 1.0
+                mv[at + 1] = 1.0 if n.node_id < self.spec.prefill_nodes else 0.0
+                mv[at + 2] = math.log1p(n.read_q_tokens * self._kvb / n.snic_bytes_s)
+                mv[at + 3] = n.snic_bytes_s / self._snic
             at += NODE_FEATURES
 
     def _write_request(self, request: Request | None, view: ClusterView,
                        hint: Decision | None) -> None:
-        """The request block (zeros with no request) and the queue block, in one store."""
+        """The request block (zeros with no request) and the queue block."""
         log1p, kvb = math.log1p, self._kvb
         if request is None:
             req: tuple[float, ...] = (0.0,) * REQUEST_FEATURES
@@ -290,10 +294,13 @@ class Encoder:
             req = (log1p(hit * kvb / self._snic), log1p(request.appended_tokens / self._rate),
                    log1p(request.gen_tokens / 1024.0), hit / request.prompt_tokens,
                    request.total_tokens * kvb / self._de_hbm)
-        i = self._req_at
-        self._obs[i:i + REQUEST_FEATURES + GLOBAL_FEATURES] = req + (
-            log1p(view.queue.requests), log1p(view.queue.tokens * kvb / self._snic),
-            hint.decode_share if hint is not None else 0.0)
+        mv, i = self._mv, self._req_at
+        for value in req:
+            mv[i] = value
+            i += 1
+        mv[i] = log1p(view.queue.requests)
+        mv[i + 1] = log1p(view.queue.tokens * kvb / self._snic)
+        mv[i + 2] = hint.decode_share if hint is not None else 0.0
 
     def _rooms(self, request: Request | None, view: ClusterView) -> list[bool]:
         """Per decode engine: it has HBM and a batch slot for ``request`` (with no

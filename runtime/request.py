@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runtime.slots import slot_init
 
+
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Request:
     """One prefill+decode job.

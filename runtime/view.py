@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
+
+from runtime.slots import slot_init
 
 if TYPE_CHECKING:
     from runtime.cluster import ClusterSpec
-
-
-_View = TypeVar("_View")
-
-
-def _slot_init(cls: type[_View]) -> type[_View]:
-    """Give the frozen slots dataclass ``cls`` an ``__init__`` that stores each field
-    through its slot's descriptor.
-
-    The simulator builds views on every scheduling step, and the generated
-    ``__init__`` of a frozen dataclass calls ``object.__setattr__`` per field, which
-    costs about twice as much. Same signature and defaults; the instances are as
-    frozen as before (``__setattr__`` still raises).
-    """
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    namespace: dict[str, Any] = {f"_set_{n}": getattr(cls, n).__set__ for n in names}
-    params = []
-    for f in fields(cls):  # type: ignore[arg-type]
-        assert f.default_factory is MISSING, "defaults only"
-        if f.default is MISSING:
-            params.append(f.name)
-        else:
-            namespace[f"_default_{f.name}"] = f.default
-            params.append(f"{f.name}=_default_{f.name}")
-    body = "".join(f"    _set_{n}(self, {n})\n" for n in names)
-    exec(f"def __init__(self, {', '.join(params)}):\n{body}", namespace)
-    namespace["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = namespace["__init__"]  # type: ignore[method-assign]
-    return cls
 
 
 class Role(StrEnum):
@@ -44,7 +17,7 @@ class Role(StrEnum):
     DECODE = "decode"
 
 
-@_slot_init
+@slot_init
 @dataclass(frozen=True, slots=True)
 class EngineView:
     """One engine (one GPU).
@@ -68,7 +41,7 @@ class EngineView:
     cnic_busy_until_s: float = 0.0
 
 
-@_slot_init
+@slot_init
 @dataclass(frozen=True, slots=True)
 class NodeView:
     """One node. ``read_q_tokens`` is the node's storage read queue (its SNIC link view):
@@ -81,7 +54,7 @@ class NodeView:
     free_buffer_bytes: float
 
 
-@_slot_init
+@slot_init
 @dataclass(frozen=True, slots=True)
 class QueueView:
     """Requests waiting for a decision (FIFO), with their total prompt tokens."""
@@ -90,7 +63,7 @@ class QueueView:
     tokens: int
 
 
-@_slot_init
+@slot_init
 @dataclass(frozen=True, slots=True)
 class ClusterView:
     """A snapshot of the cluster at ``time_s`` that a policy decides on; never mutated."""
