@@ -38,6 +38,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import compress
+from operator import is_not
 
 import numpy as np
 
@@ -175,9 +177,12 @@ class Encoder:
         self._slot = [k * PE_FEATURES if k < pes else self._de_at + (k - pes) * DE_FEATURES
                       for k in range(spec.engines)]
         self._seen_nodes: list[NodeView | None] = [None] * e.max_nodes
-        self._read_done_at: list[list[int]] = [[] for _ in range(spec.nodes)]
-        for engine, at in enumerate(self._slot):
-            self._read_done_at[spec.node_of(engine)].append(at + 4)
+        # A node's engines are consecutive, of one role: their slots are evenly spaced.
+        gpus = spec.node.gpus
+        self._read_done_at = [
+            slice(self._slot[n * gpus] + 4, self._slot[n * gpus + gpus - 1] + 5,
+                  PE_FEATURES if n < spec.prefill_nodes else DE_FEATURES)
+            for n in range(spec.nodes)]
         self._masks: dict[tuple[bool, tuple[bool, ...]], np.ndarray] = {}
         self._rooms_of: tuple[Request | None, ClusterView | None, list[bool]] = (None, None, [])
 
@@ -200,14 +205,12 @@ class Encoder:
     # Single features go through ``_mv``, a memoryview of ``_obs``: storing a float
     # there costs about half a numpy item assignment (the same float32 rounding).
     def _write_read_done(self, request: Request | None, view: ClusterView) -> None:
-        """Per engine, when the request's hits would be read on its node (one value per
-        node: engines are laid out node by node, ``_read_done_at`` lists where)."""
-        mv, log1p, kvb = self._mv, math.log1p, self._kvb
+        """Per engine, when the request's hits would be read on its node: one value per
+        node, stored at once in its engines' slots (``_read_done_at``)."""
+        obs, log1p, kvb = self._obs, math.log1p, self._kvb
         hit = request.hit_tokens if request is not None else 0
         for n, slots in zip(view.nodes, self._read_done_at, strict=False):
-            value = log1p((n.read_q_tokens + hit) * kvb / n.snic_bytes_s)
-            for i in slots:
-                mv[i] = value
+            obs[slots] = log1p((n.read_q_tokens + hit) * kvb / n.snic_bytes_s)
 
     def _write_engines(self, view: ClusterView) -> None:
         """Each engine's own features, rewritten when its view is a new object, and its
@@ -215,8 +218,8 @@ class Encoder:
         backlog was > 0: an unchanged idle engine stays idle, as time only moves on."""
         engines = view.engines  # engine e's view is engines[e]
         seen = self._engines_seen
-        changed = [] if engines is seen else [
-            e for e, old in zip(engines, seen, strict=True) if e is not old]
+        # compress(map(is_not)): the identity test runs in C, not once per engine here.
+        changed = [] if engines is seen else list(compress(engines, map(is_not, engines, seen)))
         self._engines_seen = engines
         for e in changed:
             self._write_static(e)
@@ -295,9 +298,8 @@ class Encoder:
                    log1p(request.gen_tokens / 1024.0), hit / request.prompt_tokens,
                    request.total_tokens * kvb / self._de_hbm)
         mv, i = self._mv, self._req_at
-        for value in req:
-            mv[i] = value
-            i += 1
+        mv[i], mv[i + 1], mv[i + 2], mv[i + 3], mv[i + 4] = req
+        i += REQUEST_FEATURES
         mv[i] = log1p(view.queue.requests)
         mv[i + 1] = log1p(view.queue.tokens * kvb / self._snic)
         mv[i + 2] = hint.decode_share if hint is not None else 0.0

@@ -30,18 +30,20 @@ class RandomValidAction:
         for k, n in enumerate(nvec):
             self._layout[k, :n] = np.arange(at, at + n)
             at += n
-        self._block = np.empty((0, size + 1))
+        self._keys = np.empty(size + 1)  # this call's masked keys, then the padding
+        self._head = self._keys[:-1]
+        self._rows: list[np.ndarray] = []
         self._next = 0
 
     def __call__(self, mask: np.ndarray, rng: np.random.Generator,
                  out: np.ndarray) -> np.ndarray:
-        if self._next == len(self._block):
-            self._block = np.full((self.BLOCK, self._size + 1), -1.0)
-            self._block[:, :-1] = rng.random((self.BLOCK, self._size))
+        if self._next == len(self._rows):
+            self._rows = list(rng.random((self.BLOCK, self._size)))
             self._next = 0
-        keys = self._block[self._next]  # this call's keys, then the padding -1
+        keys = self._keys
+        keys.fill(-1.0)
+        np.copyto(self._head, self._rows[self._next], where=mask)
         self._next += 1
-        keys[:-1][~mask] = -1.0
         return keys[self._layout].argmax(axis=1, out=out)
 
 

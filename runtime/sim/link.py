@@ -49,6 +49,23 @@ class Link:
         return float(sum(self.sizes))
 
 
+def reserve_pair(first: Link, second: Link, earliest: float, nbytes: float,
+                 overhead_s: float = 0.0) -> tuple[float, float]:
+    """:func:`reserve_path` over two links (the simulator's only paths), unrolled."""
+    start = end = earliest
+    s, e = first.reserve(earliest, nbytes, overhead_s)
+    if s > start:
+        start = s
+    if e > end:
+        end = e
+    s, e = second.reserve(earliest, nbytes, overhead_s)
+    if s > start:
+        start = s
+    if e > end:
+        end = e
+    return start, end
+
+
 def reserve_path(links: Sequence[Link], earliest: float, nbytes: float,
                  overhead_s: float = 0.0) -> tuple[float, float]:
     """Send ``nbytes`` across several links (e.g. DE CNIC out → PE CNIC in).

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from runtime.cost import CostModel
 from runtime.sim.job import PREFILLING, READY, Job
-from runtime.sim.link import Link, reserve_path
+from runtime.sim.link import Link, reserve_pair
 
 # Returns the CNIC egress link of a decode engine.
 DecodeCnic = Callable[[int], Link]
@@ -101,7 +101,7 @@ class PrefillEngine:
             pe_overhead += cost.h2d_overhead_s(job.pe_bytes)
             de_bytes = job.de_bytes
             if de_bytes > 0:
-                start, end = reserve_path((de_cnic(job.de), self.cnic_in), now, de_bytes,
+                start, end = reserve_pair(de_cnic(job.de), self.cnic_in, now, de_bytes,
                                           cost.rdma_overhead_s(de_bytes))
                 first = start + (end - start) / layers
                 # Comparisons rather than max(): the same result, without a call.
@@ -110,12 +110,14 @@ class PrefillEngine:
                 if end > de_last:
                     de_last = end
         h_start, h_end = self.pcie.reserve(now, pe_bytes, pe_overhead)
-        first_layer = max(de_first, h_start + (h_end - h_start) / layers)
-        last_layer = max(de_last, h_end)
+        h_first = h_start + (h_end - h_start) / layers
+        first_layer = h_first if h_first > de_first else de_first  # max(de_first, h_first)
+        last_layer = h_end if h_end > de_last else de_last
         if not layerwise:
             return last_layer + compute
         per_layer = compute / layers
-        return max(first_layer + compute, last_layer + per_layer)
+        a, b = first_layer + compute, last_layer + per_layer
+        return b if b > a else a
 
     def start(self, now: float, batch: list[tuple[Job, int]]) -> None:
         self.busy = True

@@ -32,7 +32,7 @@ from runtime.sim.events import (
     EventQueue,
 )
 from runtime.sim.job import DECODING, DONE, READING, READY, TRANSFERRING, Job
-from runtime.sim.link import Link, reserve_path
+from runtime.sim.link import Link, reserve_pair
 from runtime.sim.metrics import compute_metrics
 from runtime.sim.node import NodeStorage
 from runtime.sim.prefill import PrefillEngine
@@ -310,7 +310,8 @@ class Simulator:
         finish = pe.batch_finish(now, batch, self.cost, opts.layerwise, opts.oracle,
                                  self._de_cnic_out)
         pe.start(now, batch)
-        pe.release_at = max(finish, self._send_to_decode(pe, batch, now, finish))
+        sent = self._send_to_decode(pe, batch, now, finish)
+        pe.release_at = sent if sent > finish else finish  # max(finish, sent)
         self._push(finish, PREFILL_DONE, pe)
 
     def _send_to_decode(self, pe: PrefillEngine, batch: list[tuple[Job, int]],
@@ -330,7 +331,7 @@ class Simulator:
                 continue  # chunked: its KV goes with its last chunk
             de = self.des[job.de - self._npe]
             nbytes = job.request.prompt_tokens * self._kvb
-            _, end = reserve_path((pe.cnic_out, de.cnic_in), first_layer, nbytes,
+            _, end = reserve_pair(pe.cnic_out, de.cnic_in, first_layer, nbytes,
                                   self.cost.rdma_overhead_s(nbytes))
             # Comparisons rather than max(): the same result, without a call.
             job.t_transfer = done = end if end > finish else finish
