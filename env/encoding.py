@@ -221,15 +221,16 @@ class Encoder:
         # compress(map(is_not)): the identity test runs in C, not once per engine here.
         changed = [] if engines is seen else list(compress(engines, map(is_not, engines, seen)))
         self._engines_seen = engines
+        busy = self._busy
         for e in changed:
             self._write_static(e)
-        busy, mv, slot, now = self._busy, self._mv, self._slot, self._now
-        for k in [*busy, *(e.engine_id for e in changed)]:
+            busy.add(e.engine_id)  # recompute its backlog below
+        mv, slot, now = self._mv, self._slot, self._now
+        for k in list(busy):
             backlog = engines[k].cnic_busy_until_s - now
             if backlog > 0.0:
                 mv[slot[k] + 5] = math.log1p(backlog)
-                busy.add(k)
-            elif k in busy:  # log1p(max(0, backlog)) = 0
+            else:  # log1p(max(0, backlog)) = 0
                 mv[slot[k] + 5] = 0.0
                 busy.discard(k)
 

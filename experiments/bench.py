@@ -42,7 +42,7 @@ class RandomValidAction:
             self._next = 0
         keys = self._keys
         keys.fill(-1.0)
-        np.copyto(self._head, self._rows[self._next], where=mask)
+        np.putmask(self._head, mask, self._rows[self._next])  # keys where valid
         self._next += 1
         return keys[self._layout].argmax(axis=1, out=out)
 

@@ -8,7 +8,7 @@ decode iterations, and the bandwidth of each kind of link.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from runtime.cluster import ClusterSpec
@@ -29,6 +29,7 @@ class CostModel:
         self.spec = spec
         self.model = spec.model
         self._flops = spec.node.gpu_flops
+        self.decode_iteration_s = spec.model.decode_iteration_s
         # Read on every KV move (the spec is frozen, so these never go stale).
         self._block_bytes = spec.block_bytes
         self._layers = spec.model.layers
@@ -87,8 +88,9 @@ class CostModel:
         return self._flops * eff / self.model.prefill_flops_per_token(context)
 
     # -- decode -------------------------------------------------------------
-    def decode_iteration_s(self, batch: int, context_tokens: float) -> float:
-        return self.model.decode_iteration_s(batch, context_tokens)
+    #: ``decode_iteration_s(batch, context_tokens)``: the model's formula, bound in
+    #: ``__init__`` (no wrapper call: decode engines retime on every change).
+    decode_iteration_s: Callable[[int, float], float]
 
     # -- bytes and links ----------------------------------------------------
     def kv_bytes(self, tokens: float) -> float:

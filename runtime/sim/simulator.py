@@ -226,13 +226,14 @@ class Simulator:
     def _check(self, job: Job, d: Decision) -> None:
         spec = self.spec
         rid = job.request.request_id
-        if not 0 <= d.prefill_engine < spec.prefill_engines:
+        npe = self._npe
+        if not 0 <= d.prefill_engine < npe:
             raise ValueError(f"request {rid}: prefill_engine {d.prefill_engine} is not a "
-                             f"prefill engine (0..{spec.prefill_engines - 1})")
-        if not spec.prefill_engines <= d.decode_engine < spec.engines:
+                             f"prefill engine (0..{npe - 1})")
+        if not npe <= d.decode_engine < spec.engines:
             raise ValueError(f"request {rid}: decode_engine {d.decode_engine} is not a decode "
-                             f"engine ({spec.prefill_engines}..{spec.engines - 1})")
-        de = self.des[d.decode_engine - spec.prefill_engines]
+                             f"engine ({npe}..{spec.engines - 1})")
+        de = self.des[d.decode_engine - npe]
         need = job.request.total_tokens * self._kvb
         if de.free_hbm < need or de.seq >= self._max_batch:
             raise ValueError(f"request {rid}: decode engine {d.decode_engine} has no room "

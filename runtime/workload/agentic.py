@@ -505,12 +505,11 @@ class AgenticWorkload:
         j = self._offset[agent] + turn
         rid = self._next_id
         self._next_id += 1
-        return [Request(
-            request_id=rid, agent_id=agent, turn=turn,
-            hit_tokens=self._before[j] + self._shift[agent],
-            appended_tokens=self._appended[j], gen_tokens=self._generated[j],
-            arrival_s=finish_s + self._delay() if self._delays else finish_s,
-        )]
+        # Positional (a call with keywords costs more): request_id, agent_id, turn,
+        # hit_tokens, appended_tokens, gen_tokens, arrival_s.
+        return [Request(rid, agent, turn, self._before[j] + self._shift[agent],
+                        self._appended[j], self._generated[j],
+                        finish_s + self._delay() if self._delays else finish_s)]
 
     def _delay(self) -> float:
         delay = 0.0
