@@ -376,15 +376,16 @@ class Encoder:
         """The ``Decision`` an action stands for; parts the agent does not control come
         from ``hint`` (the fallback's decision), which is then required."""
         e = self.encoding
+        full = len(e.control) == len(PARTS)
         if len(action) != len(e.control):
             raise ValueError(f"action has {len(action)} parts, the encoding controls "
                              f"{len(e.control)} ({', '.join(e.control)})")
-        if hint is None and len(e.control) < len(PARTS):
-            raise ValueError(f"the agent controls only {', '.join(e.control)}: a fallback "
-                             "decision is needed for the rest")
-        if hint is None or len(e.control) == len(PARTS):
+        if full:
             pe, de, level = map(int, action)
             return Decision(pe, self.spec.prefill_engines + de, e.share_levels[level], reason)
+        if hint is None:
+            raise ValueError(f"the agent controls only {', '.join(e.control)}: a fallback "
+                             "decision is needed for the rest")
         chosen = dict(zip(e.control, (int(a) for a in action), strict=True))
         pe = chosen.get("prefill", hint.prefill_engine)
         de = chosen.get("decode")

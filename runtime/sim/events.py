@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 from heapq import heappop, heappush
+from itertools import count
 from typing import Any
 
 
@@ -29,15 +30,14 @@ class EventQueue:
     """A heap of ``(time, kind, seq, payload)``; ``heap`` is public so the simulator's
     event loop can pop from it without a method call per event (the hot path)."""
 
-    __slots__ = ("heap", "_seq")
+    __slots__ = ("heap", "_next_seq")
 
     def __init__(self) -> None:
         self.heap: list[tuple[float, int, int, Any]] = []
-        self._seq = 0
+        self._next_seq = count(1).__next__  # 1, 2, 3, ...: one C call per event
 
     def push(self, time: float, kind: int, payload: Any) -> None:
-        self._seq += 1
-        heappush(self.heap, (time, kind, self._seq, payload))
+        heappush(self.heap, (time, kind, self._next_seq(), payload))
 
     def pop(self) -> tuple[float, int, int, Any]:
         return heappop(self.heap)
