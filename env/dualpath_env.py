@@ -135,8 +135,6 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         # Read on every step.
         self._routing = self.mode is Mode.ROUTE
         self._gate_decode = "decode" in self.encoding.control
-        complete = getattr(fallback, "complete", None)
-        self._complete = complete if callable(complete) else None
         self._violations = 0
         self._wall = 0.0
 
@@ -215,8 +213,8 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
                 if r.gen_tokens > 1 else 0.0)
         if ttft > spec.slo_ttft_s or tpot > spec.slo_tpot_s:
             self._violations += 1
-        complete = self._complete
-        if complete is not None:
+        complete = getattr(self.fallback, "complete", None)
+        if callable(complete):
             complete(r.request_id, {"ttft_s": ttft, "latency_s": job.t_finish - r.arrival_s})
 
     # -- observation and info -----------------------------------------------

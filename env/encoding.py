@@ -57,6 +57,8 @@ DE_FEATURES = 7
 NODE_FEATURES = 4
 REQUEST_FEATURES = 5
 GLOBAL_FEATURES = 3
+# Offsets in an engine's slot, the same for both roles.
+_READ_DONE, _CNIC, _PICK = 4, 5, 6
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,8 @@ class Encoder:
         # A node's engines are consecutive, of one role: their slots are evenly spaced.
         gpus = spec.node.gpus
         self._read_done_at = [
-            slice(self._slot[n * gpus] + 4, self._slot[n * gpus + gpus - 1] + 5,
+            slice(self._slot[n * gpus] + _READ_DONE,
+                  self._slot[n * gpus + gpus - 1] + _READ_DONE + 1,
                   PE_FEATURES if n < spec.prefill_nodes else DE_FEATURES)
             for n in range(spec.nodes)]
         self._masks: dict[tuple[bool, tuple[bool, ...]], np.ndarray] = {}
@@ -229,9 +232,9 @@ class Encoder:
         for k in list(busy):
             backlog = engines[k].cnic_busy_until_s - now
             if backlog > 0.0:
-                mv[slot[k] + 5] = math.log1p(backlog)
+                mv[slot[k] + _CNIC] = math.log1p(backlog)
             else:  # log1p(max(0, backlog)) = 0
-                mv[slot[k] + 5] = 0.0
+                mv[slot[k] + _CNIC] = 0.0
                 busy.discard(k)
 
     def _write_static(self, e: EngineView) -> None:
@@ -249,7 +252,7 @@ class Encoder:
         rooms = self._rooms(request, view)
         if rooms != self._rooms_written:
             mv = self._mv
-            at = self._de_at + 3
+            at = self._de_at + 3  # a decode slot's room feature
             for room in rooms:
                 mv[at] = 1.0 if room else 0.0
                 at += DE_FEATURES
@@ -266,10 +269,10 @@ class Encoder:
             pes = self.spec.prefill_engines
             k = hint.prefill_engine
             if 0 <= k < pes:
-                at.append(k * PE_FEATURES + 6)
+                at.append(self._slot[k] + _PICK)
             k = hint.decode_engine - pes
             if 0 <= k < len(view.engines) - pes:
-                at.append(self._de_at + k * DE_FEATURES + 6)
+                at.append(self._slot[pes + k] + _PICK)
         for i in at:
             mv[i] = 1.0
         self._hint_at = at

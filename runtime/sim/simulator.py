@@ -201,10 +201,10 @@ class Simulator:
         last = self._nviews[node.node_id]
         if last is not None and last.read_q_tokens == read_q and last.free_buffer_bytes == free:
             return last
-        view = NodeView(node.node_id, self._node_roles[node.node_id], read_q,
-                        node.snic.bytes_s, free)
-        self._nviews[node.node_id] = view
-        return view
+        fresh = NodeView(node.node_id, self._node_roles[node.node_id], read_q,
+                         node.snic.bytes_s, free)
+        self._nviews[node.node_id] = fresh
+        return fresh
 
     def _engine_view(self, engine_id: int) -> EngineView:
         group = self._groups[engine_id]
