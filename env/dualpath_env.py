@@ -141,6 +141,9 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         self._point: tuple[Request, ClusterView] | None = None
         self._hint: Decision | None = None
         self._mask = np.ones(sum(nvec), dtype=bool)
+        # Read on every step.
+        self._routing = self.mode is Mode.ROUTE
+        self._gate_decode = "decode" in self.encoding.control
         self._violations = 0
         self._wall = 0.0
 
@@ -164,9 +167,9 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         if sim is None or self._point is None:
             raise RuntimeError("step() called before reset() or after the episode ended")
         area, violations = sim.time_in_system, self._violations
-        if self.mode is Mode.ROUTE:
-            action = self.encoder.project(action, self._mask)
-            sim.apply(self.encoder.decision(action, self._hint))
+        if self._routing:
+            encoder = self.encoder
+            sim.apply(encoder.decision(encoder.project(action, self._mask), self._hint))
             self._point = sim.next_decision()
             self._route_to_agent()
         else:
@@ -205,18 +208,13 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
                     self._point = sim.next_decision()
                     continue
                 hint = answer
-            mask = self.encoder.action_mask(request, view)
-            if "decode" in self.encoding.control and not self._any_decode(mask):
+            if self._gate_decode and not self.encoder.any_room(request, view):
                 sim.apply(Defer("no decode engine has room", WaitFor.DECODE))
                 self._point = sim.next_decision()
                 continue
-            self._hint, self._mask = hint, mask
+            # Shared and read-only: action_masks() hands out copies.
+            self._hint, self._mask = hint, self.encoder.shared_action_mask(request, view)
             return
-
-    def _any_decode(self, mask: np.ndarray) -> bool:
-        e = self.encoding
-        at = e.max_prefill if "prefill" in e.control else 0
-        return bool(mask[at:at + e.max_decode].any())
 
     def _run_window(self, sim: Simulator, point: tuple[Request, ClusterView] | None,
                     policy: Policy) -> tuple[Request, ClusterView] | None:
@@ -261,7 +259,7 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._point is None:
             return self.encoder.observe(None, sim.view())
         request, view = self._point
-        if self.mode is Mode.TUNE:
+        if not self._routing:
             return self.encoder.observe(None, view)
         return self.encoder.observe(request, view, self._hint)
 

@@ -38,6 +38,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import compress
+from operator import is_not
 
 import numpy as np
 
@@ -45,7 +47,7 @@ from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.decision import Decision
 from runtime.request import Request
-from runtime.view import ClusterView, EngineView, Role
+from runtime.view import ClusterView, EngineView, NodeView
 
 ENCODING_VERSION = 1
 PARTS = ("prefill", "decode", "path")
@@ -55,6 +57,8 @@ DE_FEATURES = 7
 NODE_FEATURES = 4
 REQUEST_FEATURES = 5
 GLOBAL_FEATURES = 3
+# Offsets in an engine's slot, the same for both roles.
+_READ_DONE, _CNIC, _PICK = 4, 5, 6
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,13 @@ class Encoding:
 
 
 class Encoder:
-    """An :class:`Encoding` bound to one cluster: precomputed constants, reused buffers."""
+    """An :class:`Encoding` bound to one cluster: precomputed constants, reused buffers.
+
+    ``observe`` keeps the last observation in a buffer and rewrites only what can
+    have changed: an engine's or a node's own features are rewritten when its view
+    is a new object (the simulator rebuilds a view only when the engine or node
+    changes), the rest every call. It returns a copy: callers keep observations.
+    """
 
     def __init__(self, encoding: Encoding, spec: ClusterSpec) -> None:
         encoding.check_fits(spec)
@@ -145,109 +155,220 @@ class Encoder:
         self._de_hbm = spec.node.de_hbm_kv_bytes
         self._pe_hbm = spec.node.pe_hbm_kv_bytes
         self._cnic = spec.node.cnic_kv_bytes_s
-        self._mask = np.zeros(sum(encoding.action_nvec), dtype=bool)
+        self._cap = spec.decode_max_batch
         # Prefill work is measured in seconds at the rate of a 32k-token prompt: a fixed
         # yardstick keeps an engine's features a function of its own view alone.
         self._rate = self.cost.prefill_tokens_per_s(32768)
-        self._cache: dict[int, tuple[EngineView, tuple[float, ...]]] = {}
         e = encoding
         self._de_at = e.max_prefill * PE_FEATURES
         self._node_at = self._de_at + e.max_decode * DE_FEATURES
         self._req_at = self._node_at + e.max_nodes * NODE_FEATURES
+        self._obs = np.zeros(e.obs_size, dtype=np.float32)
+        self._mv = memoryview(self._obs)
+        # What ``_obs`` holds now: the engines' views whose own features are written,
+        # the engines whose CNIC backlog is written > 0, the rooms and the fallback's
+        # pick as written, and the time.
+        self._engines_seen: tuple[EngineView | None, ...] = (None,) * spec.engines
+        self._busy: set[int] = set()
+        self._rooms_written: list[bool] = []
+        self._hint_at: list[int] = []
+        self._now = 0.0
+        # Where each engine's features start (by engine id), and per node where its
+        # engines' read-finish feature goes.
+        pes = spec.prefill_engines
+        self._slot = [k * PE_FEATURES if k < pes else self._de_at + (k - pes) * DE_FEATURES
+                      for k in range(spec.engines)]
+        self._seen_nodes: list[NodeView | None] = [None] * e.max_nodes
+        # A node's engines are consecutive, of one role: their slots are evenly spaced.
+        gpus = spec.node.gpus
+        self._read_done_at = [
+            slice(self._slot[n * gpus] + _READ_DONE,
+                  self._slot[n * gpus + gpus - 1] + _READ_DONE + 1,
+                  PE_FEATURES if n < spec.prefill_nodes else DE_FEATURES)
+            for n in range(spec.nodes)]
+        self._masks: dict[tuple[bool, tuple[bool, ...]], np.ndarray] = {}
+        self._rooms_of: tuple[Request | None, ClusterView | None, list[bool]] = (None, None, [])
 
+    # -- observation ----------------------------------------------------------
     def observe(self, request: Request | None, view: ClusterView,
                 hint: Decision | None = None) -> np.ndarray:
         """The observation for deciding ``request`` on ``view`` (``None``: no request,
         for the tuning mode); ``hint`` is the fallback policy's decision, if any."""
-        spec = self.spec
-        obs = np.zeros(self.encoding.obs_size, dtype=np.float32)
-        kvb = self._kvb
-        log1p = math.log1p
-        hit = request.hit_tokens if request is not None else 0
-        read_done = [log1p((n.read_q_tokens + hit) * kvb / n.snic_bytes_s) for n in view.nodes]
-        now = view.time_s
-        pe_hint = hint.prefill_engine if hint is not None else -1
-        de_hint = hint.decode_engine if hint is not None else -1
-        static = self._static
-        feats: list[float] = []
-        for e in view.prefill_engines():
-            feats += static(e)
-            feats += (read_done[e.node_id], log1p(max(0.0, e.cnic_busy_until_s - now)),
-                      float(e.engine_id == pe_hint))
-        obs[:len(feats)] = feats
-        need = request.total_tokens * kvb if request is not None else 0.0
-        cap = spec.decode_max_batch
-        feats = []
-        for e in view.decode_engines():
-            feats += static(e)
-            feats += (float(e.seq < cap and e.free_hbm_bytes >= need), read_done[e.node_id],
-                      log1p(max(0.0, e.cnic_busy_until_s - now)), float(e.engine_id == de_hint))
-        obs[self._de_at:self._de_at + len(feats)] = feats
-        feats = []
-        for n in view.nodes:
-            feats += (1.0, float(n.node_id < spec.prefill_nodes),
-                      log1p(n.read_q_tokens * kvb / n.snic_bytes_s), n.snic_bytes_s / self._snic)
-        obs[self._node_at:self._node_at + len(feats)] = feats
-        i = self._req_at
-        if request is not None:
-            obs[i:i + REQUEST_FEATURES] = (
-                log1p(hit * kvb / self._snic), log1p(request.appended_tokens / self._rate),
-                log1p(request.gen_tokens / 1024.0), hit / request.prompt_tokens,
-                need / self._de_hbm)
-        i += REQUEST_FEATURES
-        obs[i:i + GLOBAL_FEATURES] = (
-            log1p(view.queue.requests), log1p(view.queue.tokens * kvb / self._snic),
-            hint.decode_share if hint is not None else 0.0)
-        return obs
+        if view.time_s < self._now:  # time went back (another run): rewrite every engine
+            self._engines_seen = (None,) * self.spec.engines
+        self._now = view.time_s
+        self._write_read_done(request, view)
+        self._write_engines(view)
+        self._write_rooms(request, view)
+        self._write_hints(view, hint)
+        self._write_nodes(view)
+        self._write_request(request, view, hint)
+        return self._obs.copy()
 
-    def _static(self, e: EngineView) -> tuple[float, ...]:
-        """The features of an engine that only its view determines, cached per view
-        object (the simulator rebuilds an engine's view only when the engine changes)."""
-        hit = self._cache.get(e.engine_id)
-        if hit is not None and hit[0] is e:
-            return hit[1]
-        if e.role is Role.PREFILL:
-            feats: tuple[float, ...] = (1.0, math.log1p(e.tok / self._rate), e.seq / 8.0,
-                                        e.free_hbm_bytes / self._pe_hbm)
+    # Single features go through ``_mv``, a memoryview of ``_obs``: storing a float
+    # there costs about half a numpy item assignment (the same float32 rounding).
+    def _write_read_done(self, request: Request | None, view: ClusterView) -> None:
+        """Per engine, when the request's hits would be read on its node: one value per
+        node, stored at once in its engines' slots (``_read_done_at``)."""
+        obs, log1p, kvb = self._obs, math.log1p, self._kvb
+        hit = request.hit_tokens if request is not None else 0
+        for n, slots in zip(view.nodes, self._read_done_at, strict=False):
+            obs[slots] = log1p((n.read_q_tokens + hit) * kvb / n.snic_bytes_s)
+
+    def _write_engines(self, view: ClusterView) -> None:
+        """Each engine's own features, rewritten when its view is a new object, and its
+        CNIC backlog (log1p seconds), recomputed for those and for the engines whose
+        backlog was > 0: an unchanged idle engine stays idle, as time only moves on."""
+        engines = view.engines  # engine e's view is engines[e]
+        seen = self._engines_seen
+        # compress(map(is_not)): the identity test runs in C, not once per engine here.
+        changed = [] if engines is seen else list(compress(engines, map(is_not, engines, seen)))
+        self._engines_seen = engines
+        busy = self._busy
+        for e in changed:
+            self._write_static(e)
+            busy.add(e.engine_id)  # recompute its backlog below
+        mv, slot, now = self._mv, self._slot, self._now
+        for k in list(busy):
+            backlog = engines[k].cnic_busy_until_s - now
+            if backlog > 0.0:
+                mv[slot[k] + _CNIC] = math.log1p(backlog)
+            else:  # log1p(max(0, backlog)) = 0
+                mv[slot[k] + _CNIC] = 0.0
+                busy.discard(k)
+
+    def _write_static(self, e: EngineView) -> None:
+        mv, at = self._mv, self._slot[e.engine_id]
+        mv[at] = 1.0
+        if e.engine_id < self.spec.prefill_engines:
+            mv[at + 1] = math.log1p(e.tok / self._rate)
+            mv[at + 2] = e.seq / 8.0
+            mv[at + 3] = e.free_hbm_bytes / self._pe_hbm
         else:
-            feats = (1.0, e.tok * self._kvb / self._de_hbm, e.seq / self.spec.decode_max_batch)
-        self._cache[e.engine_id] = (e, feats)
-        return feats
+            mv[at + 1] = e.tok * self._kvb / self._de_hbm
+            mv[at + 2] = e.seq / self._cap
+
+    def _write_rooms(self, request: Request | None, view: ClusterView) -> None:
+        rooms = self._rooms(request, view)
+        if rooms != self._rooms_written:
+            mv = self._mv
+            at = self._de_at + 3  # a decode slot's room feature
+            for room in rooms:
+                mv[at] = 1.0 if room else 0.0
+                at += DE_FEATURES
+            self._rooms_written = rooms
+
+    def _write_hints(self, view: ClusterView, hint: Decision | None) -> None:
+        """The fallback's pick: 1 in the slots of its engines, 0 elsewhere. Only the
+        slots set last time are cleared (engine ``e``'s view is ``view.engines[e]``)."""
+        mv = self._mv
+        for i in self._hint_at:
+            mv[i] = 0.0
+        at = []
+        if hint is not None:
+            pes = self.spec.prefill_engines
+            k = hint.prefill_engine
+            if 0 <= k < pes:
+                at.append(self._slot[k] + _PICK)
+            k = hint.decode_engine - pes
+            if 0 <= k < len(view.engines) - pes:
+                at.append(self._slot[pes + k] + _PICK)
+        for i in at:
+            mv[i] = 1.0
+        self._hint_at = at
+
+    def _write_nodes(self, view: ClusterView) -> None:
+        """Each node's features, rewritten when its view is a new object."""
+        mv, seen = self._mv, self._seen_nodes
+        at = self._node_at
+        for k, n in enumerate(view.nodes):
+            if seen[k] is not n:
+                seen[k] = n
+                mv[at] = 1.0
+                mv[at + 1] = 1.0 if n.node_id < self.spec.prefill_nodes else 0.0
+                mv[at + 2] = math.log1p(n.read_q_tokens * self._kvb / n.snic_bytes_s)
+                mv[at + 3] = n.snic_bytes_s / self._snic
+            at += NODE_FEATURES
+
+    def _write_request(self, request: Request | None, view: ClusterView,
+                       hint: Decision | None) -> None:
+        """The request block (zeros with no request) and the queue block."""
+        log1p, kvb = math.log1p, self._kvb
+        if request is None:
+            req: tuple[float, ...] = (0.0,) * REQUEST_FEATURES
+        else:
+            hit = request.hit_tokens
+            req = (log1p(hit * kvb / self._snic), log1p(request.appended_tokens / self._rate),
+                   log1p(request.gen_tokens / 1024.0), hit / request.prompt_tokens,
+                   request.total_tokens * kvb / self._de_hbm)
+        mv, i = self._mv, self._req_at
+        mv[i], mv[i + 1], mv[i + 2], mv[i + 3], mv[i + 4] = req
+        i += REQUEST_FEATURES
+        mv[i] = log1p(view.queue.requests)
+        mv[i + 1] = log1p(view.queue.tokens * kvb / self._snic)
+        mv[i + 2] = hint.decode_share if hint is not None else 0.0
+
+    def _rooms(self, request: Request | None, view: ClusterView) -> list[bool]:
+        """Per decode engine: it has HBM and a batch slot for ``request`` (with no
+        request, a batch slot). The mask and the observation both need it: computed
+        once per (request, view)."""
+        last_request, last_view, rooms = self._rooms_of
+        if request is last_request and view is last_view:
+            return rooms
+        need = request.total_tokens * self._kvb if request is not None else 0.0
+        cap = self._cap
+        rooms = [d.seq < cap and d.free_hbm_bytes >= need for d in view.decode_engines()]
+        self._rooms_of = (request, view, rooms)
+        return rooms
+
+    # -- actions --------------------------------------------------------------
+    def any_room(self, request: Request, view: ClusterView) -> bool:
+        """Some decode engine can take ``request`` (its decode mask is not empty)."""
+        return any(self._rooms(request, view))
 
     def action_mask(self, request: Request, view: ClusterView) -> np.ndarray:
         """Valid choices per controlled part, concatenated (MaskablePPO's MultiDiscrete form)."""
-        spec = self.spec
+        return self.shared_action_mask(request, view).copy()
+
+    def shared_action_mask(self, request: Request, view: ClusterView) -> np.ndarray:
+        """:meth:`action_mask` as a read-only array shared between calls (no copy: the
+        env copies it once, for its callers)."""
+        key = (request.hit_tokens > 0, tuple(self._rooms(request, view)))
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._masks[key] = self._build_mask(*key)
+        return mask
+
+    def _build_mask(self, has_hits: bool, rooms: tuple[bool, ...]) -> np.ndarray:
         e = self.encoding
-        mask = self._mask
-        mask[:] = False
+        mask = np.zeros(sum(e.action_nvec), dtype=bool)
         at = 0
         for part in e.control:
             if part == "prefill":
-                mask[at:at + spec.prefill_engines] = True
+                mask[at:at + self.spec.prefill_engines] = True
                 at += e.max_prefill
             elif part == "decode":
-                need = request.total_tokens * self._kvb
-                cap = spec.decode_max_batch
-                for k, d in enumerate(view.decode_engines()):
-                    mask[at + k] = d.seq < cap and d.free_hbm_bytes >= need
+                mask[at:at + len(rooms)] = rooms
                 at += e.max_decode
             else:
                 n = len(e.share_levels)
                 # With no hits the path is moot: only share 0 is offered.
-                mask[at:at + (n if request.hit_tokens else 1)] = True
+                mask[at:at + (n if has_hits else 1)] = True
                 at += n
-        return mask.copy()
+        mask.setflags(write=False)
+        return mask
 
     def project(self, action: Sequence[int] | np.ndarray, mask: np.ndarray) -> list[int]:
         """``action`` with each masked-out choice replaced by the next valid one
         (cyclically), so agents without masks and env checkers can act."""
+        if isinstance(action, np.ndarray):
+            action = action.tolist()  # Python ints: cheaper to iterate and index with
         out = []
         at = 0
         for a, n in zip(action, self.encoding.action_nvec, strict=True):
-            part = mask[at:at + n]
             a = int(a) % n
-            if not part[a]:
-                valid = np.flatnonzero(np.roll(part, -a))
+            if not mask[at + a]:
+                valid = np.flatnonzero(np.roll(mask[at:at + n], -a))
                 a = (a + int(valid[0])) % n if len(valid) else a
             out.append(a)
             at += n
@@ -267,15 +388,16 @@ class Encoder:
         """The ``Decision`` an action stands for; parts the agent does not control come
         from ``hint`` (the fallback's decision), which is then required."""
         e = self.encoding
+        full = len(e.control) == len(PARTS)
         if len(action) != len(e.control):
             raise ValueError(f"action has {len(action)} parts, the encoding controls "
                              f"{len(e.control)} ({', '.join(e.control)})")
-        if hint is None and len(e.control) < len(PARTS):
+        if full:
+            pe, de, level = map(int, action)
+            return Decision(pe, self.spec.prefill_engines + de, e.share_levels[level], reason)
+        if hint is None:
             raise ValueError(f"the agent controls only {', '.join(e.control)}: a fallback "
                              "decision is needed for the rest")
-        if hint is None or len(e.control) == len(PARTS):
-            pe, de, level = (int(a) for a in action)
-            return Decision(pe, self.spec.prefill_engines + de, e.share_levels[level], reason)
         chosen = dict(zip(e.control, (int(a) for a in action), strict=True))
         pe = chosen.get("prefill", hint.prefill_engine)
         de = chosen.get("decode")

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from runtime.slots import slot_init
 
+
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The prefill engine, the decode engine and the path of one request.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from runtime.slots import slot_init
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Request:
     """One prefill+decode job.
@@ -23,6 +26,12 @@ class Request:
     gen_tokens: int
     arrival_s: float
     block_hashes: tuple[int, ...] | None = None
+    # Derived, stored once: the simulator, the encoder and the policies read them
+    # many times per request, and a property call costs several attribute reads.
+    #: Prompt length: hit plus appended tokens.
+    prompt_tokens: int = field(init=False, repr=False, compare=False)
+    #: Context at the end of decoding: what the decode engine must hold.
+    total_tokens: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.hit_tokens < 0 or self.appended_tokens < 0:
@@ -33,12 +42,7 @@ class Request:
             raise ValueError(f"request {self.request_id}: gen_tokens must be >= 1")
         if self.arrival_s < 0:
             raise ValueError(f"request {self.request_id}: arrival_s must be >= 0")
+        prompt = self.hit_tokens + self.appended_tokens
+        object.__setattr__(self, "prompt_tokens", prompt)
+        object.__setattr__(self, "total_tokens", prompt + self.gen_tokens)
 
-    @property
-    def prompt_tokens(self) -> int:
-        return self.hit_tokens + self.appended_tokens
-
-    @property
-    def total_tokens(self) -> int:
-        """Context at the end of decoding: what the decode engine must hold."""
-        return self.prompt_tokens + self.gen_tokens

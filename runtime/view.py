@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from runtime.slots import slot_init
+
 if TYPE_CHECKING:
     from runtime.cluster import ClusterSpec
 
@@ -15,6 +17,7 @@ class Role(StrEnum):
     DECODE = "decode"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class EngineView:
     """One engine (one GPU).
@@ -38,6 +41,7 @@ class EngineView:
     cnic_busy_until_s: float = 0.0
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class NodeView:
     """One node. ``read_q_tokens`` is the node's storage read queue (its SNIC link view):
@@ -50,6 +54,7 @@ class NodeView:
     free_buffer_bytes: float
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class QueueView:
     """Requests waiting for a decision (FIFO), with their total prompt tokens."""
@@ -58,7 +63,8 @@ class QueueView:
     tokens: int
 
 
-@dataclass(frozen=True)
+@slot_init
+@dataclass(frozen=True, slots=True)
 class ClusterView:
     """A snapshot of the cluster at ``time_s`` that a policy decides on; never mutated."""
 

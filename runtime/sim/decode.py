@@ -53,7 +53,8 @@ class DecodeEngine:
             return None
         size = len(self.heap)
         self.iter_s = self._cost.decode_iteration_s(size, self.ctx_base + size * self.iters)
-        return self.t_last + max(0.0, self.heap[0][0] - self.iters) * self.iter_s
+        left = self.heap[0][0] - self.iters
+        return self.t_last + (left if left > 0.0 else 0.0) * self.iter_s  # max(0.0, left)
 
     def join(self, job: Job, now: float) -> float | None:
         """Add ``job`` (its first token came from prefill); returns the next finish time."""

@@ -17,7 +17,13 @@ class JobState(IntEnum):
     DONE = 6
 
 
+# The members as module globals, for the hot path: reading ``JobState.READY`` goes
+# through the enum class's attribute machinery, several times slower than a global.
+WAITING, READING, READY, PREFILLING, TRANSFERRING, DECODING, DONE = JobState
+
+
 NAN = float("nan")
+_NO_READ = (NAN, NAN)  # (start, end) of a read that did not happen
 
 
 class Job:
@@ -31,7 +37,7 @@ class Job:
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.state = JobState.WAITING
+        self.state = WAITING
         self.pe = -1
         self.de = -1
         self.share = 0.0
@@ -39,12 +45,13 @@ class Job:
         self.de_bytes = 0.0
         self.reads_left = 0
         # A full hit still computes its last token to produce the first output.
-        self.remaining = max(1, request.appended_tokens)  # tokens left to prefill
+        appended = request.appended_tokens
+        self.remaining = appended if appended > 1 else 1  # tokens left to prefill (>= 1)
         self.context = request.hit_tokens         # tokens before the next chunk
         self.loaded = False                       # hit KV brought into the PE yet
         self.t_decision = NAN
-        self.t_pe_read = (NAN, NAN)
-        self.t_de_read = (NAN, NAN)
+        self.t_pe_read = _NO_READ
+        self.t_de_read = _NO_READ
         self.t_prefill_start = NAN
         self.t_first_token = NAN
         self.t_transfer = NAN     # when the P→D transfer of its KV ends

@@ -35,9 +35,19 @@ class NodeStorage:
         self._on_issue = on_issue
 
     def enqueue_read(self, job: Job, nbytes: float, now: float) -> None:
-        self.pending.append((job, nbytes))
         self.pending_bytes += nbytes
+        used = self.buffer_used
+        if not self.pending and not (used > 0 and used + nbytes > self.buffer_bytes):
+            self._issue(job, nbytes, now)  # what pump() would do, without the queue
+            return
+        self.pending.append((job, nbytes))
         self.pump(now)
+
+    def _issue(self, job: Job, nbytes: float, now: float) -> None:
+        self.pending_bytes -= nbytes
+        self.buffer_used += nbytes
+        start, end = self.snic.reserve(now, nbytes)
+        self._on_issue(self.node_id, job, start, end)
 
     def pump(self, now: float) -> None:
         """Issue queued reads while the buffer has room."""
@@ -47,10 +57,7 @@ class NodeStorage:
             if self.buffer_used > 0 and self.buffer_used + nbytes > self.buffer_bytes:
                 return
             pending.popleft()
-            self.pending_bytes -= nbytes
-            self.buffer_used += nbytes
-            start, end = self.snic.reserve(now, nbytes)
-            self._on_issue(self.node_id, job, start, end)
+            self._issue(job, nbytes, now)
 
     def release(self, nbytes: float, now: float) -> None:
         self.buffer_used -= nbytes
@@ -61,4 +68,6 @@ class NodeStorage:
 
     def read_queue_bytes(self, now: float) -> float:
         """Bytes requested through this SNIC and not yet read."""
-        return self.pending_bytes + self.snic.backlog_bytes(now)
+        snic = self.snic  # Link.backlog_bytes, inlined: read for every decision
+        busy = snic.busy_until - now
+        return self.pending_bytes + (busy * snic.bytes_s if busy > 0 else 0.0)

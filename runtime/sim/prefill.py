@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from runtime.cost import Chunk, CostModel
-from runtime.sim.job import Job, JobState
-from runtime.sim.link import Link, reserve_path
+from runtime.cost import CostModel
+from runtime.sim.job import PREFILLING, READY, Job
+from runtime.sim.link import Link, reserve_pair
 
 # Returns the CNIC egress link of a decode engine.
 DecodeCnic = Callable[[int], Link]
@@ -51,27 +51,29 @@ class PrefillEngine:
         """
         quota = cost.spec.prefill_quota_s
         kv_bytes = cost.model.kv_bytes_per_token
+        attention_s = cost.chunk_attention_s
+        ready = self.ready
         batch: list[tuple[Job, int]] = []
         tokens = 0
         attn = 0.0
-        while self.ready:
-            job = self.ready[0]
+        while ready:
+            job = ready[0]
             need = 0.0
             if not layerwise and not job.loaded:
                 need = job.request.prompt_tokens * kv_bytes
                 if batch and self.hbm_used + need > self.hbm_bytes:
                     break
             n = job.remaining
-            a = cost.attention_s(Chunk(n, job.context), tokens + n)
+            a = attention_s(n, job.context, tokens + n)
             if batch and attn + a > quota:
                 # Chunk: the share of the remaining tokens that fits what is left.
                 n = int(n * (quota - attn) / a)
                 if n <= 0:
                     break
-                a = cost.attention_s(Chunk(n, job.context), tokens + n)
+                a = attention_s(n, job.context, tokens + n)
             elif not batch and a > quota:
                 n = max(1, int(n * quota / a))
-                a = cost.attention_s(Chunk(n, job.context), n)
+                a = attention_s(n, job.context, n)
             if need:
                 self.hbm_used += need
                 job.hbm_bytes = need
@@ -80,13 +82,13 @@ class PrefillEngine:
             attn += a
             if n < job.remaining:
                 break
-            self.ready.popleft()
+            ready.popleft()
         return batch
 
     def batch_finish(self, now: float, batch: list[tuple[Job, int]], cost: CostModel,
                      layerwise: bool, oracle: bool, de_cnic: DecodeCnic) -> float:
         """Start ``batch`` at ``now``: reserve its loads, return when its compute ends."""
-        compute = cost.prefill_s(Chunk(n, job.context) for job, n in batch)
+        compute = cost.batch_prefill_s([(n, job.context) for job, n in batch])
         if oracle:
             return now + compute
         layers = cost.model.layers
@@ -97,24 +99,30 @@ class PrefillEngine:
                 continue
             pe_bytes += job.pe_bytes
             pe_overhead += cost.h2d_overhead_s(job.pe_bytes)
-            if job.de_bytes > 0:
-                start, end = reserve_path((de_cnic(job.de), self.cnic_in), now, job.de_bytes,
-                                          cost.rdma_overhead_s(job.de_bytes))
+            de_bytes = job.de_bytes
+            if de_bytes > 0:
+                start, end = reserve_pair(de_cnic(job.de), self.cnic_in, now, de_bytes,
+                                          cost.rdma_overhead_s(de_bytes))
                 first = start + (end - start) / layers
-                de_first = max(de_first, first)
-                de_last = max(de_last, end)
+                # Comparisons rather than max(): the same result, without a call.
+                if first > de_first:
+                    de_first = first
+                if end > de_last:
+                    de_last = end
         h_start, h_end = self.pcie.reserve(now, pe_bytes, pe_overhead)
-        first_layer = max(de_first, h_start + (h_end - h_start) / layers)
-        last_layer = max(de_last, h_end)
+        h_first = h_start + (h_end - h_start) / layers
+        first_layer = h_first if h_first > de_first else de_first  # max(de_first, h_first)
+        last_layer = h_end if h_end > de_last else de_last
         if not layerwise:
             return last_layer + compute
         per_layer = compute / layers
-        return max(first_layer + compute, last_layer + per_layer)
+        a, b = first_layer + compute, last_layer + per_layer
+        return b if b > a else a
 
     def start(self, now: float, batch: list[tuple[Job, int]]) -> None:
         self.busy = True
         self.batch = batch
         for job, _ in batch:
-            if job.state is JobState.READY:
-                job.state = JobState.PREFILLING
+            if job.state is READY:
+                job.state = PREFILLING
                 job.t_prefill_start = now

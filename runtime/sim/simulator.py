@@ -13,6 +13,7 @@ import time as wallclock
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from heapq import heappop
 from typing import Any
 
 from runtime.cluster import ClusterSpec
@@ -21,15 +22,27 @@ from runtime.decision import Decision, Defer, WaitFor
 from runtime.policy import Policy
 from runtime.request import Request
 from runtime.sim.decode import DecodeEngine
-from runtime.sim.events import EventKind, EventQueue
-from runtime.sim.job import Job, JobState
-from runtime.sim.link import Link, reserve_path
+from runtime.sim.events import (
+    ARRIVAL,
+    DECODE_DONE,
+    PREFILL_DONE,
+    PREFILL_FREE,
+    READ_DONE,
+    TRANSFER_DONE,
+    EventQueue,
+)
+from runtime.sim.job import DECODING, DONE, READING, READY, TRANSFERRING, Job
+from runtime.sim.link import Link, reserve_pair
 from runtime.sim.metrics import compute_metrics
 from runtime.sim.node import NodeStorage
 from runtime.sim.prefill import PrefillEngine
 from runtime.sim.recorder import Recorder
 from runtime.view import ClusterView, EngineView, NodeView, QueueView, Role
 from runtime.workload.base import Workload
+
+# Enum members read on the hot path, as globals (see runtime/sim/job.py).
+_ANY, _PREFILL, _DECODE = WaitFor.ANY, WaitFor.PREFILL, WaitFor.DECODE
+_PREFILL_ROLE, _DECODE_ROLE = Role.PREFILL, Role.DECODE
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,14 @@ class Simulator:
         self.workload = workload
         self.now = 0.0
         self.events = EventQueue()
+        self._kvb = spec.model.kv_bytes_per_token
+        # Spec values read per request (cached properties and nested attributes).
+        self._npe = spec.prefill_engines
+        self._max_batch = spec.decode_max_batch
+        self._block_tokens = spec.block_tokens
+        self._layers = spec.model.layers
+        self._gpus = spec.node.gpus
+        self._oracle = self.options.oracle
         node = spec.node
         self.nodes = [NodeStorage(n, spec.snic_bytes_s_of(n), node.host_buffer_bytes,
                                   self._read_issued) for n in range(spec.nodes)]
@@ -72,8 +93,13 @@ class Simulator:
                     for e in range(spec.prefill_engines, spec.engines)]
         self._groups = [spec.group_of(e) for e in range(spec.engines)]
         self._eviews = [self._engine_view(e) for e in range(spec.engines)]
-        self._stale: set[int] = set()  # engines whose view is rebuilt at the next view()
+        self._engines_view = tuple(self._eviews)
+        # Engines whose view is rebuilt at the next view(): lazily, since an engine
+        # may change several times between decisions.
+        self._stale: set[int] = set()
         self._node_roles = [spec.role_of_node(n) for n in range(spec.nodes)]
+        self._nviews: list[NodeView | None] = [None] * spec.nodes
+        self._qview = QueueView(0, 0)
         self.waiting: deque[Job] = deque()
         self._waiting_tokens = 0
         self._due = False
@@ -84,15 +110,17 @@ class Simulator:
         self.in_system = 0  # arrived and not finished
         self.time_in_system = 0.0  # integral of in_system over simulated time
         self.hit_bytes = 0.0
-        self._kvb = spec.model.kv_bytes_per_token
-        self._handlers: dict[int, Callable[[Any], None]] = {
-            EventKind.READ_DONE: self._on_read_done,
-            EventKind.PREFILL_DONE: self._on_prefill_done,
-            EventKind.PREFILL_FREE: self._on_prefill_free,
-            EventKind.TRANSFER_DONE: self._on_transfer_done,
-            EventKind.DECODE_DONE: self._on_decode_done,
-            EventKind.ARRIVAL: self._on_arrival,
+        # Indexed by event kind (a list: cheaper to index than a dict to look up).
+        handlers: dict[int, Callable[[Any], None]] = {
+            READ_DONE: self._on_read_done,
+            PREFILL_DONE: self._on_prefill_done,
+            PREFILL_FREE: self._on_prefill_free,
+            TRANSFER_DONE: self._on_transfer_done,
+            DECODE_DONE: self._on_decode_done,
+            ARRIVAL: self._on_arrival,
         }
+        self._handlers = [handlers[kind] for kind in range(len(handlers))]
+        self._push = self.events.push
         for request in workload.initial_requests():
             self._push_arrival(request)
 
@@ -115,16 +143,17 @@ class Simulator:
 
     def next_decision(self) -> tuple[Request, ClusterView] | None:
         """Advance until a decision is needed; ``None`` when the run is over."""
-        events = self.events
+        heap = self.events.heap  # popped here directly: this loop is the hot path
         handlers = self._handlers
+        waiting = self.waiting
         while True:
-            if self._due and self.waiting:
-                return self.waiting[0].request, self.view()
-            if not events:
-                if self.waiting:
+            if self._due and waiting:
+                return waiting[0].request, self.view()
+            if not heap:
+                if waiting:
                     raise SimulationStuck(self._stuck_message())
                 return None
-            t, kind, _, payload = events.pop()
+            t, kind, _, payload = heappop(heap)
             self.time_in_system += self.in_system * (t - self.now)
             self.now = t
             handlers[kind](payload)
@@ -151,87 +180,102 @@ class Simulator:
 
     # -- the view -----------------------------------------------------------
     def view(self) -> ClusterView:
+        # Parts that did not change since the last view keep their objects, so
+        # consumers (the encoder) can cache what they derive from them by identity.
         now = self.now
-        kvb = self._kvb
-        roles = self._node_roles
-        nodes = tuple(
-            NodeView(n.node_id, roles[n.node_id], n.read_queue_bytes(now) / kvb,
-                     n.snic.bytes_s, n.buffer_bytes - n.buffer_used)
-            for n in self.nodes)
         if self._stale:
+            eviews = self._eviews
             for engine_id in self._stale:
-                self._eviews[engine_id] = self._engine_view(engine_id)
+                eviews[engine_id] = self._engine_view(engine_id)
             self._stale.clear()
-        return ClusterView(now, self.spec, tuple(self._eviews), nodes,
-                           QueueView(len(self.waiting), self._waiting_tokens))
+            self._engines_view = tuple(eviews)
+        nodes = tuple([self._node_view(n, now) for n in self.nodes])
+        queue = self._qview
+        if queue.requests != len(self.waiting) or queue.tokens != self._waiting_tokens:
+            queue = self._qview = QueueView(len(self.waiting), self._waiting_tokens)
+        return ClusterView(now, self.spec, self._engines_view, nodes, queue)
+
+    def _node_view(self, node: NodeStorage, now: float) -> NodeView:
+        read_q = node.read_queue_bytes(now) / self._kvb
+        free = node.buffer_bytes - node.buffer_used
+        last = self._nviews[node.node_id]
+        if last is not None and last.read_q_tokens == read_q and last.free_buffer_bytes == free:
+            return last
+        fresh = NodeView(node.node_id, self._node_roles[node.node_id], read_q,
+                         node.snic.bytes_s, free)
+        self._nviews[node.node_id] = fresh
+        return fresh
 
     def _engine_view(self, engine_id: int) -> EngineView:
-        spec = self.spec
         group = self._groups[engine_id]
-        if engine_id < spec.prefill_engines:
+        if engine_id < self._npe:
             pe = self.pes[engine_id]
-            busy = max(pe.cnic_in.busy_until, pe.cnic_out.busy_until)
-            return EngineView(engine_id, Role.PREFILL, pe.node_id, group, pe.seq, pe.tok,
+            busy = pe.cnic_in.busy_until
+            if pe.cnic_out.busy_until > busy:  # max() without the call
+                busy = pe.cnic_out.busy_until
+            return EngineView(engine_id, _PREFILL_ROLE, pe.node_id, group, pe.seq, pe.tok,
                               pe.hbm_bytes - pe.hbm_used, busy)
-        de = self.des[engine_id - spec.prefill_engines]
-        busy = max(de.cnic_in.busy_until, de.cnic_out.busy_until)
-        return EngineView(engine_id, Role.DECODE, de.node_id, group, de.seq, de.tok,
+        de = self.des[engine_id - self._npe]
+        busy = de.cnic_in.busy_until
+        if de.cnic_out.busy_until > busy:
+            busy = de.cnic_out.busy_until
+        return EngineView(engine_id, _DECODE_ROLE, de.node_id, group, de.seq, de.tok,
                           de.free_hbm, busy)
-
-    def _refresh(self, engine_id: int) -> None:
-        # Views are rebuilt lazily: an engine may change several times between decisions.
-        self._stale.add(engine_id)
 
     # -- decisions ----------------------------------------------------------
     def _check(self, job: Job, d: Decision) -> None:
         spec = self.spec
         rid = job.request.request_id
-        if not 0 <= d.prefill_engine < spec.prefill_engines:
+        npe = self._npe
+        if not 0 <= d.prefill_engine < npe:
             raise ValueError(f"request {rid}: prefill_engine {d.prefill_engine} is not a "
-                             f"prefill engine (0..{spec.prefill_engines - 1})")
-        if not spec.prefill_engines <= d.decode_engine < spec.engines:
+                             f"prefill engine (0..{npe - 1})")
+        if not npe <= d.decode_engine < spec.engines:
             raise ValueError(f"request {rid}: decode_engine {d.decode_engine} is not a decode "
-                             f"engine ({spec.prefill_engines}..{spec.engines - 1})")
-        de = self.des[d.decode_engine - spec.prefill_engines]
+                             f"engine ({npe}..{spec.engines - 1})")
+        de = self.des[d.decode_engine - npe]
         need = job.request.total_tokens * self._kvb
-        if de.free_hbm < need or de.seq >= spec.decode_max_batch:
+        if de.free_hbm < need or de.seq >= self._max_batch:
             raise ValueError(f"request {rid}: decode engine {d.decode_engine} has no room "
                              f"(needs {need:.0f} B of HBM, has {de.free_hbm:.0f} B free, "
                              f"{de.seq}/{spec.decode_max_batch} sequences)")
 
     def _place(self, job: Job, d: Decision) -> None:
-        spec = self.spec
+        kvb = self._kvb
         req = job.request
+        hit = req.hit_tokens
         pe = self.pes[d.prefill_engine]
-        de = self.des[d.decode_engine - spec.prefill_engines]
+        de = self.des[d.decode_engine - self._npe]
         job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
         job.t_decision = self.now
-        blocks = math.ceil(req.hit_tokens / spec.block_tokens)
-        de_tokens = min(req.hit_tokens, round(d.decode_share * blocks) * spec.block_tokens)
-        job.de_bytes = de_tokens * self._kvb
-        job.pe_bytes = (req.hit_tokens - de_tokens) * self._kvb
-        self.hit_bytes += req.hit_tokens * self._kvb
+        block_tokens = self._block_tokens
+        blocks = math.ceil(hit / block_tokens)
+        de_tokens = min(hit, round(d.decode_share * blocks) * block_tokens)
+        job.de_bytes = de_bytes = de_tokens * kvb
+        job.pe_bytes = pe_bytes = (hit - de_tokens) * kvb
+        self.hit_bytes += hit * kvb
         pe.tok += job.remaining
         pe.seq += 1
         de.tok += req.total_tokens
         de.seq += 1
-        de.free_hbm -= req.total_tokens * self._kvb
-        self._refresh(pe.engine_id)
-        self._refresh(de.engine_id)
-        if self.options.oracle or req.hit_tokens == 0:
+        de.free_hbm -= req.total_tokens * kvb
+        stale = self._stale
+        stale.add(pe.engine_id)
+        stale.add(de.engine_id)
+        if self._oracle or hit == 0:
             job.loaded = True
             self._ready(job)
             return
-        job.state = JobState.READING
-        job.reads_left = (job.pe_bytes > 0) + (job.de_bytes > 0)
-        if job.pe_bytes > 0:
-            self.nodes[pe.node_id].enqueue_read(job, job.pe_bytes, self.now)
-        if job.de_bytes > 0:
-            self.nodes[de.node_id].enqueue_read(job, job.de_bytes, self.now)
+        job.state = READING
+        job.reads_left = (pe_bytes > 0) + (de_bytes > 0)
+        if pe_bytes > 0:
+            self.nodes[pe.node_id].enqueue_read(job, pe_bytes, self.now)
+        if de_bytes > 0:
+            self.nodes[de.node_id].enqueue_read(job, de_bytes, self.now)
 
     # -- events -------------------------------------------------------------
     def _push_arrival(self, request: Request) -> None:
-        self.events.push(request.arrival_s, EventKind.ARRIVAL, Job(request))
+        self._push(request.arrival_s, ARRIVAL, Job(request))
 
     def _on_arrival(self, job: Job) -> None:
         self.waiting.append(job)
@@ -245,7 +289,7 @@ class Simulator:
             job.t_pe_read = (start, end)
         else:
             job.t_de_read = (start, end)
-        self.events.push(end, EventKind.READ_DONE, job)
+        self._push(end, READ_DONE, job)
 
     def _on_read_done(self, job: Job) -> None:
         job.reads_left -= 1
@@ -253,7 +297,7 @@ class Simulator:
             self._ready(job)
 
     def _ready(self, job: Job) -> None:
-        job.state = JobState.READY
+        job.state = READY
         pe = self.pes[job.pe]
         pe.ready.append(job)
         self._try_prefill(pe)
@@ -267,8 +311,9 @@ class Simulator:
         finish = pe.batch_finish(now, batch, self.cost, opts.layerwise, opts.oracle,
                                  self._de_cnic_out)
         pe.start(now, batch)
-        pe.release_at = max(finish, self._send_to_decode(pe, batch, now, finish))
-        self.events.push(finish, EventKind.PREFILL_DONE, pe)
+        sent = self._send_to_decode(pe, batch, now, finish)
+        pe.release_at = sent if sent > finish else finish  # max(finish, sent)
+        self._push(finish, PREFILL_DONE, pe)
 
     def _send_to_decode(self, pe: PrefillEngine, batch: list[tuple[Job, int]],
                         start: float, finish: float) -> float:
@@ -280,21 +325,23 @@ class Simulator:
         KV occupies its HBM until sent, which stops a prefill engine from
         outrunning its CNIC.
         """
-        first_layer = start + (finish - start) / self.spec.model.layers
+        first_layer = start + (finish - start) / self._layers
         last = finish
         for job, tokens in batch:
             if tokens < job.remaining:
                 continue  # chunked: its KV goes with its last chunk
-            de = self.des[job.de - self.spec.prefill_engines]
+            de = self.des[job.de - self._npe]
             nbytes = job.request.prompt_tokens * self._kvb
-            _, end = reserve_path((pe.cnic_out, de.cnic_in), first_layer, nbytes,
+            _, end = reserve_pair(pe.cnic_out, de.cnic_in, first_layer, nbytes,
                                   self.cost.rdma_overhead_s(nbytes))
-            job.t_transfer = max(end, finish)
-            last = max(last, job.t_transfer)
+            # Comparisons rather than max(): the same result, without a call.
+            job.t_transfer = done = end if end > finish else finish
+            if done > last:
+                last = done
         return last
 
     def _de_cnic_out(self, engine_id: int) -> Link:
-        return self.des[engine_id - self.spec.prefill_engines].cnic_out
+        return self.des[engine_id - self._npe].cnic_out
 
     def _on_prefill_done(self, pe: PrefillEngine) -> None:
         for job, tokens in pe.batch:
@@ -306,24 +353,24 @@ class Simulator:
             if job.remaining == 0:
                 self._prefilled(pe, job)
         pe.batch = []
-        self._refresh(pe.engine_id)
+        self._stale.add(pe.engine_id)
         if pe.release_at > self.now:
-            self.events.push(pe.release_at, EventKind.PREFILL_FREE, pe)
+            self._push(pe.release_at, PREFILL_FREE, pe)
         else:
             self._on_prefill_free(pe)
 
     def _on_prefill_free(self, pe: PrefillEngine) -> None:
         pe.busy = False
         self._try_prefill(pe)
-        self._wake(WaitFor.PREFILL)
+        self._wake(_PREFILL)
 
     def _consume_buffers(self, job: Job) -> None:
         job.loaded = True
-        spec = self.spec
+        gpus = self._gpus  # spec.node_of, inlined
         if job.pe_bytes > 0:
-            self.nodes[spec.node_of(job.pe)].release(job.pe_bytes, self.now)
+            self.nodes[job.pe // gpus].release(job.pe_bytes, self.now)
         if job.de_bytes > 0:
-            self.nodes[spec.node_of(job.de)].release(job.de_bytes, self.now)
+            self.nodes[job.de // gpus].release(job.de_bytes, self.now)
 
     def _prefilled(self, pe: PrefillEngine, job: Job) -> None:
         now = self.now
@@ -332,9 +379,9 @@ class Simulator:
         pe.hbm_used -= job.hbm_bytes
         job.hbm_bytes = 0.0
         job.t_first_token = now
-        job.state = JobState.TRANSFERRING
-        self.events.push(job.t_transfer, EventKind.TRANSFER_DONE, job)
-        if not self.options.oracle:
+        job.state = TRANSFERRING
+        self._push(job.t_transfer, TRANSFER_DONE, job)
+        if not self._oracle:
             # Write-back of the blocks this prefill produced.
             self.nodes[pe.node_id].snic_write.reserve(now, req.appended_tokens * self._kvb)
 
@@ -342,13 +389,13 @@ class Simulator:
         if job.request.gen_tokens == 1:
             self._finish(job)
             return
-        job.state = JobState.DECODING
-        de = self.des[job.de - self.spec.prefill_engines]
+        job.state = DECODING
+        de = self.des[job.de - self._npe]
         self._schedule_decode(de, de.join(job, self.now))
 
     def _schedule_decode(self, de: DecodeEngine, at: float | None) -> None:
         if at is not None:
-            self.events.push(at, EventKind.DECODE_DONE, (de, de.version))
+            self._push(at, DECODE_DONE, (de, de.version))
 
     def _on_decode_done(self, payload: tuple[DecodeEngine, int]) -> None:
         de, version = payload
@@ -362,14 +409,14 @@ class Simulator:
     def _finish(self, job: Job) -> None:
         now = self.now
         req = job.request
-        de = self.des[job.de - self.spec.prefill_engines]
-        job.state = JobState.DONE
+        de = self.des[job.de - self._npe]
+        job.state = DONE
         job.t_finish = now
         de.tok -= req.total_tokens
         de.seq -= 1
         de.free_hbm += req.total_tokens * self._kvb
-        self._refresh(de.engine_id)
-        if not self.options.oracle:
+        self._stale.add(de.engine_id)
+        if not self._oracle:
             # Write-back of the generated tokens' KV for the agent's next turn.
             self.nodes[de.node_id].snic_write.reserve(now, req.gen_tokens * self._kvb)
         self.finished += 1
@@ -379,12 +426,12 @@ class Simulator:
             self.on_finish(job)
         for follow in self.workload.on_complete(req, now):
             self._push_arrival(follow)
-        self._wake(WaitFor.DECODE)
+        self._wake(_DECODE)
 
     def _wake(self, freed: WaitFor | None) -> None:
         """Something changed (``freed`` capacity, or an arrival when ``None``)."""
         wait = self._wait
-        if wait is None or wait is WaitFor.ANY or wait is freed:
+        if wait is None or wait is _ANY or wait is freed:
             self._due = True
 
     def _stuck_message(self) -> str:

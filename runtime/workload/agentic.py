@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, cached_property
 from statistics import NormalDist
 
 import numpy as np
@@ -149,6 +149,13 @@ class TrajectorySet:
 
     def __len__(self) -> int:
         return len(self.turns)
+
+    @cached_property
+    def turn_lists(self) -> tuple[list[int], list[int], list[int]]:
+        """``(appended, generated, before)`` as Python lists, for per-turn lookups (a
+        list item is cheaper to read than a numpy one). Built once per set and shared
+        by every workload replaying it: read only."""
+        return self.appended.tolist(), self.generated.tolist(), self.before.tolist()
 
     def scaled(self, append_scale: float, gen_scale: float) -> TrajectorySet:
         """Every turn's appended / generated tokens times a scale (rounded, >= 1)."""
@@ -421,6 +428,7 @@ class AgenticWorkload:
         self.gen_scale = float(gen_scale)
         self.tool_latency_s = float(tool_latency_s)
         self.think_time_s = float(think_time_s)
+        self._delays = self.tool_latency_s > 0 or self.think_time_s > 0
         self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         base = trajectory_set(self.mal)
         self._set = base.scaled(self.append_scale, self.gen_scale)
@@ -437,9 +445,7 @@ class AgenticWorkload:
         self._turns: list[int] = self._set.turns[self._traj].tolist()
         self._offset: list[int] = self._set.offsets[self._traj].tolist()
         self._shift: list[int] = self._delta.tolist()
-        self._appended: list[int] = self._set.appended.tolist()
-        self._generated: list[int] = self._set.generated.tolist()
-        self._before: list[int] = self._set.before.tolist()
+        self._appended, self._generated, self._before = self._set.turn_lists
         self._next_id = self.agents
         if online:
             self.name = f"agentic-{self.mal}-online-{aps:g}aps-{duration_s:g}s"
@@ -514,12 +520,11 @@ class AgenticWorkload:
         j = self._offset[agent] + turn
         rid = self._next_id
         self._next_id += 1
-        return [Request(
-            request_id=rid, agent_id=agent, turn=turn,
-            hit_tokens=self._before[j] + self._shift[agent],
-            appended_tokens=self._appended[j], gen_tokens=self._generated[j],
-            arrival_s=finish_s + self._delay(),
-        )]
+        # Positional (a call with keywords costs more): request_id, agent_id, turn,
+        # hit_tokens, appended_tokens, gen_tokens, arrival_s.
+        return [Request(rid, agent, turn, self._before[j] + self._shift[agent],
+                        self._appended[j], self._generated[j],
+                        finish_s + self._delay() if self._delays else finish_s)]
 
     def _delay(self) -> float:
         delay = 0.0
