@@ -7,8 +7,6 @@ utilisation metrics.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 
 class Link:
     """FIFO server: ``reserve`` returns when a transfer of ``nbytes`` starts and ends."""
@@ -51,7 +49,15 @@ class Link:
 
 def reserve_pair(first: Link, second: Link, earliest: float, nbytes: float,
                  overhead_s: float = 0.0) -> tuple[float, float]:
-    """:func:`reserve_path` over two links (the simulator's only paths), unrolled."""
+    """Send ``nbytes`` across two links (e.g. DE CNIC out → PE CNIC in), unrolled (hot path).
+
+    Each link serves the transfer in its own FIFO order at its own rate, as
+    switch buffers between the hops would let it; the bytes have arrived when
+    the slower hop is done. Returns (latest start, latest end). Reserving the
+    same interval on both hops at once would leave each link idle while it
+    waits for the other, and with many senders and receivers those gaps
+    cascade into queues on links that are mostly idle.
+    """
     start = end = earliest
     s, e = first.reserve(earliest, nbytes, overhead_s)
     if s > start:
@@ -63,26 +69,4 @@ def reserve_pair(first: Link, second: Link, earliest: float, nbytes: float,
         start = s
     if e > end:
         end = e
-    return start, end
-
-
-def reserve_path(links: Sequence[Link], earliest: float, nbytes: float,
-                 overhead_s: float = 0.0) -> tuple[float, float]:
-    """Send ``nbytes`` across several links (e.g. DE CNIC out → PE CNIC in).
-
-    Each link serves the transfer in its own FIFO order at its own rate, as
-    switch buffers between the hops would let it; the bytes have arrived when
-    the slowest hop is done. Returns (latest start, latest end). Reserving
-    the same interval on every hop at once would leave each link idle while
-    it waits for the others, and with many senders and receivers those gaps
-    cascade into queues on links that are mostly idle.
-    """
-    start = end = earliest
-    for link in links:
-        s, e = link.reserve(earliest, nbytes, overhead_s)
-        # Comparisons rather than max(): the same result, without a call (hot path).
-        if s > start:
-            start = s
-        if e > end:
-            end = e
     return start, end

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.sim.link import Link, reserve_path
+from runtime.sim.link import Link, reserve_pair
 from runtime.sim.metrics import snic_max_over_avg, window_bytes
 
 
@@ -27,7 +27,7 @@ def test_overhead_holds_the_link_without_carrying_bytes():
 def test_multi_hop_transfer_ends_with_its_slowest_hop():
     fast, slow = Link("fast", 100.0), Link("slow", 10.0)
     slow.reserve(0.0, 10.0)  # busy until 1.0
-    assert reserve_path((fast, slow), 0.0, 10.0) == (1.0, 2.0)
+    assert reserve_pair(fast, slow, 0.0, 10.0) == (1.0, 2.0)
     assert fast.busy_until == pytest.approx(0.1)
 
 
