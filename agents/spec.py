@@ -10,7 +10,9 @@ Learned policies (see ``agents.learned`` for the artifact format) are named by
 to an artifact (its directory, policy.json or policy.onnx), or an MLflow model
 URI, ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (downloaded from the
 tracking server ``MLFLOW_TRACKING_URI`` names). They need the ``cluster`` they
-serve. ``grpc://HOST:PORT`` (the policy service) is not implemented yet.
+serve. ``grpc://HOST:PORT`` names the policy service; its client lives in a
+higher layer (``policy_service``), which registers it with :func:`register_scheme`
+when imported.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agents.registry import POLICIES
@@ -30,6 +32,14 @@ _LEARNED_PREFIXES = ("pretrained:", "models:/", "grpc://")
 _ARTIFACT_SUFFIXES = (".onnx", ".pt", ".json", ".zip")
 
 Value = bool | int | float | str
+
+#: Spec prefixes resolved by higher layers: prefix → factory(spec, cluster).
+SCHEMES: dict[str, Callable[[str, ClusterSpec | None], Policy]] = {}
+
+
+def register_scheme(prefix: str, factory: Callable[[str, ClusterSpec | None], Policy]) -> None:
+    """Let ``resolve_policy`` build the policies whose specs start with ``prefix``."""
+    SCHEMES[prefix] = factory
 
 
 @dataclass(frozen=True)
@@ -74,10 +84,13 @@ def resolve_policy(spec: str, cluster: ClusterSpec | None = None) -> ResolvedPol
 
 
 def _resolve_learned(text: str, cluster: ClusterSpec | None) -> ResolvedPolicy:
+    for prefix, factory in SCHEMES.items():
+        if text.startswith(prefix):
+            return ResolvedPolicy(policy=factory(text, cluster), layerwise=None, oracle=None,
+                                  spec=text)
     if text.startswith("grpc://"):
-        raise NotImplementedError(
-            f"policy spec {text!r}: the policy service (grpc://HOST:PORT) is not implemented "
-            "yet; name a heuristic, pretrained:NAME, an artifact path or a models:/ URI")
+        raise ValueError(f"policy spec {text!r}: grpc:// specs are resolved by the "
+                         "policy_service package; import it first")
     if cluster is None:
         raise ValueError(f"policy spec {text!r}: a learned policy needs the cluster it serves "
                          "(its encoding is sized to it); pass cluster=")

@@ -195,6 +195,53 @@ def cmd_bench(args: argparse.Namespace) -> None:
     _emit(args, payload, text)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from policy_service.server import ServeConfig, serve
+
+    # models:/ specs download from this store, as the alias watch reads it.
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    config = ServeConfig(
+        policy=args.policy or (None if args.watch_alias else "dualpath"), preset=args.preset,
+        host=args.host, port=args.port, watch_alias=args.watch_alias,
+        watch_interval_s=args.watch_interval, tracking_uri=uri,
+        db=None if args.db == "none" else args.db, metrics_port=args.metrics_port,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, admin_token_file=args.admin_token_file,
+        max_batch=args.max_batch, engine_max_age_s=args.engine_max_age, grace_s=args.grace)
+    serve(config)
+
+
+def cmd_decisions_export(args: argparse.Namespace) -> None:
+    from policy_service.decision_log import export
+
+    rows = export(args.db, args.out)
+    _emit(args, {"rows": rows, "out": args.out}, f"exported {rows:,} decisions to {args.out}")
+
+
+def cmd_decisions_agree(args: argparse.Namespace) -> None:
+    from agents.spec import resolve_policy
+    from policy_service.decision_log import agree, cluster_of
+    from runtime.preset import load_preset
+
+    logged = cluster_of(args.db)
+    preset = args.preset or (logged.partition(":")[0] if logged else None)
+    if preset is None:
+        raise ValueError(f"{args.db}: the log holds no decisions (and no --preset was given)")
+    spec = load_preset(preset)
+    payload = agree(args.db, resolve_policy(args.policy, spec).policy, spec)
+    payload.update(policy=args.policy, preset=spec.name)
+    text = (f"{args.policy} agrees with {payload['agreed']:,} of {payload['decisions']:,} "
+            f"logged decisions ({payload['rate']:.1%})")
+    _emit(args, payload, text)
+
+
+def cmd_bench_grpc(args: argparse.Namespace) -> None:
+    from experiments.bench_grpc import bench_grpc, render_grpc
+
+    payload = bench_grpc(calls=args.calls, learned=args.learned, batch=args.batch)
+    _emit(args, payload, render_grpc(payload))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualpath", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -281,6 +328,51 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--agents", type=int, default=64)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_policy)
+    b = bench.add_parser("grpc", help="latency and throughput of the scheduler service on "
+                                      "loopback")
+    b.add_argument("--calls", type=int, default=20_000, help="Schedule calls per measurement")
+    b.add_argument("--learned", default="pretrained:paper-offline",
+                   help="the learned policy measured beside dualpath")
+    b.add_argument("--batch", type=int, default=64, help="requests per ScheduleBatch call")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_grpc)
+
+    p = sub.add_parser("serve", help="run the scheduler service (gRPC)")
+    p.add_argument("--policy", default=None,
+                   help="policy spec to serve (default dualpath unless --watch-alias)")
+    p.add_argument("--preset", default="ds27b-1p1d", help="the cluster served: preset or file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    p.add_argument("--watch-alias", help="poll the registry alias (for example champion) and "
+                                         "serve the version it names")
+    p.add_argument("--watch-interval", type=float, default=0.25, help="seconds between polls")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ specs and the watch")
+    p.add_argument("--db", default="sqlite:///decisions.db",
+                   help="decision log SQLAlchemy URL, or 'none'")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key): serve over TLS")
+    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument("--admin-token-file", help="file holding the token admin calls must present")
+    p.add_argument("--max-batch", type=int, default=1024, help="most requests per batch call")
+    p.add_argument("--engine-max-age", type=float, default=2.0,
+                   help="seconds after its last report an engine is no longer chosen")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds in-flight calls get to finish on SIGTERM")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("decisions", help="the service's decision log")
+    dec = p.add_subparsers(dest="what", required=True)
+    d = dec.add_parser("export", help="export the log as a Parquet dataset")
+    d.add_argument("--db", required=True, help="decision log SQLAlchemy URL")
+    d.add_argument("--out", required=True, help="FILE.parquet")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_decisions_export)
+    d = dec.add_parser("agree", help="how often a policy would have decided as logged")
+    d.add_argument("--db", required=True, help="decision log SQLAlchemy URL")
+    d.add_argument("--policy", required=True, help="candidate policy spec")
+    d.add_argument("--preset", help="the logged cluster (default: the one the log names)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_decisions_agree)
     return parser
 
 

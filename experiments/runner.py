@@ -8,6 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import policy_service  # noqa: F401 - teaches resolve_policy the grpc:// specs
 from agents.spec import resolve_policy
 from runtime.cluster import ClusterSpec
 from runtime.preset import load_preset
@@ -82,7 +83,17 @@ def run(cfg: RunConfig, progress: bool = False) -> dict[str, Any]:
     oracle = cfg.oracle or bool(resolved.oracle)
     options = SimOptions(layerwise=layerwise, oracle=oracle, timeline=cfg.timeline is not None)
     sim = Simulator(spec, build_workload(cfg, spec), options)
-    result = sim.run(resolved.policy, _stderr_progress(cfg.policy) if progress else None)
+    try:
+        result = sim.run(resolved.policy, _stderr_progress(cfg.policy) if progress else None)
+    finally:
+        close = getattr(resolved.policy, "close", None)
+        if callable(close):
+            close()
+    fallbacks = getattr(resolved.policy, "fallbacks", 0)
+    if fallbacks:
+        print(f"[{cfg.policy}] {fallbacks:,} decisions fell back to the local "
+              f"{resolved.policy.fallback.name} (the service did not answer in time)",  # type: ignore[attr-defined]
+              file=sys.stderr, flush=True)
     if cfg.timeline is not None:
         write_timeline(result.timeline, cfg.timeline)
     return {"policy": cfg.policy, "preset": spec.name, "mal": cfg.mal, "agents": cfg.agents,

@@ -48,3 +48,14 @@ class Defer:
 
     reason: str = ""
     wait_for: WaitFor = WaitFor.ANY
+
+
+def split_tokens(hit_tokens: int, decode_share: float, block_tokens: int) -> tuple[int, int]:
+    """(PE-path tokens, DE-path tokens) of ``hit_tokens`` under ``decode_share``.
+
+    Whole blocks go to the DE path (the share rounded to blocks); the partial
+    last block, if any, stays with whichever side the rounding leaves it.
+    """
+    blocks = -(-hit_tokens // block_tokens)
+    de_tokens = min(hit_tokens, round(decode_share * blocks) * block_tokens)
+    return hit_tokens - de_tokens, de_tokens

@@ -8,7 +8,6 @@ the gymnasium environment steps it. Deterministic: events are ordered by
 
 from __future__ import annotations
 
-import math
 import time as wallclock
 from collections import deque
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typing import Any
 
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
-from runtime.decision import Decision, Defer, WaitFor
+from runtime.decision import Decision, Defer, WaitFor, split_tokens
 from runtime.policy import Policy
 from runtime.request import Request
 from runtime.sim.decode import DecodeEngine
@@ -248,11 +247,9 @@ class Simulator:
         de = self.des[d.decode_engine - self._npe]
         job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
         job.t_decision = self.now
-        block_tokens = self._block_tokens
-        blocks = math.ceil(hit / block_tokens)
-        de_tokens = min(hit, round(d.decode_share * blocks) * block_tokens)
+        pe_tokens, de_tokens = split_tokens(hit, d.decode_share, self._block_tokens)
         job.de_bytes = de_bytes = de_tokens * kvb
-        job.pe_bytes = pe_bytes = (hit - de_tokens) * kvb
+        job.pe_bytes = pe_bytes = pe_tokens * kvb
         self.hit_bytes += hit * kvb
         pe.tok += job.remaining
         pe.seq += 1

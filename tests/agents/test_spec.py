@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents import POLICIES, ResolvedPolicy, list_policies, resolve_policy
+from agents import spec as spec_module
 from agents.heuristics import DualPath, DualPathSplit, PeOnly
 from runtime.policy import Policy
 from tests.builders import make_spec
@@ -93,10 +94,25 @@ def test_bad_specs_are_refused_naming_the_spec_and_the_part(spec, message):
     assert f"policy spec {spec!r}" in str(err.value)
 
 
-def test_the_policy_service_is_not_implemented_yet():
-    with pytest.raises(NotImplementedError, match=r"policy service \(grpc://HOST:PORT\) is not "
-                                                  "implemented yet"):
+def test_grpc_specs_need_the_policy_service_package(monkeypatch):
+    monkeypatch.setattr(spec_module, "SCHEMES", {})
+    with pytest.raises(ValueError, match="resolved by the policy_service package"):
         resolve_policy("grpc://127.0.0.1:50051", make_spec())
+
+
+def test_a_registered_scheme_builds_its_policies(monkeypatch):
+    monkeypatch.setattr(spec_module, "SCHEMES", {})
+    seen = []
+
+    def factory(text, cluster):
+        seen.append((text, cluster))
+        return PeOnly()
+
+    spec_module.register_scheme("grpc://", factory)
+    cluster = make_spec()
+    resolved = resolve_policy("grpc://127.0.0.1:1", cluster)
+    assert isinstance(resolved.policy, PeOnly) and resolved.spec == "grpc://127.0.0.1:1"
+    assert seen == [("grpc://127.0.0.1:1", cluster)]
 
 
 @pytest.mark.parametrize("spec", [

@@ -1,0 +1,155 @@
+"""The service's own view of a cluster whose engines report to it (``ReportEngineState``).
+
+Reports are absolute (what the engine holds now). A decision made on this view
+reserves its tokens on the chosen engines and its reads on the chosen nodes at
+once, so the next decision sees them; a reservation lasts until the engine (for
+the node's read queue: any engine of that node) reports again after the
+decision, whose report then includes the request, or until ``Complete``.
+Engines that have not reported within ``max_age_s`` are shown full (no HBM, no
+batch slot, ``tok`` beyond any threshold) so policies pass them over, and a
+decision that still names one is turned into a defer. Nothing here survives a
+restart: the view is rebuilt from the next reports.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from policy_service.codec import ROLE_FROM_PB, InvalidMessage
+from policy_service.proto import scheduler_pb2 as pb
+from runtime.cluster import ClusterSpec
+from runtime.decision import Decision, Defer, WaitFor
+from runtime.request import Request
+from runtime.reservation import reserve
+from runtime.view import ClusterView, EngineView, NodeView, QueueView
+
+UNAVAILABLE_TOK = 1 << 40  # a stale engine's tok: beyond any threshold
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    msg: pb.EngineReport
+    received: float  # the service's monotonic clock
+
+
+@dataclass(frozen=True, slots=True)
+class _Reservation:
+    request: Request
+    decision: Decision
+    made: float  # the service's monotonic clock
+
+
+class ClusterState:
+    """Engine reports plus reservations → the :class:`ClusterView` policies decide on."""
+
+    def __init__(self, spec: ClusterSpec, max_age_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not max_age_s > 0:
+            raise ValueError(f"max_age_s must be > 0, got {max_age_s}")
+        self.spec = spec
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._reports: list[_Report | None] = [None] * spec.engines
+        self._reserved: dict[tuple[str, int], _Reservation] = {}
+
+    # -- reports ----------------------------------------------------------------
+    def report(self, reports: Iterable[pb.EngineReport]) -> int:
+        """Record a batch of reports (all checked before any is applied); returns how many."""
+        batch = list(reports)
+        for i, msg in enumerate(batch):
+            self._check(msg, f"engines[{i}]")
+        now = self._clock()
+        for msg in batch:
+            self._reports[msg.engine_id] = _Report(msg, now)
+        self._forget_absorbed()
+        return len(batch)
+
+    def _check(self, msg: pb.EngineReport, where: str) -> None:
+        spec = self.spec
+        e = msg.engine_id
+        if not 0 <= e < spec.engines:
+            raise InvalidMessage(f"{where}.engine_id {e} is not an engine of cluster "
+                                 f"{spec.name!r} (0..{spec.engines - 1})")
+        role = spec.role_of(e)
+        if ROLE_FROM_PB.get(msg.role) is not role or msg.node_id != spec.node_of(e):
+            raise InvalidMessage(f"{where}: engine {e} is a {role} engine on node "
+                                 f"{spec.node_of(e)}, not role {msg.role} on node {msg.node_id}")
+        if msg.seq < 0 or msg.tok < 0:
+            raise InvalidMessage(f"{where}: seq and tok must be >= 0, got {msg.seq}, {msg.tok}")
+        for name in ("free_hbm_bytes", "cnic_backlog_bytes", "read_q_tokens",
+                     "free_buffer_bytes", "reporter_time_s"):
+            value = getattr(msg, name)
+            if not math.isfinite(value) or (value < 0 and name != "free_hbm_bytes"):
+                raise InvalidMessage(f"{where}.{name} must be a finite number >= 0, got {value}")
+
+    # -- reservations -------------------------------------------------------------
+    def hold(self, client_id: str, request: Request, decision: Decision) -> None:
+        self._reserved[(client_id, request.request_id)] = _Reservation(
+            request, decision, self._clock())
+
+    def release(self, client_id: str, request_id: int) -> bool:
+        """Drop a request's reservation; False if it had none (already released)."""
+        return self._reserved.pop((client_id, request_id), None) is not None
+
+    def _forget_absorbed(self) -> None:
+        # Once both engines have reported after the decision, their reports count it.
+        reports = self._reports
+        for key, r in list(self._reserved.items()):
+            pe, de = reports[r.decision.prefill_engine], reports[r.decision.decode_engine]
+            if pe is not None and de is not None and min(pe.received, de.received) > r.made:
+                del self._reserved[key]
+
+    # -- the view -------------------------------------------------------------------
+    def live(self, engine_id: int) -> bool:
+        report = self._reports[engine_id]
+        return report is not None and self._clock() - report.received <= self.max_age_s
+
+    def view(self) -> ClusterView:
+        """Reports (stale engines shown full), then the reservations not yet reported."""
+        spec = self.spec
+        now = self._clock()
+        time_s = self._time(now)
+        engines = tuple(self._engine(e, now, time_s) for e in range(spec.engines))
+        nodes = tuple(self._node(n) for n in range(spec.nodes))
+        view = ClusterView(time_s, spec, engines, nodes, QueueView(0, 0))
+        for r in self._reserved.values():
+            view = reserve(view, r.request, r.decision)
+        return view
+
+    def _time(self, now: float) -> float:
+        """The reporters' clock, advanced by the time since the latest report."""
+        latest = max((r for r in self._reports if r is not None),
+                     key=lambda r: r.received, default=None)
+        return 0.0 if latest is None else latest.msg.reporter_time_s + (now - latest.received)
+
+    def _engine(self, e: int, now: float, time_s: float) -> EngineView:
+        spec = self.spec
+        report = self._reports[e]
+        role, node, group = spec.role_of(e), spec.node_of(e), spec.group_of(e)
+        if report is None or now - report.received > self.max_age_s:
+            return EngineView(e, role, node, group, spec.decode_max_batch, UNAVAILABLE_TOK, 0.0)
+        m = report.msg
+        busy = time_s + m.cnic_backlog_bytes / spec.node.cnic_kv_bytes_s
+        return EngineView(e, role, node, group, m.seq, m.tok, m.free_hbm_bytes, busy)
+
+    def _node(self, n: int) -> NodeView:
+        spec = self.spec
+        gpus = spec.node.gpus
+        fresh = [r for r in self._reports[n * gpus:(n + 1) * gpus] if r is not None]
+        latest = max(fresh, key=lambda r: r.received, default=None)
+        read_q = latest.msg.read_q_tokens if latest else 0.0
+        buffer = latest.msg.free_buffer_bytes if latest else spec.node.host_buffer_bytes
+        return NodeView(n, spec.role_of_node(n), read_q, spec.snic_bytes_s_of(n), buffer)
+
+    def vet(self, answer: Decision | Defer | None) -> Decision | Defer | None:
+        """``answer`` unless it names an engine that is not live; then a defer saying so."""
+        if not isinstance(answer, Decision):
+            return answer
+        for engine in (answer.prefill_engine, answer.decode_engine):
+            if not self.live(engine):
+                return Defer(f"engine {engine} has not reported within {self.max_age_s:g} s",
+                             WaitFor.ANY)
+        return answer

@@ -1,0 +1,155 @@
+"""Messages ↔ the shared types, with every field checked.
+
+Decoding raises :class:`InvalidMessage` (the servicer answers INVALID_ARGUMENT
+with its text) naming the field and what is wrong with it; it never lets a
+malformed value reach a policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from functools import lru_cache
+
+from policy_service.proto import scheduler_pb2 as pb
+from runtime.cluster import ClusterSpec
+from runtime.decision import Decision, Defer, WaitFor
+from runtime.request import Request
+from runtime.view import ClusterView, EngineView, NodeView, QueueView, Role
+
+ROLE_TO_PB = {Role.PREFILL: pb.PREFILL, Role.DECODE: pb.DECODE}
+ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+WAIT_TO_PB = {WaitFor.ANY: pb.WAIT_ANY, WaitFor.PREFILL: pb.WAIT_PREFILL,
+              WaitFor.DECODE: pb.WAIT_DECODE}
+WAIT_FROM_PB = {v: k for k, v in WAIT_TO_PB.items()}
+_MAX_TOKENS = 1 << 40  # beyond any context; keeps arithmetic on tokens exact in floats
+
+
+class InvalidMessage(ValueError):
+    """A message the service refuses; its text names the field."""
+
+
+@lru_cache(maxsize=64)
+def cluster_digest(spec: ClusterSpec) -> str:
+    """A short name for ``spec``'s every value: a snapshot carries it, so a service
+    serving another cluster refuses the snapshot instead of misreading it."""
+    return f"{spec.name}:{hashlib.sha256(repr(spec).encode()).hexdigest()[:16]}"
+
+
+# -- requests ---------------------------------------------------------------------
+
+def request_to_pb(request: Request) -> pb.Request:
+    return pb.Request(request_id=request.request_id, agent_id=request.agent_id,
+                      turn=request.turn, hit_tokens=request.hit_tokens,
+                      appended_tokens=request.appended_tokens, gen_tokens=request.gen_tokens,
+                      arrival_s=request.arrival_s, block_hashes=request.block_hashes or ())
+
+
+def request_from_pb(msg: pb.Request, where: str = "request") -> Request:
+    for name in ("hit_tokens", "appended_tokens", "gen_tokens"):
+        value = getattr(msg, name)
+        if not 0 <= value <= _MAX_TOKENS:
+            raise InvalidMessage(f"{where}.{name} must lie in [0, 2^40], got {value}")
+    _finite(msg.arrival_s, f"{where}.arrival_s", low=0.0)
+    try:
+        return Request(msg.request_id, msg.agent_id, msg.turn, msg.hit_tokens,
+                       msg.appended_tokens, msg.gen_tokens, msg.arrival_s,
+                       tuple(msg.block_hashes) or None)
+    except ValueError as err:
+        raise InvalidMessage(f"{where}: {err}") from None
+
+
+# -- views ------------------------------------------------------------------------
+
+def view_to_pb(view: ClusterView) -> pb.ClusterSnapshot:
+    engines = [pb.EngineState(engine_id=e.engine_id, role=ROLE_TO_PB[e.role], node_id=e.node_id,
+                              group=e.group, seq=e.seq, tok=e.tok,
+                              free_hbm_bytes=e.free_hbm_bytes,
+                              cnic_busy_until_s=e.cnic_busy_until_s) for e in view.engines]
+    nodes = [pb.NodeState(node_id=n.node_id, role=ROLE_TO_PB[n.role],
+                          read_q_tokens=n.read_q_tokens, snic_bytes_s=n.snic_bytes_s,
+                          free_buffer_bytes=n.free_buffer_bytes) for n in view.nodes]
+    return pb.ClusterSnapshot(cluster_digest=cluster_digest(view.spec), time_s=view.time_s,
+                              engines=engines, nodes=nodes, queue_requests=view.queue.requests,
+                              queue_tokens=view.queue.tokens)
+
+
+def view_from_pb(msg: pb.ClusterSnapshot, spec: ClusterSpec) -> ClusterView:
+    """The view ``msg`` describes, which must be of ``spec``'s cluster."""
+    digest = cluster_digest(spec)
+    if msg.cluster_digest != digest:
+        raise InvalidMessage(f"view.cluster_digest {msg.cluster_digest!r} is not this service's "
+                             f"cluster {digest!r}: the snapshot describes another cluster")
+    if len(msg.engines) != spec.engines or len(msg.nodes) != spec.nodes:
+        raise InvalidMessage(f"view has {len(msg.engines)} engines and {len(msg.nodes)} nodes; "
+                             f"cluster {spec.name!r} has {spec.engines} and {spec.nodes}")
+    _finite(msg.time_s, "view.time_s", low=0.0)
+    engines = tuple(_engine(e, i, spec) for i, e in enumerate(msg.engines))
+    nodes = tuple(_node(n, i, spec) for i, n in enumerate(msg.nodes))
+    if msg.queue_requests < 0 or msg.queue_tokens < 0:
+        raise InvalidMessage("view.queue_requests and view.queue_tokens must be >= 0")
+    return ClusterView(msg.time_s, spec, engines, nodes,
+                       QueueView(msg.queue_requests, msg.queue_tokens))
+
+
+def _engine(e: pb.EngineState, index: int, spec: ClusterSpec) -> EngineView:
+    where = f"view.engines[{index}]"
+    if e.engine_id != index:
+        raise InvalidMessage(f"{where}.engine_id is {e.engine_id}; engines must be listed in "
+                             f"order 0..{spec.engines - 1}")
+    role = spec.role_of(index)
+    if ROLE_FROM_PB.get(e.role) is not role or e.node_id != spec.node_of(index):
+        raise InvalidMessage(f"{where}: engine {index} is a {role} engine on node "
+                             f"{spec.node_of(index)}, not role {e.role} on node {e.node_id}")
+    if not (0 <= e.seq <= _MAX_TOKENS and 0 <= e.tok <= _MAX_TOKENS):
+        raise InvalidMessage(f"{where}: seq and tok must be >= 0, got {e.seq} and {e.tok}")
+    _finite(e.free_hbm_bytes, f"{where}.free_hbm_bytes")
+    _finite(e.cnic_busy_until_s, f"{where}.cnic_busy_until_s", low=0.0)
+    return EngineView(index, role, e.node_id, spec.group_of(index), e.seq, e.tok,
+                      e.free_hbm_bytes, e.cnic_busy_until_s)
+
+
+def _node(n: pb.NodeState, index: int, spec: ClusterSpec) -> NodeView:
+    where = f"view.nodes[{index}]"
+    role = spec.role_of_node(index)
+    if n.node_id != index or ROLE_FROM_PB.get(n.role) is not role:
+        raise InvalidMessage(f"{where}: node {index} is a {role} node; got node_id {n.node_id} "
+                             f"role {n.role}")
+    _finite(n.read_q_tokens, f"{where}.read_q_tokens", low=0.0)
+    _finite(n.snic_bytes_s, f"{where}.snic_bytes_s", low=0.0)
+    _finite(n.free_buffer_bytes, f"{where}.free_buffer_bytes")
+    return NodeView(index, role, n.read_q_tokens, n.snic_bytes_s, n.free_buffer_bytes)
+
+
+def _finite(value: float, where: str, low: float | None = None) -> None:
+    if not math.isfinite(value):
+        raise InvalidMessage(f"{where} must be a finite number, got {value}")
+    if low is not None and value < low:
+        raise InvalidMessage(f"{where} must be >= {low:g}, got {value}")
+
+
+# -- decisions --------------------------------------------------------------------
+
+def decision_to_pb(answer: Decision | Defer | None, request_id: int,
+                   version: str) -> pb.Decision:
+    if isinstance(answer, Decision):
+        return pb.Decision(prefill_engine=answer.prefill_engine,
+                           decode_engine=answer.decode_engine, decode_share=answer.decode_share,
+                           reason=answer.reason, policy_version=version, request_id=request_id)
+    defer = answer if answer is not None else Defer()
+    return pb.Decision(defer=True, wait_for=WAIT_TO_PB[defer.wait_for], reason=defer.reason,
+                       policy_version=version, request_id=request_id)
+
+
+def decision_from_pb(msg: pb.Decision) -> Decision | Defer:
+    if msg.defer:
+        return Defer(msg.reason, WAIT_FROM_PB.get(msg.wait_for, WaitFor.ANY))
+    return Decision(msg.prefill_engine, msg.decode_engine, msg.decode_share, msg.reason)
+
+
+def path_of(answer: Decision | Defer | None) -> str:
+    """``pe``, ``de``, ``split`` or ``defer``: the metrics' and the log's path label."""
+    if not isinstance(answer, Decision):
+        return "defer"
+    share = answer.decode_share
+    return "pe" if share == 0.0 else "de" if share == 1.0 else "split"

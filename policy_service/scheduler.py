@@ -1,0 +1,224 @@
+"""What the service does, with no gRPC in sight: decide, reserve, shadow, log.
+
+The servicer translates messages and calls one method here per RPC. Decisions
+run on the caller's thread (the server's event loop: one at a time, so a
+policy never serves two calls at once); the shadow policy and the decision log
+work on their own threads, off the response path.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from policy_service.cluster_state import ClusterState
+from policy_service.codec import InvalidMessage, cluster_digest, path_of, view_from_pb, view_to_pb
+from policy_service.decision_log import DecisionLog, LoggedDecision
+from policy_service.metrics import Metrics
+from policy_service.proto import scheduler_pb2 as pb
+from policy_service.registry import LoadedPolicy, PolicyRegistry
+from runtime.decision import Decision, Defer
+from runtime.request import Request
+from runtime.reservation import reserve
+from runtime.view import ClusterView
+
+log = logging.getLogger(__name__)
+
+Answer = Decision | Defer | None
+SHADOW_QUEUE_CALLS = 10_000  # calls waiting for the shadow; beyond, the shadow skips
+_COMPLETED_REMEMBERED = 100_000  # (client, request) pairs kept to make Complete idempotent
+
+
+class NoPolicy(RuntimeError):
+    """No policy is loaded yet (the health service says NOT_SERVING)."""
+
+
+class PolicyFailed(RuntimeError):
+    """The serving policy raised or answered nonsense; the call fails, the server goes on."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One Schedule/ScheduleBatch call, as the shadow and the log see it."""
+
+    client_id: str
+    view: ClusterView  # before the call's first decision
+    snapshot: bytes
+    requests: Sequence[Request]
+    answers: Sequence[Answer]
+    latencies_us: Sequence[float]
+    served: LoadedPolicy
+    decided_at: float
+
+
+class SchedulerCore:
+    def __init__(self, registry: PolicyRegistry, state: ClusterState, metrics: Metrics,
+                 decision_log: DecisionLog | None = None, max_batch: int = 1024) -> None:
+        self.registry = registry
+        self.state = state
+        self.metrics = metrics
+        self.log = decision_log
+        self.max_batch = max_batch
+        self.cluster = registry.cluster
+        self._digest = cluster_digest(registry.cluster)
+        self._completed: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._shadow_q: queue.Queue[_Call | None] = queue.Queue(SHADOW_QUEUE_CALLS)
+        self._shadow_thread = threading.Thread(target=self._shadow_loop, name="shadow",
+                                               daemon=True)
+        self._shadow_thread.start()
+
+    # -- scheduling -----------------------------------------------------------------
+    def schedule(self, requests: Sequence[Request], snapshot: pb.ClusterSnapshot | None,
+                 client_id: str) -> tuple[list[Answer], str]:
+        """Decide ``requests`` in order (each after the reservations of those before it)
+        on ``snapshot`` or, if None, on the service's own view; returns the answers and
+        the version of the policy that gave them."""
+        if not requests:
+            raise InvalidMessage("no requests: a batch needs at least one")
+        if len(requests) > self.max_batch:
+            raise InvalidMessage(f"{len(requests)} requests in one batch; at most "
+                                 f"{self.max_batch}")
+        served = self.registry.current  # read once: a swap now does not touch this call
+        if served is None:
+            raise NoPolicy("no policy is loaded yet")
+        own = snapshot is None
+        view = self.state.view() if own else view_from_pb(snapshot, self.cluster)
+        start_view = view
+        answers: list[Answer] = []
+        latencies: list[float] = []
+        decide = served.policy.decide
+        for request in requests:
+            t0 = time.perf_counter()
+            answer = self._checked(served, decide, request, view)
+            if own:
+                answer = self.state.vet(answer)
+            if isinstance(answer, Decision):
+                if own:
+                    self.state.hold(client_id, request, answer)
+                view = reserve(view, request, answer)
+            latencies.append((time.perf_counter() - t0) * 1e6)
+            answers.append(answer)
+            self.metrics.decisions.labels(served.name, path_of(answer)).inc()
+        self._after(_Call(client_id, start_view,
+                          b"" if self.log is None else
+                          (view_to_pb(start_view) if own else snapshot).SerializeToString(),
+                          requests, answers, latencies, served, time.time()))
+        return answers, served.version
+
+    def _checked(self, served: LoadedPolicy, decide, request: Request,  # type: ignore[no-untyped-def]
+                 view: ClusterView) -> Answer:
+        try:
+            answer = decide(request, view)
+        except Exception as err:
+            raise PolicyFailed(f"policy {served.version} raised on request "
+                               f"{request.request_id}: {type(err).__name__}: {err}") from err
+        if isinstance(answer, Decision):
+            spec = self.cluster
+            if not (0 <= answer.prefill_engine < spec.prefill_engines
+                    and spec.prefill_engines <= answer.decode_engine < spec.engines):
+                raise PolicyFailed(f"policy {served.version} chose engines "
+                                   f"{answer.prefill_engine}/{answer.decode_engine}, not a "
+                                   f"prefill and a decode engine of {spec.name!r}")
+        elif answer is not None and not isinstance(answer, Defer):
+            raise PolicyFailed(f"policy {served.version} answered {type(answer).__name__}")
+        return answer
+
+    def _after(self, call: _Call) -> None:
+        if self.registry.shadow is None:
+            self._log(call, None, [])
+            return
+        try:
+            self._shadow_q.put_nowait(call)
+        except queue.Full:
+            self.metrics.shadow_dropped.inc()
+            self._log(call, None, [])
+
+    # -- the shadow ------------------------------------------------------------------
+    def _shadow_loop(self) -> None:
+        while (call := self._shadow_q.get()) is not None:
+            shadow = self.registry.shadow
+            answers: list[Answer] = []
+            if shadow is not None:
+                answers = self._shadow_answers(shadow, call)
+            self._log(call, shadow, answers)
+            self._shadow_q.task_done()
+        self._shadow_q.task_done()
+
+    def _shadow_answers(self, shadow: LoadedPolicy, call: _Call) -> list[Answer]:
+        # The shadow sees what the served policy saw: the call's view, then each
+        # served decision's reservation (not its own: it does not place anything).
+        view, answers, agreed = call.view, [], 0
+        for request, served in zip(call.requests, call.answers, strict=True):
+            try:
+                mine = shadow.policy.decide(request, view)
+            except Exception as err:  # noqa: BLE001 - a broken shadow must not stop logging
+                log.warning("shadow %s raised: %s", shadow.version, err)
+                mine = Defer(f"shadow raised {type(err).__name__}")
+            answers.append(mine)
+            agreed += same_answer(mine, served)
+            if isinstance(served, Decision):
+                view = reserve(view, request, served)
+        self.metrics.record_shadow(agreed, len(answers))
+        return answers
+
+    def drain_shadow(self) -> None:
+        """Wait until the shadow has handled every call made so far."""
+        self._shadow_q.join()
+
+    # -- the log -----------------------------------------------------------------------
+    def _log(self, call: _Call, shadow: LoadedPolicy | None, shadow_answers: list[Answer]) -> None:
+        if self.log is None:
+            return
+        rows = [LoggedDecision(
+            request=request, answer=answer, policy_spec=call.served.spec,
+            policy_version=call.served.version, latency_us=latency, decided_at=call.decided_at,
+            client_id=call.client_id,
+            shadow=shadow_answers[i] if shadow is not None else None,
+            shadow_spec=shadow.spec if shadow is not None else None,
+            shadow_version=shadow.version if shadow is not None else None)
+            for i, (request, answer, latency) in enumerate(
+                zip(call.requests, call.answers, call.latencies_us, strict=True))]
+        self.log.record_call(call.snapshot, self._digest, call.view.time_s, rows)
+        self.metrics.log_pending.set(self.log.pending)
+
+    # -- the rest --------------------------------------------------------------------------
+    def report(self, reports: Sequence[pb.EngineReport]) -> int:
+        return self.state.report(reports)
+
+    def complete(self, client_id: str, request_id: int, outcome: Mapping[str, float]) -> bool:
+        """Release the request's reservation and record its outcome; a repeat does nothing.
+        Returns whether anything was released."""
+        key = (client_id, request_id)
+        released = self.state.release(client_id, request_id)
+        if key in self._completed:
+            return released
+        self._completed[key] = None
+        if len(self._completed) > _COMPLETED_REMEMBERED:
+            self._completed.popitem(last=False)
+        if self.log is not None:
+            self.log.record_outcome(client_id, request_id, dict(outcome))
+        served = self.registry.current
+        learn = getattr(served.policy, "complete", None) if served is not None else None
+        if callable(learn):
+            learn(request_id, dict(outcome))
+        return released
+
+    def close(self) -> None:
+        """Let the shadow finish, then flush and close the log."""
+        self._shadow_q.put(None)
+        self._shadow_thread.join()
+        if self.log is not None:
+            self.log.close()
+
+
+def same_answer(a: Answer, b: Answer) -> bool:
+    """Both defer, or both place the request on the same engines with the same share."""
+    if not isinstance(a, Decision) or not isinstance(b, Decision):
+        return not isinstance(a, Decision) and not isinstance(b, Decision)
+    return (a.prefill_engine == b.prefill_engine and a.decode_engine == b.decode_engine
+            and abs(a.decode_share - b.decode_share) <= 1e-9)

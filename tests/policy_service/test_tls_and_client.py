@@ -1,0 +1,99 @@
+"""TLS with a certificate made here, and ``RemotePolicy``: identical runs, fallbacks."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agents import resolve_policy
+from policy_service.client import RemotePolicy, RemoteSpec
+from policy_service.proto import scheduler_pb2 as pb
+from tests.policy_service.conftest import Client, schedule_msg, sim_points
+
+
+def _make_cert(folder):
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"cannot make a test certificate with openssl: {err}")
+    return str(cert), str(key)
+
+
+def test_tls_serves_trusted_clients_and_refuses_plaintext(start_server, tmp_path):
+    cert, key = _make_cert(tmp_path)
+    server = start_server(tls_cert=cert, tls_key=key)
+    creds = grpc.ssl_channel_credentials(Path(cert).read_bytes())
+    client = Client(server.target, creds)
+    request, view = sim_points(1)[0]
+    assert not client.Schedule(schedule_msg(request, view), timeout=5).defer
+    plain = Client(server.target)
+    with pytest.raises(grpc.RpcError) as err:
+        plain.Ping(pb.PingRequest(), timeout=2)
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    # RemotePolicy over TLS, through the resolver's grpc:// spec.
+    remote = resolve_policy(f"grpc://127.0.0.1:{server.port}?ca={cert}").policy
+    assert remote.decide(request, view) == resolve_policy("dualpath").policy.decide(request,
+                                                                                    view)
+    assert remote.fallbacks == 0
+    remote.close()
+    client.close()
+    plain.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_remote_policy_falls_back_when_the_service_does_not_answer():
+    port = _free_port()  # nothing listens there
+    remote = RemotePolicy(RemoteSpec.parse(f"grpc://127.0.0.1:{port}?timeout_ms=50"))
+    local = resolve_policy("dualpath").policy
+    points = sim_points(5)
+    for request, view in points:
+        assert remote.decide(request, view) == local.decide(request, view)
+    assert remote.fallbacks == len(points)
+    remote.close()
+
+
+def test_remote_policy_raises_on_a_refused_call(served):
+    server, _ = served
+    remote = RemotePolicy(RemoteSpec.parse(f"grpc://{server.target}"))
+    request, view = sim_points(1, preset="tiny")[0]  # another cluster than the service's
+    with pytest.raises(ValueError, match="INVALID_ARGUMENT.*another cluster"):
+        remote.decide(request, view)
+    assert remote.fallbacks == 0
+    remote.close()
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("grpc://127.0.0.1", "expected grpc://HOST:PORT"),
+    ("grpc://127.0.0.1:1?speed=9", "unknown option"),
+    ("grpc://127.0.0.1:1?timeout_ms=0", "timeout_ms must be > 0"),
+    ("grpc://127.0.0.1:1?ca=/no/such.pem", "no such file"),
+])
+def test_bad_remote_specs_are_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        RemoteSpec.parse(spec)
+
+
+def test_simulation_through_the_service_equals_the_local_one(served):
+    from experiments.runner import RunConfig, run
+
+    server, _ = served
+    wall = {"wall_s", "sim_requests_per_s", "policy"}
+    base = RunConfig(preset="ds27b-1p1d", agents=24, mal="32k")
+    local = run(base)
+    remote = run(RunConfig(**{**base.__dict__, "policy": f"grpc://{server.target}"}))
+    assert {k: v for k, v in local.items() if k not in wall} == \
+        {k: v for k, v in remote.items() if k not in wall}
+    assert local["requests"] > 50
