@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 from policy_service.proto import scheduler_pb2 as pb
@@ -76,20 +77,71 @@ def view_to_pb(view: ClusterView) -> pb.ClusterSnapshot:
 
 def view_from_pb(msg: pb.ClusterSnapshot, spec: ClusterSpec) -> ClusterView:
     """The view ``msg`` describes, which must be of ``spec``'s cluster."""
-    digest = cluster_digest(spec)
-    if msg.cluster_digest != digest:
+    layout = _layout(spec)
+    if msg.cluster_digest != layout.digest:
         raise InvalidMessage(f"view.cluster_digest {msg.cluster_digest!r} is not this service's "
-                             f"cluster {digest!r}: the snapshot describes another cluster")
+                             f"cluster {layout.digest!r}: the snapshot describes another cluster")
     if len(msg.engines) != spec.engines or len(msg.nodes) != spec.nodes:
         raise InvalidMessage(f"view has {len(msg.engines)} engines and {len(msg.nodes)} nodes; "
                              f"cluster {spec.name!r} has {spec.engines} and {spec.nodes}")
     _finite(msg.time_s, "view.time_s", low=0.0)
-    engines = tuple(_engine(e, i, spec) for i, e in enumerate(msg.engines))
-    nodes = tuple(_node(n, i, spec) for i, n in enumerate(msg.nodes))
     if msg.queue_requests < 0 or msg.queue_tokens < 0:
         raise InvalidMessage("view.queue_requests and view.queue_tokens must be >= 0")
-    return ClusterView(msg.time_s, spec, engines, nodes,
-                       QueueView(msg.queue_requests, msg.queue_tokens))
+    queue = QueueView(msg.queue_requests, msg.queue_tokens)
+    fast = _fast_view(msg, spec, layout, queue)
+    if fast is not None:
+        return fast
+    # Something is off: the field-by-field path finds it and names it.
+    engines = tuple(_engine(e, i, spec) for i, e in enumerate(msg.engines))
+    nodes = tuple(_node(n, i, spec) for i, n in enumerate(msg.nodes))
+    return ClusterView(msg.time_s, spec, engines, nodes, queue)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a valid snapshot of one cluster must say about who is who."""
+
+    digest: str
+    engine_keys: list[tuple[int, int, int]]  # (engine_id, role, node_id) per engine
+    engine_static: list[tuple[int, Role, int, int]]  # (id, role, node, group)
+    node_keys: list[tuple[int, int]]  # (node_id, role)
+    node_roles: list[Role]
+
+
+@lru_cache(maxsize=64)
+def _layout(spec: ClusterSpec) -> _Layout:
+    engines = range(spec.engines)
+    return _Layout(
+        cluster_digest(spec),
+        [(e, ROLE_TO_PB[spec.role_of(e)], spec.node_of(e)) for e in engines],
+        [(e, spec.role_of(e), spec.node_of(e), spec.group_of(e)) for e in engines],
+        [(n, ROLE_TO_PB[spec.role_of_node(n)]) for n in range(spec.nodes)],
+        [spec.role_of_node(n) for n in range(spec.nodes)])
+
+
+def _fast_view(msg: pb.ClusterSnapshot, spec: ClusterSpec, layout: _Layout,
+               queue: QueueView) -> ClusterView | None:
+    """The view, checked in aggregate (every decision pays for this); None if any check
+    fails, so the caller can find which field is wrong."""
+    rows = [(e.engine_id, e.role, e.node_id, e.seq, e.tok, e.free_hbm_bytes,
+             e.cnic_busy_until_s) for e in msg.engines]
+    if [r[:3] for r in rows] != layout.engine_keys:
+        return None
+    counts = [v for r in rows for v in r[3:5]]
+    floats = [v for r in rows for v in r[5:]]
+    nodes = [(n.node_id, n.role, n.read_q_tokens, n.snic_bytes_s, n.free_buffer_bytes)
+             for n in msg.nodes]
+    if [r[:2] for r in nodes] != layout.node_keys:
+        return None
+    floats += [v for r in nodes for v in r[2:]]
+    if (min(counts) < 0 or max(counts) > _MAX_TOKENS or not all(map(math.isfinite, floats))
+            or min(r[6] for r in rows) < 0 or min(v for r in nodes for v in r[2:4]) < 0):
+        return None
+    engines = tuple([EngineView(e, role, node, group, r[3], r[4], r[5], r[6])
+                     for (e, role, node, group), r in zip(layout.engine_static, rows)])
+    node_views = tuple([NodeView(r[0], role, r[2], r[3], r[4])
+                        for role, r in zip(layout.node_roles, nodes)])
+    return ClusterView(msg.time_s, spec, engines, node_views, queue)
 
 
 def _engine(e: pb.EngineState, index: int, spec: ClusterSpec) -> EngineView:

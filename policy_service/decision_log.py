@@ -124,7 +124,7 @@ class _Call(NamedTuple):
     snapshot: bytes
     cluster: str
     time_s: float
-    rows: Sequence[LoggedDecision]
+    rows: list[tuple[Any, ...]]  # decisions rows, all columns but the view id
     recorded_at: float
 
 
@@ -167,7 +167,10 @@ class DecisionLog:
     def record_call(self, snapshot: bytes, cluster: str, time_s: float,
                     rows: Sequence[LoggedDecision]) -> None:
         if rows:
-            self._append(_Call(snapshot, cluster, time_s, rows, time.time()), len(rows))
+            # Rows become tuples here, spread over the calls, rather than all at once in
+            # the writer, which would hold the GIL the server needs for a whole write.
+            tuples = [_decision_row(i, row) for i, row in enumerate(rows)]
+            self._append(_Call(snapshot, cluster, time_s, tuples, time.time()), len(rows))
         elif self._closed:
             raise RuntimeError("decision log is closed")
 
@@ -289,15 +292,43 @@ class DecisionLog:
     def _insert_calls(self, conn: sa.Connection, calls: list[_Call]) -> None:
         ids = [f"{self._session}-{self._calls + i}" for i in range(len(calls))]
         self._calls += len(calls)
-        conn.execute(VIEWS.insert(), [
-            {"call_id": cid, "cluster": c.cluster, "time_s": c.time_s, "snapshot": c.snapshot,
-             "recorded_at": c.recorded_at} for cid, c in zip(ids, calls, strict=True)])
+        _insert_many(conn, VIEWS, _VIEW_COLUMNS, [
+            (cid, c.cluster, c.time_s, c.snapshot, c.recorded_at)
+            for cid, c in zip(ids, calls, strict=True)])
         # Ids by call id rather than INSERT .. RETURNING: works on every dialect.
         view_ids = dict(conn.execute(sa.select(VIEWS.c.call_id, VIEWS.c.view_id)
                                      .where(VIEWS.c.call_id.in_(ids))).all())
-        conn.execute(DECISIONS.insert(), [
-            _decision_row(view_ids[cid], i, row)
-            for cid, call in zip(ids, calls, strict=True) for i, row in enumerate(call.rows)])
+        _insert_many(conn, DECISIONS, _DECISION_COLUMNS, [
+            (view_ids[cid], *row) for cid, call in zip(ids, calls, strict=True)
+            for row in call.rows])
+
+
+_VIEW_COLUMNS = ("call_id", "cluster", "time_s", "snapshot", "recorded_at")
+_DECISION_COLUMNS = (
+    "view_id", "batch_index", "client_id", "request_id", "agent_id", "turn", "hit_tokens",
+    "appended_tokens", "gen_tokens", "arrival_s", "policy_spec", "policy_version",
+    "defer", "prefill_engine", "decode_engine", "decode_share", "reason", "wait_for", "path",
+    "scores", "shadow_spec", "shadow_version", "shadow_defer", "shadow_prefill_engine",
+    "shadow_decode_engine", "shadow_decode_share", "shadow_reason", "latency_us", "decided_at")
+_MARKERS = {"qmark": "?", "format": "%s"}
+
+
+def _insert_many(conn: sa.Connection, table: sa.Table, columns: Sequence[str],
+                 rows: list[tuple[Any, ...]]) -> None:
+    """INSERT ``rows`` (tuples in ``columns`` order) in one executemany.
+
+    With a positional driver (SQLite's qmark, MySQL's format) the tuples go to
+    the driver as they are: SQLAlchemy's per-row parameter processing would cost
+    several times the insert itself, and this thread shares the GIL with the
+    server. Other drivers get dicts through SQLAlchemy.
+    """
+    marker = _MARKERS.get(conn.dialect.paramstyle)
+    if marker is None:
+        conn.execute(table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
+           f"VALUES ({', '.join([marker] * len(columns))})")
+    conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
 
 
 def _set_outcome_statement() -> sa.Update:
@@ -316,34 +347,28 @@ def _set_outcome_statement() -> sa.Update:
 _SET_OUTCOME = _set_outcome_statement()
 
 
-def _answer_columns(answer: Answer, prefix: str = "") -> dict[str, Any]:
-    values: tuple[Any, ...]
+def _answer_columns(answer: Answer) -> tuple[Any, ...]:
+    """(defer, prefill_engine, decode_engine, decode_share, reason)."""
     if isinstance(answer, Decision):
-        values = (False, answer.prefill_engine, answer.decode_engine, answer.decode_share,
-                  answer.reason)
-    else:
-        values = (True, None, None, None, answer.reason if answer is not None else "")
-    names = ("defer", "prefill_engine", "decode_engine", "decode_share", "reason")
-    return {prefix + name: value for name, value in zip(names, values, strict=True)}
+        return (False, answer.prefill_engine, answer.decode_engine, answer.decode_share,
+                answer.reason)
+    return (True, None, None, None, answer.reason if answer is not None else "")
 
 
-def _decision_row(view_id: int, index: int, row: LoggedDecision) -> dict[str, Any]:
+_NO_SHADOW = (None,) * 5
+
+
+def _decision_row(index: int, row: LoggedDecision) -> tuple[Any, ...]:
+    """A decisions row in :data:`_DECISION_COLUMNS` order, but the leading view id."""
     r, answer = row.request, row.answer
-    shadow = (_answer_columns(row.shadow, "shadow_") if row.shadow_spec is not None
-              else dict.fromkeys(_answer_columns(None, "shadow_")))
-    return {"view_id": view_id, "batch_index": index, "client_id": row.client_id,
-            "request_id": r.request_id, "agent_id": r.agent_id, "turn": r.turn,
-            "hit_tokens": r.hit_tokens, "appended_tokens": r.appended_tokens,
-            "gen_tokens": r.gen_tokens, "arrival_s": r.arrival_s,
-            "policy_spec": row.policy_spec, "policy_version": row.policy_version,
-            **_answer_columns(answer),
-            "wait_for": None if isinstance(answer, Decision)
-            else int(answer.wait_for if answer is not None else WaitFor.ANY),
-            "path": path_of(answer),
-            "scores": None if row.scores is None else json.dumps([float(s) for s in row.scores]),
-            "shadow_spec": row.shadow_spec, "shadow_version": row.shadow_version, **shadow,
-            "latency_us": row.latency_us, "decided_at": row.decided_at,
-            "outcome": None, "completed_at": None}
+    shadow = _answer_columns(row.shadow) if row.shadow_spec is not None else _NO_SHADOW
+    wait_for = (None if isinstance(answer, Decision)
+                else int(answer.wait_for if answer is not None else WaitFor.ANY))
+    scores = None if row.scores is None else json.dumps([float(s) for s in row.scores])
+    return (index, row.client_id, r.request_id, r.agent_id, r.turn, r.hit_tokens,
+            r.appended_tokens, r.gen_tokens, r.arrival_s, row.policy_spec, row.policy_version,
+            *_answer_columns(answer), wait_for, path_of(answer), scores, row.shadow_spec,
+            row.shadow_version, *shadow, row.latency_us, row.decided_at)
 
 
 def _make_engine(url: str) -> sa.Engine:

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from policy_service.cluster_state import ClusterState
 from policy_service.codec import InvalidMessage, cluster_digest, path_of, view_from_pb, view_to_pb
@@ -66,6 +67,7 @@ class SchedulerCore:
         self.max_batch = max_batch
         self.cluster = registry.cluster
         self._digest = cluster_digest(registry.cluster)
+        self._counters: dict[tuple[str, str], Any] = {}
         self._completed: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._shadow_q: queue.Queue[_Call | None] = queue.Queue(SHADOW_QUEUE_CALLS)
         self._shadow_thread = threading.Thread(target=self._shadow_loop, name="shadow",
@@ -92,7 +94,8 @@ class SchedulerCore:
         answers: list[Answer] = []
         latencies: list[float] = []
         decide = served.policy.decide
-        for request in requests:
+        last = len(requests) - 1
+        for i, request in enumerate(requests):
             t0 = time.perf_counter()
             answer = self._checked(served, decide, request, view)
             if own:
@@ -100,15 +103,22 @@ class SchedulerCore:
             if isinstance(answer, Decision):
                 if own:
                     self.state.hold(client_id, request, answer)
-                view = reserve(view, request, answer)
+                if i < last:  # only the next decision of this call looks at it
+                    view = reserve(view, request, answer)
             latencies.append((time.perf_counter() - t0) * 1e6)
             answers.append(answer)
-            self.metrics.decisions.labels(served.name, path_of(answer)).inc()
+            self._count(served.name, path_of(answer))
         self._after(_Call(client_id, start_view,
                           b"" if self.log is None else
                           (view_to_pb(start_view) if own else snapshot).SerializeToString(),
                           requests, answers, latencies, served, time.time()))
         return answers, served.version
+
+    def _count(self, policy: str, path: str) -> None:
+        counter = self._counters.get((policy, path))
+        if counter is None:  # labels() costs microseconds: looked up once per pair
+            counter = self._counters[(policy, path)] = self.metrics.decisions.labels(policy, path)
+        counter.inc()
 
     def _checked(self, served: LoadedPolicy, decide, request: Request,  # type: ignore[no-untyped-def]
                  view: ClusterView) -> Answer:

@@ -37,7 +37,7 @@ def points() -> list[tuple[Request, ClusterView]]:
     """Real (request, view) pairs: the decision points of a short dualpath simulation."""
     policy = resolve_policy("dualpath", cluster=SPEC).policy
     sim = Simulator(SPEC, AgenticWorkload(16, "64k", 0))
-    out = []
+    out: list[tuple[Request, ClusterView]] = []
     while len(out) < 60 and (point := sim.next_decision()) is not None:
         out.append(point)
         sim.apply(policy.decide(*point))
