@@ -138,9 +138,9 @@ def _fast_view(msg: pb.ClusterSnapshot, spec: ClusterSpec, layout: _Layout,
             or min(r[6] for r in rows) < 0 or min(v for r in nodes for v in r[2:4]) < 0):
         return None
     engines = tuple([EngineView(e, role, node, group, r[3], r[4], r[5], r[6])
-                     for (e, role, node, group), r in zip(layout.engine_static, rows)])
+                     for (e, role, node, group), r in zip(layout.engine_static, rows, strict=True)])
     node_views = tuple([NodeView(r[0], role, r[2], r[3], r[4])
-                        for role, r in zip(layout.node_roles, nodes)])
+                        for role, r in zip(layout.node_roles, nodes, strict=True)])
     return ClusterView(msg.time_s, spec, engines, node_views, queue)
 
 
