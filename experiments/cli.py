@@ -205,7 +205,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         policy=args.policy or (None if args.watch_alias else "dualpath"), preset=args.preset,
         host=args.host, port=args.port, watch_alias=args.watch_alias,
         watch_interval_s=args.watch_interval, tracking_uri=uri,
-        db=None if args.db == "none" else args.db, metrics_port=args.metrics_port,
+        db=None if args.db == "none" else args.db, log_flush_s=args.log_flush,
+        metrics_port=args.metrics_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, admin_token_file=args.admin_token_file,
         max_batch=args.max_batch, engine_max_age_s=args.engine_max_age, grace_s=args.grace)
     serve(config)
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ specs and the watch")
     p.add_argument("--db", default="sqlite:///decisions.db",
                    help="decision log SQLAlchemy URL, or 'none'")
+    p.add_argument("--log-flush", type=float, default=0.5,
+                   help="seconds between shipments to the decision log's writer (the most "
+                        "a hard kill can lose)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key): serve over TLS")
     p.add_argument("--tls-key", help="PEM private key")

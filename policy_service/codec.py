@@ -47,14 +47,18 @@ def request_to_pb(request: Request) -> pb.Request:
 
 
 def request_from_pb(msg: pb.Request, where: str = "request") -> Request:
-    for name in ("hit_tokens", "appended_tokens", "gen_tokens"):
-        value = getattr(msg, name)
-        if not 0 <= value <= _MAX_TOKENS:
-            raise InvalidMessage(f"{where}.{name} must lie in [0, 2^40], got {value}")
-    _finite(msg.arrival_s, f"{where}.arrival_s", low=0.0)
+    hit, appended, gen, arrival = (msg.hit_tokens, msg.appended_tokens, msg.gen_tokens,
+                                   msg.arrival_s)
+    if not (0 <= hit <= _MAX_TOKENS and 0 <= appended <= _MAX_TOKENS
+            and 0 <= gen <= _MAX_TOKENS):
+        for name in ("hit_tokens", "appended_tokens", "gen_tokens"):
+            value = getattr(msg, name)
+            if not 0 <= value <= _MAX_TOKENS:
+                raise InvalidMessage(f"{where}.{name} must lie in [0, 2^40], got {value}")
+    if not 0.0 <= arrival < math.inf:
+        _finite(arrival, f"{where}.arrival_s", low=0.0)
     try:
-        return Request(msg.request_id, msg.agent_id, msg.turn, msg.hit_tokens,
-                       msg.appended_tokens, msg.gen_tokens, msg.arrival_s,
+        return Request(msg.request_id, msg.agent_id, msg.turn, hit, appended, gen, arrival,
                        tuple(msg.block_hashes) or None)
     except ValueError as err:
         raise InvalidMessage(f"{where}: {err}") from None

@@ -4,19 +4,21 @@ Contract:
 
 * ``record_call`` and ``record_outcome`` never touch the database: they append to
   an in-memory queue and return (microseconds; they sit on the request path).
-* One writer thread commits what is queued, in recording order, every
-  ``flush_interval_s`` (sooner once ``max_rows_per_write`` rows wait), one
-  transaction per write of about ``max_rows_per_write`` rows. A call's view and
-  its decisions commit together; an outcome commits after every decision
-  recorded before it.
-* Loss on a hard kill of the process: at most the rows recorded in the last
-  ``flush_interval_s``, plus those of a write in progress and those queued behind
-  it. While the database refuses writes, everything recorded since it began
-  refusing is queued (and lost on a kill); each refused write is logged, counted
-  in ``stats.errors`` and retried after ``flush_interval_s``; beyond
-  ``max_pending`` queued rows, the oldest are dropped and counted in
-  ``stats.dropped``. (SQLite runs in WAL mode with ``synchronous=NORMAL``: a
-  commit survives a process kill, though an OS crash may undo the last commits.)
+* Every ``flush_interval_s`` (sooner once ``max_rows_per_write`` rows wait) a
+  thread ships what is queued to a writer process (:mod:`policy_service.log_writer`),
+  which commits it in recording order, one transaction per write of about
+  ``max_rows_per_write`` rows. A call's view and its decisions commit together;
+  an outcome commits after every decision recorded before it.
+* Loss on a hard kill of the server: at most the rows recorded in the last
+  ``flush_interval_s`` (not yet shipped). What was shipped is committed: the
+  writer outlives the server long enough to write it, then exits. While the
+  database refuses writes, the writer keeps the rows (lost if it is killed too),
+  logs once, counts each refused write in ``stats.errors`` and retries every
+  ``flush_interval_s``; beyond ``max_pending`` rows kept, the oldest are dropped
+  and counted in ``stats.dropped``. If the writer dies, what it had not
+  committed and everything recorded later is counted as dropped, and logged.
+  (SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives a
+  process kill, though an OS crash may undo the last commits.)
 * ``flush`` blocks until everything recorded before it is committed (or
   dropped); ``close`` flushes, then stops the writer.
 
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -36,13 +40,25 @@ from dataclasses import dataclass
 from itertools import groupby
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from policy_service.codec import cluster_digest, path_of, view_from_pb
+from policy_service.log_writer import (
+    DECISIONS,
+    META,
+    VIEWS,
+    Call,
+    Item,
+    Outcome,
+    is_memory,
+    make_engine,
+    receive,
+    send,
+)
 from policy_service.proto import scheduler_pb2 as pb
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
@@ -52,48 +68,6 @@ from runtime.reservation import reserve
 
 log = logging.getLogger(__name__)
 Answer = Decision | Defer | None
-
-META = sa.MetaData()
-VIEWS = sa.Table(
-    "views", META,
-    sa.Column("view_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("call_id", sa.String(64), nullable=False, unique=True),
-    sa.Column("cluster", sa.Text, nullable=False),
-    sa.Column("time_s", sa.Float, nullable=False),
-    sa.Column("snapshot", sa.LargeBinary, nullable=False),  # a serialized pb.ClusterSnapshot
-    sa.Column("recorded_at", sa.Float, nullable=False))
-DECISIONS = sa.Table(
-    "decisions", META,
-    sa.Column("decision_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("view_id", sa.Integer, sa.ForeignKey("views.view_id"), nullable=False),
-    sa.Column("batch_index", sa.Integer, nullable=False),
-    sa.Column("client_id", sa.Text, nullable=False),
-    *(sa.Column(name, sa.BigInteger, nullable=False) for name in (
-        "request_id", "agent_id", "turn", "hit_tokens", "appended_tokens", "gen_tokens")),
-    sa.Column("arrival_s", sa.Float, nullable=False),
-    sa.Column("policy_spec", sa.Text, nullable=False),
-    sa.Column("policy_version", sa.Text, nullable=False),
-    sa.Column("defer", sa.Boolean, nullable=False),
-    sa.Column("prefill_engine", sa.Integer),  # null for a defer, as is what follows
-    sa.Column("decode_engine", sa.Integer),
-    sa.Column("decode_share", sa.Float),
-    sa.Column("wait_for", sa.Integer),  # null unless a defer
-    sa.Column("path", sa.String(8), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("scores", sa.Text),  # JSON list of candidate scores, where the policy has them
-    sa.Column("shadow_spec", sa.Text),  # shadow_*: null when no shadow was set
-    sa.Column("shadow_version", sa.Text),
-    sa.Column("shadow_defer", sa.Boolean),
-    sa.Column("shadow_prefill_engine", sa.Integer),
-    sa.Column("shadow_decode_engine", sa.Integer),
-    sa.Column("shadow_decode_share", sa.Float),
-    sa.Column("shadow_reason", sa.Text),
-    sa.Column("latency_us", sa.Float, nullable=False),
-    sa.Column("decided_at", sa.Float, nullable=False),
-    sa.Column("outcome", sa.Text),  # JSON {name: float}
-    sa.Column("completed_at", sa.Float),
-    sa.Index("ix_decisions_client_request", "client_id", "request_id"))
-
 
 @dataclass(frozen=True, slots=True)
 class LoggedDecision:
@@ -120,57 +94,48 @@ class LogStats:
     pending: int  # rows recorded and not yet committed or dropped
 
 
-class _Call(NamedTuple):
-    snapshot: bytes
-    cluster: str
-    time_s: float
-    rows: list[tuple[Any, ...]]  # decisions rows, all columns but the view id
-    recorded_at: float
-
-
-class _Outcome(NamedTuple):
-    client_id: str
-    request_id: int
-    outcome: dict[str, float]
-    completed_at: float
-
-
-def _size(item: _Call | _Outcome) -> int:
-    return len(item.rows) if isinstance(item, _Call) else 1
-
-
 class DecisionLog:
-    """Records calls and outcomes without blocking; a daemon thread writes them (see module)."""
+    """Records calls and outcomes without blocking; a writer process commits them
+    (see the module docstring and :mod:`policy_service.log_writer`)."""
 
     def __init__(self, url: str, *, flush_interval_s: float = 0.2,
                  max_rows_per_write: int = 2000, max_pending: int = 1_000_000) -> None:
-        self._engine = _make_engine(url)
-        META.create_all(self._engine)
+        if is_memory(url):
+            raise ValueError(f"decision log {url!r}: an in-memory database lives in one "
+                             "process and the log is written by another; give a file")
+        engine = make_engine(url)  # tables made here: a bad URL fails its caller now
+        try:
+            META.create_all(engine)
+        finally:
+            engine.dispose()
         self._interval = flush_interval_s
         self._max_rows = max_rows_per_write
-        self._max_pending = max_pending
-        self._queue: deque[_Call | _Outcome] = deque()
+        self._queue: deque[Item] = deque()
         self._lock = threading.Lock()
         self._done_cond = threading.Condition(self._lock)
         self._wake = threading.Event()
-        self._stop = threading.Event()
         self._closed = False
         self._queued = self._recorded = self._done = 0  # rows; done = written + dropped
         self._written = self._errors = self._dropped = 0
-        self._failing = False
-        self._session = uuid.uuid4().hex[:12]  # call ids stay unique across restarts
-        self._calls = 0
-        self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
-        self._thread.start()
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "policy_service.log_writer", url, uuid.uuid4().hex[:12],
+             str(flush_interval_s), str(max_rows_per_write), str(max_pending)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._sender = threading.Thread(target=self._send_loop, name="decision-log-send",
+                                        daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, name="decision-log-acks",
+                                        daemon=True)
+        self._sender.start()
+        self._reader.start()
 
     # -- the request path: queue and return --------------------------------------------
     def record_call(self, snapshot: bytes, cluster: str, time_s: float,
                     rows: Sequence[LoggedDecision]) -> None:
         if rows:
-            # Rows become tuples here, spread over the calls, rather than all at once in
-            # the writer, which would hold the GIL the server needs for a whole write.
+            # Rows become plain tuples here, a few microseconds per call, rather than
+            # all at once later, which would hold the GIL the server needs.
             tuples = [_decision_row(i, row) for i, row in enumerate(rows)]
-            self._append(_Call(snapshot, cluster, time_s, tuples, time.time()), len(rows))
+            self._append(Call(snapshot, cluster, time_s, tuples, time.time()), len(rows))
         elif self._closed:
             raise RuntimeError("decision log is closed")
 
@@ -178,9 +143,9 @@ class DecisionLog:
                        outcome: Mapping[str, float]) -> None:
         # Converted here, so that a bad value fails its caller, not every later write.
         values = {str(k): float(v) for k, v in outcome.items()}
-        self._append(_Outcome(client_id, request_id, values, time.time()), 1)
+        self._append(Outcome(client_id, request_id, values, time.time()), 1)
 
-    def _append(self, item: _Call | _Outcome, n: int) -> None:
+    def _append(self, item: Item, n: int) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("decision log is closed")
@@ -220,131 +185,59 @@ class DecisionLog:
             self.flush(timeout_s)
         except TimeoutError as err:
             log.error("%s; they are lost", err)
-        self._stop.set()
         self._wake.set()
-        self._thread.join()
-        self._engine.dispose()
+        self._sender.join()
+        try:
+            self._child.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+            self._child.wait()
+        self._reader.join()
 
-    # -- the writer thread -------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    # -- shipping to the writer --------------------------------------------------------
+    def _send_loop(self) -> None:
+        stdin = self._child.stdin
+        assert stdin is not None
+        while True:
             self._wake.wait(self._interval)
             self._wake.clear()
-            if not self._drain():
-                # Back off: an early wake (a full queue, a flush) must not hammer a
-                # database that refuses writes.
-                self._stop.wait(self._interval)
-
-    def _drain(self) -> bool:
-        """Write everything queued; False when a write failed (its rows stay queued)."""
-        while True:
             with self._lock:
-                batch, rows = [], 0
-                while self._queue and rows < self._max_rows:
-                    batch.append(self._queue.popleft())
-                    rows += _size(batch[-1])
-            if not batch:
-                return True
+                batch = list(self._queue)
+                self._queue.clear()
+                self._queued = 0
+                closing = self._closed
             try:
-                self._write(batch)
-            except Exception as err:  # noqa: BLE001 - any database error: keep rows, retry
-                self._requeue(batch, err)
-                return False
-            with self._done_cond:
-                self._queued -= rows
-                self._written += rows
-                self._done += rows
-                self._done_cond.notify_all()
-            if self._failing:
-                self._failing = False
-                log.info("decision log writes recovered")
+                if batch:
+                    send(stdin, batch)
+            except OSError:  # the writer died; the reader says so and counts the loss
+                return
+            if closing:
+                stdin.close()  # the writer commits the rest and exits
+                return
 
-    def _requeue(self, batch: list[_Call | _Outcome], err: Exception) -> None:
+    def _read_loop(self) -> None:
+        stdout = self._child.stdout
+        assert stdout is not None
+        try:
+            while True:
+                written, dropped, errors = receive(stdout)
+                with self._done_cond:
+                    self._written += written
+                    self._dropped += dropped
+                    self._errors += errors
+                    self._done += written + dropped
+                    self._done_cond.notify_all()
+        except (EOFError, OSError):
+            pass
         with self._done_cond:
-            self._errors += 1
-            self._queue.extendleft(reversed(batch))
-            lost = 0
-            while self._queued > self._max_pending and self._queue:
-                n = _size(self._queue.popleft())
-                self._queued -= n
-                lost += n
+            lost = self._recorded - self._done
+            if lost and not self._closed:
+                log.error("decision log writer exited (status %s): %d rows lost, and the "
+                          "log records nothing more", self._child.poll(), lost)
+            self._closed = True
             self._dropped += lost
             self._done += lost
             self._done_cond.notify_all()
-        if not self._failing:  # once per failure streak: a down database would flood the log
-            log.error("decision log write failed (retrying every %g s): %s", self._interval, err)
-        self._failing = True
-        if lost:
-            log.warning("decision log queue over %d rows: dropped the oldest %d",
-                        self._max_pending, lost)
-
-    def _write(self, batch: list[_Call | _Outcome]) -> None:
-        with self._engine.begin() as conn:
-            for kind, run in groupby(batch, key=type):
-                if kind is _Call:
-                    self._insert_calls(conn, cast(list[_Call], list(run)))
-                else:
-                    conn.execute(_SET_OUTCOME, [
-                        {"b_client": o.client_id, "b_request": o.request_id,
-                         "b_outcome": json.dumps(o.outcome),
-                         "b_at": o.completed_at} for o in cast(Iterable[_Outcome], run)])
-
-    def _insert_calls(self, conn: sa.Connection, calls: list[_Call]) -> None:
-        ids = [f"{self._session}-{self._calls + i}" for i in range(len(calls))]
-        self._calls += len(calls)
-        _insert_many(conn, VIEWS, _VIEW_COLUMNS, [
-            (cid, c.cluster, c.time_s, c.snapshot, c.recorded_at)
-            for cid, c in zip(ids, calls, strict=True)])
-        # Ids by call id rather than INSERT .. RETURNING: works on every dialect.
-        view_ids = dict(conn.execute(sa.select(VIEWS.c.call_id, VIEWS.c.view_id)
-                                     .where(VIEWS.c.call_id.in_(ids))).all())
-        _insert_many(conn, DECISIONS, _DECISION_COLUMNS, [
-            (view_ids[cid], *row) for cid, call in zip(ids, calls, strict=True)
-            for row in call.rows])
-
-
-_VIEW_COLUMNS = ("call_id", "cluster", "time_s", "snapshot", "recorded_at")
-_DECISION_COLUMNS = (
-    "view_id", "batch_index", "client_id", "request_id", "agent_id", "turn", "hit_tokens",
-    "appended_tokens", "gen_tokens", "arrival_s", "policy_spec", "policy_version",
-    "defer", "prefill_engine", "decode_engine", "decode_share", "reason", "wait_for", "path",
-    "scores", "shadow_spec", "shadow_version", "shadow_defer", "shadow_prefill_engine",
-    "shadow_decode_engine", "shadow_decode_share", "shadow_reason", "latency_us", "decided_at")
-_MARKERS = {"qmark": "?", "format": "%s"}
-
-
-def _insert_many(conn: sa.Connection, table: sa.Table, columns: Sequence[str],
-                 rows: list[tuple[Any, ...]]) -> None:
-    """INSERT ``rows`` (tuples in ``columns`` order) in one executemany.
-
-    With a positional driver (SQLite's qmark, MySQL's format) the tuples go to
-    the driver as they are: SQLAlchemy's per-row parameter processing would cost
-    several times the insert itself, and this thread shares the GIL with the
-    server. Other drivers get dicts through SQLAlchemy.
-    """
-    marker = _MARKERS.get(conn.dialect.paramstyle)
-    if marker is None:
-        conn.execute(table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
-        return
-    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
-           f"VALUES ({', '.join([marker] * len(columns))})")
-    conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
-
-
-def _set_outcome_statement() -> sa.Update:
-    # The latest placed (non-defer) decision of the request, if it has no outcome yet:
-    # a repeated outcome finds that row taken and changes nothing.
-    d = DECISIONS.alias("latest")
-    latest = (sa.select(sa.func.max(d.c.decision_id))
-              .where(d.c.client_id == sa.bindparam("b_client"),
-                     d.c.request_id == sa.bindparam("b_request"), d.c.defer == sa.false())
-              .scalar_subquery())
-    return (DECISIONS.update()
-            .where(DECISIONS.c.decision_id == latest, DECISIONS.c.outcome.is_(None))
-            .values(outcome=sa.bindparam("b_outcome"), completed_at=sa.bindparam("b_at")))
-
-
-_SET_OUTCOME = _set_outcome_statement()
 
 
 def _answer_columns(answer: Answer) -> tuple[Any, ...]:
@@ -371,26 +264,6 @@ def _decision_row(index: int, row: LoggedDecision) -> tuple[Any, ...]:
             row.shadow_version, *shadow, row.latency_us, row.decided_at)
 
 
-def _make_engine(url: str) -> sa.Engine:
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url)
-    memory = parsed.database in (None, "", ":memory:")
-    # In memory, one shared connection: the writer thread must see the tables.
-    engine = (sa.create_engine(url, poolclass=sa.StaticPool,
-                               connect_args={"check_same_thread": False})
-              if memory else sa.create_engine(url))
-
-    @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers (export) never block the writer
-        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL keeps this safe against a kill
-        cursor.close()
-
-    return engine
-
-
 # -- reading the log -------------------------------------------------------------------
 
 def _open(url: str) -> sa.Engine:
@@ -399,7 +272,7 @@ def _open(url: str) -> sa.Engine:
     if (parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
             and not Path(parsed.database).is_file()):  # connecting would create an empty one
         raise ValueError(f"{url!r}: no such database file")
-    engine = _make_engine(url)
+    engine = make_engine(url)
     tables = set(sa.inspect(engine).get_table_names())
     if not {"views", "decisions"} <= tables:
         engine.dispose()

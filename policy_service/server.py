@@ -50,7 +50,7 @@ class ServeConfig:
     watch_interval_s: float = 0.25
     tracking_uri: str | None = None
     db: str | None = "sqlite:///decisions.db"
-    log_flush_s: float = 0.2
+    log_flush_s: float = 0.5
     metrics_port: int | None = None
     tls_cert: str | None = None
     tls_key: str | None = None

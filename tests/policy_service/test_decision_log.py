@@ -213,7 +213,7 @@ def test_rows_commit_after_the_interval_without_flush(tmp_path, points):
     log.close()
 
 
-def test_a_write_error_keeps_the_writer_and_the_rows(tmp_path, points, caplog):
+def test_a_write_error_keeps_the_writer_and_the_rows(tmp_path, points, capfd):
     url = _url(tmp_path)
     log = DecisionLog(url, flush_interval_s=0.02)
     _record_all(log, points[:6])
@@ -223,8 +223,8 @@ def test_a_write_error_keeps_the_writer_and_the_rows(tmp_path, points, caplog):
     _record_all(log, points[6:12])
     log.record_outcome("c", points[0][0].request_id, {"ttft_s": 1.0})
     _wait(lambda: log.stats.errors >= 2)
-    assert log._thread.is_alive() and log.pending == 7
-    assert "decision log write failed" in caplog.text
+    assert log._child.poll() is None and log.pending == 7
+    assert "decision log write failed" in capfd.readouterr().err  # the writer's stderr
     with pytest.raises(TimeoutError):
         log.flush(timeout_s=0.1)
     _sql(tmp_path / "log.db", "ALTER TABLE decisions_away RENAME TO decisions")
@@ -250,12 +250,22 @@ def test_the_queue_drops_its_oldest_rows_beyond_max_pending(tmp_path, points):
         p[0].request_id for p in points[9:12]]  # the newest call survived
 
 
-def test_in_memory_url_works():
-    log = DecisionLog("sqlite://", flush_interval_s=0.01)
-    log.record_call(b"", "tiny:x", 0.0, [_row(1, Defer())])
+def test_an_in_memory_url_is_refused():
+    # The writer is another process: it could not see this one's memory.
+    with pytest.raises(ValueError, match="in-memory database"):
+        DecisionLog("sqlite://")
+
+
+def test_a_dead_writer_counts_its_rows_as_dropped(tmp_path, points):
+    log = DecisionLog(_url(tmp_path), flush_interval_s=0.02)
+    _record_all(log, points[:3])
     log.flush()
-    with log._engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar() == 1
+    log._child.kill()
+    log._child.wait()
+    _wait(lambda: log._closed)
+    with pytest.raises(RuntimeError, match="closed"):
+        _record_all(log, points[3:6])
+    assert log.stats.written == 3 and log.pending == 0
     log.close()
 
 
