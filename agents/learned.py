@@ -165,6 +165,7 @@ class _Actor:
         self._binding.bind_cpu_input("obs", self._obs)
         self._binding.bind_output("logits", "cpu", 0, np.float32, self._out.shape,
                                   self._out.ctypes.data)
+        self.logits = self._out[0]  # the last call's logits (a view, overwritten each call)
 
     def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None) -> list[int]:
         self._obs[0] = obs
@@ -534,6 +535,7 @@ class LearnedRouter:
         self.fallback = fallback_policy(artifact.fallback) if artifact.fallback else None
         self.name = f"learned:{artifact.name}"
         self._actor = _Actor(artifact)
+        self.last_scores: tuple[float, ...] | None = None
         e = artifact.encoding
         at = e.max_prefill if "prefill" in e.control else 0
         self._decode = slice(at, at + e.max_decode) if "decode" in e.control else None
@@ -550,6 +552,7 @@ class LearnedRouter:
         if view.spec is not self._spec_seen:
             self._check_spec(view.spec)
         hint = None
+        self.last_scores = None
         if self.fallback is not None:
             answer = self.fallback.decide(request, view)
             if not isinstance(answer, Decision):
@@ -559,6 +562,9 @@ class LearnedRouter:
         if self._decode is not None and not mask[self._decode].any():
             return Defer("no decode engine has room", WaitFor.DECODE)
         action = self._actor(self.encoder.observe(request, view, hint), mask)
+        # The network's raw logits per controlled part's choices (before masking),
+        # for the service's decision log.
+        self.last_scores = tuple(self._actor.logits.tolist())
         return self.encoder.decision(action, hint, self._reason(action))
 
     def _check_spec(self, spec: ClusterSpec) -> None:

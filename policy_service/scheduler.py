@@ -53,6 +53,7 @@ class _Call:
     requests: Sequence[Request]
     answers: Sequence[Answer]
     latencies_us: Sequence[float]
+    scores: Sequence[tuple[float, ...] | None]
     served: LoadedPolicy
     decided_at: float
 
@@ -93,7 +94,9 @@ class SchedulerCore:
         start_view = view
         answers: list[Answer] = []
         latencies: list[float] = []
-        decide = served.policy.decide
+        scores: list[tuple[float, ...] | None] = []
+        policy = served.policy
+        decide = policy.decide
         last = len(requests) - 1
         for i, request in enumerate(requests):
             t0 = time.perf_counter()
@@ -107,11 +110,12 @@ class SchedulerCore:
                     view = reserve(view, request, answer)
             latencies.append((time.perf_counter() - t0) * 1e6)
             answers.append(answer)
+            scores.append(getattr(policy, "last_scores", None))  # where the policy has them
             self._count(served.name, path_of(answer))
         self._after(_Call(client_id, start_view,
                           b"" if self.log is None else
                           (view_to_pb(start_view) if own else snapshot).SerializeToString(),
-                          requests, answers, latencies, served, time.time()))
+                          requests, answers, latencies, scores, served, time.time()))
         return answers, served.version
 
     def _count(self, policy: str, path: str) -> None:
@@ -190,9 +194,9 @@ class SchedulerCore:
             client_id=call.client_id,
             shadow=shadow_answers[i] if shadow is not None else None,
             shadow_spec=shadow.spec if shadow is not None else None,
-            shadow_version=shadow.version if shadow is not None else None)
-            for i, (request, answer, latency) in enumerate(
-                zip(call.requests, call.answers, call.latencies_us, strict=True))]
+            shadow_version=shadow.version if shadow is not None else None, scores=scores)
+            for i, (request, answer, latency, scores) in enumerate(
+                zip(call.requests, call.answers, call.latencies_us, call.scores, strict=True))]
         self.log.record_call(call.snapshot, self._digest, call.view.time_s, rows)
         self.metrics.log_pending.set(self.log.pending)
 

@@ -450,3 +450,14 @@ def test_mlflow_model_uri(mlflow_store, cluster, route_dir):
         resolve_policy("models:/unknown/1", cluster)
     with pytest.raises(ValueError, match="expected models:/NAME@ALIAS or models:/NAME/VERSION"):
         resolve_policy("models:/dualpath-scheduler", cluster)
+
+
+def test_router_exposes_its_logits_as_scores(cluster, route_dir):
+    router = LearnedRouter(load_artifact(route_dir), cluster)
+    sim = Simulator(cluster, AgenticWorkload(AGENTS, "32k", seed=0))
+    request, view = sim.next_decision()
+    answer = router.decide(request, view)
+    assert isinstance(answer, Decision)
+    scores = router.last_scores
+    assert scores is not None and len(scores) == sum(router.artifact.action_nvec)
+    assert all(isinstance(s, float) for s in scores)
