@@ -106,7 +106,9 @@ def _stats(seconds: np.ndarray) -> dict[str, float]:
 
 
 def bench_grpc(calls: int = 20_000, learned: str = "pretrained:paper-offline",
-               batch: int = 64) -> dict[str, Any]:
+               batch: int = 64, log: bool = True) -> dict[str, Any]:
+    """Measure the service; ``log=False`` serves with the decision log off (``--db none``),
+    to see what logging costs."""
     if calls < 1_000:
         raise ValueError(f"--calls must be >= 1000, got {calls}")
     if not 1 <= batch <= 1024:
@@ -120,7 +122,7 @@ def bench_grpc(calls: int = 20_000, learned: str = "pretrained:paper-offline",
         token_file = Path(tmp) / "token"
         token = secrets.token_hex(16)
         token_file.write_text(token)
-        db = f"sqlite:///{Path(tmp) / 'decisions.db'}"
+        db = f"sqlite:///{Path(tmp) / 'decisions.db'}" if log else "none"
         with ServiceProcess(["--policy", "dualpath", "--preset", PRESET, "--db", db,
                              "--admin-token-file", str(token_file)]) as server:
             target = server.target
@@ -145,6 +147,7 @@ def bench_grpc(calls: int = 20_000, learned: str = "pretrained:paper-offline",
     base, ones = _stats(empty), _stats(one)
     return {
         "preset": PRESET, "calls": calls, "batch": batch, "clients": CLIENTS,
+        "decision_log": log,
         "p50_ms": ones["p50_ms"], "p99_ms": ones["p99_ms"],
         "p99_ms_learned": _stats(lrn)["p99_ms"], "learned": learned,
         "p99_ms_8_clients": _stats(eight)["p99_ms"], "p50_ms_8_clients": _stats(eight)["p50_ms"],
@@ -159,7 +162,8 @@ def bench_grpc(calls: int = 20_000, learned: str = "pretrained:paper-offline",
 
 
 def render_grpc(payload: dict[str, Any]) -> str:
-    head = (f"scheduler service on loopback ({payload['preset']}, decision log on, "
+    head = (f"scheduler service on loopback ({payload['preset']}, decision log "
+            f"{'on' if payload['decision_log'] else 'off'}, "
             f"{payload['calls']:,} calls per line)")
     table = format_table(payload["rows"], ["measure", "calls", "p50_ms", "p99_ms", "mean_ms"])
     tail = (f"p99 above the empty call: {payload['p99_over_empty_ms']:.3f} ms; batched: "

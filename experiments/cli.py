@@ -239,7 +239,8 @@ def cmd_decisions_agree(args: argparse.Namespace) -> None:
 def cmd_bench_grpc(args: argparse.Namespace) -> None:
     from experiments.bench_grpc import bench_grpc, render_grpc
 
-    payload = bench_grpc(calls=args.calls, learned=args.learned, batch=args.batch)
+    payload = bench_grpc(calls=args.calls, learned=args.learned, batch=args.batch,
+                         log=not args.no_log)
     _emit(args, payload, render_grpc(payload))
 
 
@@ -335,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--learned", default="pretrained:paper-offline",
                    help="the learned policy measured beside dualpath")
     b.add_argument("--batch", type=int, default=64, help="requests per ScheduleBatch call")
+    b.add_argument("--no-log", action="store_true", help="serve with the decision log off")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_grpc)
 

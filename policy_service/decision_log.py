@@ -94,6 +94,9 @@ class LogStats:
     pending: int  # rows recorded and not yet committed or dropped
 
 
+_SLICE = 32  # calls per shipment to the writer
+
+
 class DecisionLog:
     """Records calls and outcomes without blocking; a writer process commits them
     (see the module docstring and :mod:`policy_service.log_writer`)."""
@@ -207,8 +210,11 @@ class DecisionLog:
                 self._queued = 0
                 closing = self._closed
             try:
-                if batch:
-                    send(stdin, batch)
+                # In slices, yielding between them: pickling holds the GIL, and the
+                # server's event loop should not wait for a whole interval's rows.
+                for at in range(0, len(batch), _SLICE):
+                    send(stdin, batch[at:at + _SLICE])
+                    time.sleep(0)
             except OSError:  # the writer died; the reader says so and counts the loss
                 return
             if closing:
