@@ -234,8 +234,10 @@ def alias_version(model_name: str, alias: str, tracking_uri: str | None) -> int 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri or os.environ.get(
-        "MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    # The registry named explicitly too: it would default to whatever this process
+    # last set globally, not to ``uri``.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         return int(client.get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
