@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import grpc
+from google.protobuf.message import Message
 
 from agents.spec import resolve_policy
 from policy_service.codec import decision_from_pb, request_to_pb, view_to_pb
@@ -89,7 +90,7 @@ class RemotePolicy:
         self._complete = self._unary("Complete", pb.CompleteResponse)
         self._pending: list[grpc.Future] = []
 
-    def _unary(self, method: str, reply: type) -> grpc.UnaryUnaryMultiCallable:
+    def _unary(self, method: str, reply: type[Message]) -> grpc.UnaryUnaryMultiCallable:
         return self._channel.unary_unary(f"/{SCHEDULER}/{method}",
                                          request_serializer=lambda m: m.SerializeToString(),
                                          response_deserializer=reply.FromString)
@@ -100,9 +101,9 @@ class RemotePolicy:
         try:
             reply = self._schedule(msg, timeout=self.spec.timeout_s)
         except grpc.RpcError as err:
-            if err.code() not in _TRANSIENT:  # type: ignore[attr-defined]
+            if err.code() not in _TRANSIENT:
                 raise ValueError(f"{self.name} refused request {request.request_id}: "
-                                 f"{err.code().name}: {err.details()}") from None  # type: ignore[attr-defined]
+                                 f"{err.code().name}: {err.details()}") from None
             self.fallbacks += 1
             return self.fallback.decide(request, view)
         self.last_version = reply.policy_version

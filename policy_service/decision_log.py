@@ -60,11 +60,11 @@ from policy_service.log_writer import (
     send,
 )
 from policy_service.proto import scheduler_pb2 as pb
+from policy_service.replay import replay_call, same_answer, same_parts
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.policy import Policy
 from runtime.request import Request
-from runtime.reservation import reserve
 
 log = logging.getLogger(__name__)
 Answer = Decision | Defer | None
@@ -425,25 +425,20 @@ def _replay(rows: Iterable[sa.Row[Any]], policy: Policy,
             spec: ClusterSpec) -> Iterator[tuple[str, Answer, Decision | Defer]]:
     """(version, the policy's answer, the logged answer) for each row, rows of a call
     in order, each call starting from its logged view."""
-    for _, call in groupby(rows, key=attrgetter("view_id")):
-        view = None
-        for row in call:
-            if view is None:
-                view = view_from_pb(pb.ClusterSnapshot.FromString(row.snapshot), spec)
-            request, logged = _logged(row)
-            yield row.policy_version, policy.decide(request, view), logged
-            if isinstance(logged, Decision):
-                view = reserve(view, request, logged)
+    for _, group in groupby(rows, key=attrgetter("view_id")):
+        call = list(group)
+        view = view_from_pb(pb.ClusterSnapshot.FromString(call[0].snapshot), spec)
+        logged = [_logged(row) for row in call]
+        mine = replay_call(view, logged, policy.decide)
+        for row, (_, answer), candidate in zip(call, logged, mine, strict=True):
+            yield row.policy_version, candidate, answer
 
 
 def _same(mine: Answer, logged: Decision | Defer, parts: list[int]) -> bool:
     """Whether ``mine`` agrees with ``logged``; counts the parts where both placed."""
-    if not isinstance(mine, Decision) or not isinstance(logged, Decision):
-        return not isinstance(mine, Decision) and not isinstance(logged, Decision)
-    same = (mine.prefill_engine == logged.prefill_engine,
-            mine.decode_engine == logged.decode_engine,
-            abs(mine.decode_share - logged.decode_share) <= 1e-9)
-    parts[0] += 1
-    for i, s in enumerate(same, 1):
-        parts[i] += s
-    return all(same)
+    same = same_parts(mine, logged)
+    if same is not None:
+        parts[0] += 1
+        for i, s in enumerate(same, 1):
+            parts[i] += s
+    return same_answer(mine, logged)

@@ -161,7 +161,7 @@ def _insert_many(conn: sa.Connection, table: sa.Table, columns: Sequence[str],
         return
     sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
            f"VALUES ({', '.join([marker] * len(columns))})")
-    conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
+    conn.exec_driver_sql(sql, rows)
 
 
 def _set_outcome_statement() -> sa.Update:
@@ -191,13 +191,14 @@ class Writer:
     def write(self, batch: list[Item]) -> None:
         with self.engine.begin() as conn:
             for kind, run in groupby(batch, key=type):
+                items = list(run)
                 if kind is Call:
-                    self._insert_calls(conn, list(run))  # type: ignore[arg-type]
+                    self._insert_calls(conn, [c for c in items if isinstance(c, Call)])
                 else:
                     conn.execute(_SET_OUTCOME, [
                         {"b_client": o.client_id, "b_request": o.request_id,
                          "b_outcome": json.dumps(o.outcome), "b_at": o.completed_at}
-                        for o in run])  # type: ignore[union-attr]
+                        for o in items if isinstance(o, Outcome)])
 
     def _insert_calls(self, conn: sa.Connection, calls: list[Call]) -> None:
         ids = [f"{self._session}-{self._calls + i}" for i in range(len(calls))]

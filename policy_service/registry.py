@@ -127,9 +127,10 @@ class PolicyRegistry:
         with self._lock:
             if self.previous is None:
                 raise PolicyRefused("nothing to roll back to: no policy was swapped out yet")
-            self.previous, self.current = self.current, self.previous
+            back = self.previous
+            self.previous, self.current = self.current, back
             self.swaps += 1
-            return self.current
+            return back
 
     def set_shadow(self, spec_text: str) -> LoadedPolicy | None:
         loaded = self.load(spec_text) if spec_text.strip() else None

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from policy_service.decision_log import DecisionLog, LoggedDecision
 from policy_service.metrics import Metrics
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.registry import LoadedPolicy, PolicyRegistry
+from policy_service.replay import replay_call, same_answer
 from runtime.decision import Decision, Defer
 from runtime.request import Request
 from runtime.reservation import reserve
@@ -90,7 +91,7 @@ class SchedulerCore:
         if served is None:
             raise NoPolicy("no policy is loaded yet")
         own = snapshot is None
-        view = self.state.view() if own else view_from_pb(snapshot, self.cluster)
+        view = self.state.view() if snapshot is None else view_from_pb(snapshot, self.cluster)
         start_view = view
         answers: list[Answer] = []
         latencies: list[float] = []
@@ -114,7 +115,8 @@ class SchedulerCore:
             self._count(served.name, path_of(answer))
         self._after(_Call(client_id, start_view,
                           b"" if self.log is None else
-                          (view_to_pb(start_view) if own else snapshot).SerializeToString(),
+                          (snapshot if snapshot is not None else view_to_pb(start_view))
+                          .SerializeToString(),
                           requests, answers, latencies, scores, served, time.time()))
         return answers, served.version
 
@@ -124,8 +126,8 @@ class SchedulerCore:
             counter = self._counters[(policy, path)] = self.metrics.decisions.labels(policy, path)
         counter.inc()
 
-    def _checked(self, served: LoadedPolicy, decide, request: Request,  # type: ignore[no-untyped-def]
-                 view: ClusterView) -> Answer:
+    def _checked(self, served: LoadedPolicy, decide: Callable[[Request, ClusterView], Answer],
+                 request: Request, view: ClusterView) -> Answer:
         try:
             answer = decide(request, view)
         except Exception as err:
@@ -164,21 +166,23 @@ class SchedulerCore:
         self._shadow_q.task_done()
 
     def _shadow_answers(self, shadow: LoadedPolicy, call: _Call) -> list[Answer]:
-        # The shadow sees what the served policy saw: the call's view, then each
-        # served decision's reservation (not its own: it does not place anything).
-        view, answers, agreed = call.view, [], 0
-        for request, served in zip(call.requests, call.answers, strict=True):
-            try:
-                mine = shadow.policy.decide(request, view)
-            except Exception as err:  # noqa: BLE001 - a broken shadow must not stop logging
-                log.warning("shadow %s raised: %s", shadow.version, err)
-                mine = Defer(f"shadow raised {type(err).__name__}")
-            answers.append(mine)
-            agreed += same_answer(mine, served)
-            if isinstance(served, Decision):
-                view = reserve(view, request, served)
+        answers = list(replay_call(call.view, zip(call.requests, call.answers, strict=True),
+                                   self._safe(shadow)))
+        agreed = sum(same_answer(m, s) for m, s in zip(answers, call.answers, strict=True))
         self.metrics.record_shadow(agreed, len(answers))
         return answers
+
+    @staticmethod
+    def _safe(shadow: LoadedPolicy) -> Callable[[Request, ClusterView], Answer]:
+        """The shadow's decide, its failures turned into defers: a broken shadow must not
+        stop the log."""
+        def decide(request: Request, view: ClusterView) -> Answer:
+            try:
+                return shadow.policy.decide(request, view)
+            except Exception as err:  # noqa: BLE001
+                log.warning("shadow %s raised: %s", shadow.version, err)
+                return Defer(f"shadow raised {type(err).__name__}")
+        return decide
 
     def drain_shadow(self) -> None:
         """Wait until the shadow has handled every call made so far."""
@@ -229,10 +233,3 @@ class SchedulerCore:
         if self.log is not None:
             self.log.close()
 
-
-def same_answer(a: Answer, b: Answer) -> bool:
-    """Both defer, or both place the request on the same engines with the same share."""
-    if not isinstance(a, Decision) or not isinstance(b, Decision):
-        return not isinstance(a, Decision) and not isinstance(b, Decision)
-    return (a.prefill_engine == b.prefill_engine and a.decode_engine == b.decode_engine
-            and abs(a.decode_share - b.decode_share) <= 1e-9)

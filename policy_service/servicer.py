@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -145,7 +145,7 @@ class Servicer:
         return [self._generic(SCHEDULER, scheduler), self._generic(ADMIN, admin)]
 
     def _generic(self, service: str,
-                 methods: dict[str, tuple[Handler, type[Message]]]) -> grpc.GenericRpcHandler:
+                 methods: Mapping[str, tuple[Handler, type[Message]]]) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(service, {
             name: grpc.unary_unary_rpc_method_handler(
                 self._guarded(name, fn, kind),
