@@ -38,10 +38,10 @@ WARMUP = 500
 DEADLINE_S = 5.0
 
 
-def sample_points(n: int = POINTS, seed: int = 0) -> list[tuple[Any, Any]]:
-    """(request, view) pairs of a ds27b-1p1d simulation under dualpath."""
-    spec = load_preset(PRESET)
-    sim = Simulator(spec, AgenticWorkload(256, "64k", seed=seed))
+def sample_points(n: int = POINTS, seed: int = 0, preset: str = PRESET, agents: int = 256,
+                  mal: str = "64k") -> list[tuple[Any, Any]]:
+    """(request, view) pairs of a simulation under dualpath: real inputs for the service."""
+    sim = Simulator(load_preset(preset), AgenticWorkload(agents, mal, seed=seed))
     policy = resolve_policy("dualpath").policy
     points = []
     while len(points) < n and (point := sim.next_decision()) is not None:

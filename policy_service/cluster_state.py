@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from policy_service.codec import ROLE_FROM_PB, InvalidMessage
+from policy_service.codec import InvalidMessage, check_engine_identity
 from policy_service.proto import scheduler_pb2 as pb
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
@@ -73,10 +73,7 @@ class ClusterState:
         if not 0 <= e < spec.engines:
             raise InvalidMessage(f"{where}.engine_id {e} is not an engine of cluster "
                                  f"{spec.name!r} (0..{spec.engines - 1})")
-        role = spec.role_of(e)
-        if ROLE_FROM_PB.get(msg.role) is not role or msg.node_id != spec.node_of(e):
-            raise InvalidMessage(f"{where}: engine {e} is a {role} engine on node "
-                                 f"{spec.node_of(e)}, not role {msg.role} on node {msg.node_id}")
+        check_engine_identity(msg, e, spec, where)
         if msg.seq < 0 or msg.tok < 0:
             raise InvalidMessage(f"{where}: seq and tok must be >= 0, got {msg.seq}, {msg.tok}")
         for name in ("free_hbm_bytes", "cnic_backlog_bytes", "read_q_tokens",

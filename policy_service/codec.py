@@ -153,16 +153,24 @@ def _engine(e: pb.EngineState, index: int, spec: ClusterSpec) -> EngineView:
     if e.engine_id != index:
         raise InvalidMessage(f"{where}.engine_id is {e.engine_id}; engines must be listed in "
                              f"order 0..{spec.engines - 1}")
-    role = spec.role_of(index)
-    if ROLE_FROM_PB.get(e.role) is not role or e.node_id != spec.node_of(index):
-        raise InvalidMessage(f"{where}: engine {index} is a {role} engine on node "
-                             f"{spec.node_of(index)}, not role {e.role} on node {e.node_id}")
+    role = check_engine_identity(e, index, spec, where)
     if not (0 <= e.seq <= _MAX_TOKENS and 0 <= e.tok <= _MAX_TOKENS):
         raise InvalidMessage(f"{where}: seq and tok must be >= 0, got {e.seq} and {e.tok}")
     _finite(e.free_hbm_bytes, f"{where}.free_hbm_bytes")
     _finite(e.cnic_busy_until_s, f"{where}.cnic_busy_until_s", low=0.0)
     return EngineView(index, role, e.node_id, spec.group_of(index), e.seq, e.tok,
                       e.free_hbm_bytes, e.cnic_busy_until_s)
+
+
+def check_engine_identity(msg: pb.EngineState | pb.EngineReport, engine_id: int,
+                          spec: ClusterSpec, where: str) -> Role:
+    """``engine_id``'s role, after checking ``msg`` gives that role and node."""
+    role = spec.role_of(engine_id)
+    if ROLE_FROM_PB.get(msg.role) is not role or msg.node_id != spec.node_of(engine_id):
+        raise InvalidMessage(f"{where}: engine {engine_id} is a {role} engine on node "
+                             f"{spec.node_of(engine_id)}, not role {msg.role} on node "
+                             f"{msg.node_id}")
+    return role
 
 
 def _node(n: pb.NodeState, index: int, spec: ClusterSpec) -> NodeView:

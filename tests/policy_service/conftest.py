@@ -105,19 +105,10 @@ def served(start_server) -> Iterator[tuple[RunningServer, Client]]:
 
 
 def sim_points(n: int = 200, preset: str = "ds27b-1p1d", seed: int = 0) -> list[tuple[Any, Any]]:
-    """(request, view) pairs of a simulation under dualpath: real inputs for the service."""
-    from agents import resolve_policy
-    from runtime.preset import load_preset
-    from runtime.sim.simulator import Simulator
-    from runtime.workload.agentic import AgenticWorkload
+    """(request, view) pairs of a short simulation under dualpath."""
+    from experiments.bench_grpc import sample_points
 
-    sim = Simulator(load_preset(preset), AgenticWorkload(64, "32k", seed=seed))
-    policy = resolve_policy("dualpath").policy
-    points = []
-    while len(points) < n and (point := sim.next_decision()) is not None:
-        points.append(point)
-        sim.apply(policy.decide(*point))
-    return points
+    return sample_points(n, seed, preset, agents=64, mal="32k")
 
 
 def schedule_msg(request: Any, view: Any | None, client_id: str = "t") -> pb.ScheduleRequest:
