@@ -244,6 +244,62 @@ def cmd_bench_grpc(args: argparse.Namespace) -> None:
     _emit(args, payload, render_grpc(payload))
 
 
+def _faults(args: argparse.Namespace) -> Any:
+    from runtime.live.router import Faults
+
+    kill, at = None, 0.0
+    if args.kill_node is not None:
+        node, sep, when = args.kill_node.partition("@")
+        if not sep:
+            raise ValueError(f"--kill-node {args.kill_node}: expected NODE@SECONDS")
+        kill, at = int(node), float(when)
+    corrupt = tuple(int(r) for r in args.corrupt.split(",")) if args.corrupt else ()
+    return Faults(kill_node=kill, kill_at_s=at, corrupt_requests=corrupt)
+
+
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from experiments.live import LiveRunConfig, run_cluster
+
+    cfg = LiveRunConfig(
+        preset=args.preset, policy=args.policy, overrides=tuple(args.overrides),
+        agents=args.agents, mal=args.mal, seed=args.seed, trace=args.trace,
+        transport=args.transport, netns=args.netns, time_scale=args.time_scale,
+        bytes_scale=args.bytes_scale, layerwise=not args.no_layerwise, faults=_faults(args))
+    result = run_cluster(cfg)
+    live = result["live"]
+    keys = [k for k in SUMMARY if k != "policy"] + ["requests", "wall_s", "transport",
+                                                     "netns", "time_scale"]
+    text = "\n".join(f"{k:>20}  {format_value(result[k])}" for k in ["policy", "preset", *keys])
+    text += "\n" + "\n".join(f"{k:>20}  {v:,}" for k, v in live.items())
+    _emit(args, result, text)
+
+
+def cmd_fidelity(args: argparse.Namespace) -> None:
+    from experiments.live import fidelity
+
+    payload = fidelity(runs=args.runs)
+    cols = ["config", "sim_throughput_tok_s", "live_throughput_tok_s", "throughput_error_pct",
+            "sim_jct_mean_s", "live_jct_mean_s", "jct_error_pct", "blocks_verified"]
+    text = (format_table(payload["rows"], cols)
+            + f"\nlive = median of {payload['runs']} runs; largest error "
+              f"{payload['max_error_pct']:.1f}%")
+    _emit(args, payload, text)
+
+
+def cmd_bench_transport(args: argparse.Namespace) -> None:
+    from runtime.live.bench_transport import bench_transport, format_table as transport_table
+
+    payload = bench_transport(size=args.size_mib << 20, repeats=args.repeats)
+    _emit(args, payload, transport_table(payload))
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from runtime.live.doctor import doctor, format_doctor
+
+    payload = doctor()
+    _emit(args, payload, format_doctor(payload))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualpath", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -330,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--agents", type=int, default=64)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_policy)
+    b = bench.add_parser("transport", help="GiB/s of one-sided writes between two processes, "
+                                           "per transport, beside memcpy")
+    b.add_argument("--size-mib", type=int, default=64, help="bytes per write, in MiB")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_transport)
     b = bench.add_parser("grpc", help="latency and throughput of the scheduler service on "
                                       "loopback")
     b.add_argument("--calls", type=int, default=20_000, help="Schedule calls per measurement")
@@ -365,6 +427,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds in-flight calls get to finish on SIGTERM")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("cluster", help="run a live cluster of real processes moving real KV "
+                                       "bytes")
+    p.add_argument("--preset", default="tiny-live",
+                   help="live preset (tiny-live, io-bound-live, compute-bound-live), any "
+                        "cluster preset, or a TOML file")
+    p.add_argument("--policy", default="dualpath", help="policy spec, grpc://HOST:PORT too")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a cluster preset value; repeatable")
+    p.add_argument("--agents", type=int, help="offline agents (default: the preset's)")
+    p.add_argument("--mal", choices=["32k", "48k", "64k"], help="default: the preset's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trace", help="replay a trace instead: mooncake:PATH")
+    p.add_argument("--transport", default="shm", choices=["shm", "tcp", "nixl", "pyverbs"])
+    p.add_argument("--netns", action="store_true",
+                   help="each node in its own network namespace, links shaped by tc (root)")
+    p.add_argument("--time-scale", type=float,
+                   help="run X times slower than the modelled cluster (default: the preset's)")
+    p.add_argument("--bytes-scale", type=int,
+                   help="move 1/N of the modelled KV bytes (default: the preset's)")
+    p.add_argument("--no-layerwise", action="store_true", help="turn layer-wise prefill off")
+    p.add_argument("--kill-node", help="fault: SIGKILL node N at model time T (N@T)")
+    p.add_argument("--corrupt", help="fault: corrupt the first block of these request ids "
+                                     "in storage (comma-separated)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("fidelity", help="simulator vs live runtime: throughput and mean JCT")
+    p.add_argument("--runs", type=int, default=3, help="live runs per config (median)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fidelity)
+
+    p = sub.add_parser("doctor", help="which transports and network modes work on this host")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("decisions", help="the service's decision log")
     dec = p.add_subparsers(dest="what", required=True)

@@ -23,6 +23,8 @@ import numpy as np
 from runtime.sim.link import Link
 
 if TYPE_CHECKING:
+    from runtime.cluster import ClusterSpec
+    from runtime.sim.recorder import Recorder
     from runtime.sim.simulator import Simulator
 
 
@@ -55,8 +57,14 @@ def _mean(values: np.ndarray) -> float:
 
 
 def compute_metrics(sim: Simulator, wall_s: float) -> dict[str, Any]:
-    rec = sim.recorder
-    spec = sim.spec
+    cnics = [(e.cnic_in, e.cnic_out) for e in sim.pes] + [(e.cnic_in, e.cnic_out) for e in sim.des]
+    return summarize(sim.recorder, sim.spec, [node.snic for node in sim.nodes], cnics,
+                     sim.hit_bytes, wall_s)
+
+
+def summarize(rec: Recorder, spec: ClusterSpec, snics: list[Link],
+              cnics: list[tuple[Link, Link]], hit_bytes: float, wall_s: float) -> dict[str, Any]:
+    """The run's metrics from its finished requests and its links (either execution)."""
     n = len(rec.finish)
     arrival = np.asarray(rec.arrival)
     first = np.asarray(rec.first_token)
@@ -72,8 +80,6 @@ def compute_metrics(sim: Simulator, wall_s: float) -> dict[str, Any]:
     tpot_ok = np.ones(n, dtype=bool)
     tpot_ok[multi] = tpot <= spec.slo_tpot_s
     jct = np.asarray([rec.agent_last[a] - rec.agent_first[a] for a in rec.agent_last])
-    snics = [node.snic for node in sim.nodes]
-    cnics = [(e.cnic_in, e.cnic_out) for e in sim.pes] + [(e.cnic_in, e.cnic_out) for e in sim.des]
     snic_util = [link.total_bytes / (link.bytes_s * span) for link in snics]
     cnic_util = [(i.total_bytes + o.total_bytes) / (2 * i.bytes_s * span) for i, o in cnics]
     read_pe = sum(link.total_bytes for link in snics[: spec.prefill_nodes])
@@ -96,7 +102,7 @@ def compute_metrics(sim: Simulator, wall_s: float) -> dict[str, Any]:
         "cnic_util_mean": float(np.mean(cnic_util)),
         "cnic_util_max": float(np.max(cnic_util)),
         "snic_max_over_avg": snic_max_over_avg(snics, t0, t1),
-        "hit_bytes": sim.hit_bytes,
+        "hit_bytes": hit_bytes,
         "read_bytes_pe_side": read_pe,
         "read_bytes_de_side": read_de,
         "wall_s": wall_s,

@@ -1,0 +1,130 @@
+"""Live runs from a plain config, and the simulator-vs-live fidelity table.
+
+``run_cluster`` is what ``dualpath cluster`` does: resolve the preset (a live
+preset, or any cluster preset with default scales), the policy spec and the
+workload exactly as ``dualpath simulate`` does, run them on a live cluster and
+return the same metrics. ``fidelity`` runs a few configs both ways.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import policy_service  # noqa: F401 - teaches resolve_policy the grpc:// specs
+from agents.spec import resolve_policy
+from experiments.runner import RunConfig, build_workload
+from experiments.runner import run as simulate
+from runtime.live.cluster import LiveCluster, local_decider
+from runtime.live.config import LiveOptions, is_live_preset, load_live_preset
+from runtime.live.router import Faults
+
+
+@dataclass(frozen=True)
+class LiveRunConfig:
+    """One live run. ``None`` means: the live preset's default (or the built-in one)."""
+
+    preset: str = "tiny-live"
+    policy: str = "dualpath"
+    overrides: tuple[str, ...] = ()
+    agents: int | None = None
+    mal: str | None = None
+    seed: int = 0
+    trace: str | None = None
+    transport: str = "shm"
+    netns: bool = False
+    time_scale: float | None = None
+    bytes_scale: int | None = None
+    layerwise: bool = True
+    faults: Faults = Faults()
+
+    def resolved(self) -> tuple[str, tuple[str, ...], LiveOptions, RunConfig]:
+        """(cluster preset, overrides, live options, the equivalent simulator config)."""
+        if is_live_preset(self.preset):
+            live = load_live_preset(self.preset)
+            cluster, overrides = live.cluster, live.overrides + self.overrides
+            defaults = (live.time_scale, live.bytes_scale, live.agents, live.mal)
+        else:
+            cluster, overrides = self.preset, self.overrides
+            defaults = (1.0, 32, 8, "32k")
+        time_scale = self.time_scale if self.time_scale is not None else defaults[0]
+        bytes_scale = self.bytes_scale if self.bytes_scale is not None else defaults[1]
+        policy_spec = resolve_policy(self.policy)
+        options = LiveOptions(time_scale=time_scale, bytes_scale=bytes_scale,
+                              transport=self.transport, netns=self.netns,
+                              layerwise=self.layerwise and policy_spec.layerwise is not False,
+                              oracle=bool(policy_spec.oracle))
+        sim = RunConfig(policy=self.policy, preset=cluster, overrides=overrides,
+                        agents=self.agents if self.agents is not None else defaults[2],
+                        mal=self.mal if self.mal is not None else str(defaults[3]),
+                        seed=self.seed, layerwise=options.layerwise, oracle=options.oracle,
+                        trace=self.trace)
+        return cluster, overrides, options, sim
+
+
+def run_cluster(cfg: LiveRunConfig) -> dict[str, Any]:
+    """Run ``cfg`` on a live cluster; the simulator's metrics plus the live counters."""
+    cluster, overrides, options, sim = cfg.resolved()
+    live = LiveCluster(cluster, overrides, options)
+    resolved = resolve_policy(cfg.policy, live.spec)
+    try:
+        metrics = live.run(build_workload(sim, live.spec), local_decider(resolved.policy),
+                           cfg.faults)
+    finally:
+        close = getattr(resolved.policy, "close", None)
+        if callable(close):
+            close()
+    fallbacks = getattr(resolved.policy, "fallbacks", 0)
+    return {"policy": cfg.policy, "mal": sim.mal, "agents": sim.agents, "seed": cfg.seed,
+            **metrics, "policy_fallbacks": fallbacks}
+
+
+#: The fidelity configs: (label, live config). One is compute-bound.
+FIDELITY_CONFIGS: tuple[tuple[str, LiveRunConfig], ...] = (
+    ("tiny-live dualpath", LiveRunConfig(preset="tiny-live", policy="dualpath")),
+    ("io-bound-live pe_only", LiveRunConfig(preset="io-bound-live", policy="pe_only",
+                                            agents=8)),
+    ("io-bound-live dualpath", LiveRunConfig(preset="io-bound-live", policy="dualpath",
+                                             agents=8)),
+    ("compute-bound-live dualpath", LiveRunConfig(preset="compute-bound-live",
+                                                  policy="dualpath")),
+)
+
+
+def fidelity(configs: Sequence[tuple[str, LiveRunConfig]] = FIDELITY_CONFIGS,
+             runs: int = 3, progress: bool = True) -> dict[str, Any]:
+    """Simulator vs live (median of ``runs``) throughput and mean JCT per config."""
+    rows = []
+    for label, cfg in configs:
+        sim = simulate(cfg.resolved()[3])
+        lives = []
+        for k in range(runs):
+            lives.append(run_cluster(cfg))
+            if progress:
+                print(f"[fidelity] {label}: live run {k + 1}/{runs}: "
+                      f"{lives[-1]['throughput_tok_s']:,.0f} tok/s, "
+                      f"JCT mean {lives[-1]['jct_mean_s']:.2f} s "
+                      f"(wall {lives[-1]['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+        live_tput = statistics.median(r["throughput_tok_s"] for r in lives)
+        live_jct = statistics.median(r["jct_mean_s"] for r in lives)
+        rows.append({
+            "config": label, "sim_throughput_tok_s": sim["throughput_tok_s"],
+            "live_throughput_tok_s": live_tput, "sim_jct_mean_s": sim["jct_mean_s"],
+            "live_jct_mean_s": live_jct,
+            "throughput_error_pct": _error(sim["throughput_tok_s"], live_tput),
+            "jct_error_pct": _error(sim["jct_mean_s"], live_jct),
+            "blocks_verified": sum(r["live"].get("blocks_verified", 0) for r in lives),
+            "checksum_failures": sum(r["live"].get("checksum_failures", 0) for r in lives)})
+    worst = max(max(r["throughput_error_pct"], r["jct_error_pct"]) for r in rows)
+    return {"rows": rows, "max_error_pct": worst, "runs": runs}
+
+
+def _error(sim: float, live: float) -> float:
+    return abs(live - sim) / sim * 100.0 if sim else 0.0
+
+
+def with_policy(cfg: LiveRunConfig, policy: str) -> LiveRunConfig:
+    return replace(cfg, policy=policy)

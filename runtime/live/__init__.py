@@ -1,0 +1,1 @@
+"""The live runtime: the dual-path cluster as real processes moving real KV bytes."""

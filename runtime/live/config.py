@@ -1,0 +1,128 @@
+"""Live-run options and live presets.
+
+A live preset names a cluster preset plus overrides, the run's time and byte
+scales, and the workload it runs by default, so ``dualpath cluster --preset
+io-bound-live`` needs nothing else. Real bytes moved are the modelled bytes
+divided by ``bytes_scale`` (so a small machine holds the working set); wall
+time is model time multiplied by ``time_scale``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.cluster import ClusterSpec
+from runtime.preset import load_preset
+
+PRESET_DIR = Path(__file__).parent / "presets"
+TRANSPORT_NAMES = ("shm", "tcp", "nixl", "pyverbs")
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """How a live run executes (not what it runs)."""
+
+    time_scale: float = 1.0
+    bytes_scale: int = 32
+    transport: str = "shm"
+    netns: bool = False
+    layerwise: bool = True
+    oracle: bool = False
+    replicas: int = 2
+    # Storage connections per node: reads of one node are FIFO, but several
+    # GETs in flight hide the round trips.
+    storage_clients: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.time_scale > 0:
+            raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
+        if self.bytes_scale < 1:
+            raise ValueError(f"bytes_scale must be an integer >= 1, got {self.bytes_scale}")
+        if self.transport not in TRANSPORT_NAMES:
+            raise ValueError(f"transport {self.transport!r}: expected one of "
+                             f"{', '.join(TRANSPORT_NAMES)}")
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if self.storage_clients < 1:
+            raise ValueError(f"storage_clients must be >= 1, got {self.storage_clients}")
+
+    def real_block_bytes(self, spec: ClusterSpec) -> int:
+        """Bytes of one Full Block as stored and moved (all layers of ``block_tokens``)."""
+        modelled = spec.block_tokens * spec.model.kv_bytes_per_token
+        size, rest = divmod(modelled, self.bytes_scale)
+        if rest or size % spec.model.layers:
+            raise ValueError(
+                f"bytes_scale {self.bytes_scale}: a block of {modelled:,} B must divide into "
+                f"whole bytes and then into {spec.model.layers} equal layers; pick a divisor "
+                f"of {modelled:,} that leaves a multiple of {spec.model.layers}")
+        return size
+
+
+@dataclass(frozen=True)
+class LivePreset:
+    """A cluster preset plus the defaults of a live run on it."""
+
+    name: str
+    cluster: str
+    overrides: tuple[str, ...] = ()
+    time_scale: float = 1.0
+    bytes_scale: int = 32
+    agents: int = 8
+    mal: str = "32k"
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def spec(self, more: tuple[str, ...] = ()) -> ClusterSpec:
+        return load_preset(self.cluster, self.overrides + more)
+
+
+_KEYS = {"name", "cluster", "set", "time_scale", "bytes_scale", "agents", "mal",
+         "description"}
+
+
+def list_live_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def is_live_preset(name_or_path: str) -> bool:
+    return (PRESET_DIR / f"{name_or_path}.toml").is_file() or (
+        name_or_path.endswith(".toml") and _has_cluster_key(Path(name_or_path)))
+
+
+def _has_cluster_key(path: Path) -> bool:
+    try:
+        return "cluster" in tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
+def load_live_preset(name_or_path: str) -> LivePreset:
+    """A live preset by name (``runtime/live/presets/NAME.toml``) or path."""
+    path = PRESET_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        path = Path(name_or_path)
+    if not path.is_file():
+        raise ValueError(f"live preset {name_or_path!r} not found; known: "
+                         f"{', '.join(list_live_presets())}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                         f"expected {', '.join(sorted(_KEYS))}")
+    if "cluster" not in data:
+        raise ValueError(f"{path}: missing 'cluster' (the cluster preset it runs)")
+    preset = LivePreset(
+        name=str(data.get("name", path.stem)), cluster=str(data["cluster"]),
+        overrides=tuple(str(s) for s in data.get("set", ())),
+        time_scale=float(data.get("time_scale", 1.0)),
+        bytes_scale=int(data.get("bytes_scale", 32)), agents=int(data.get("agents", 8)),
+        mal=str(data.get("mal", "32k")), description=str(data.get("description", "")))
+    LiveOptions(time_scale=preset.time_scale, bytes_scale=preset.bytes_scale
+                ).real_block_bytes(preset.spec())  # validates the scales against the spec
+    return preset

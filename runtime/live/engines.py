@@ -1,0 +1,448 @@
+"""The live engines: a prefill engine and a decode engine that move real KV bytes.
+
+Both reuse the simulator's scheduling logic (the prefill engine's batch former,
+the decode engine's continuous batch), so the two executions make the same
+choices; what differs is that here every transfer moves real bytes through a
+transport or from storage, and every duration is waited for on the clock.
+
+Layout of a request's KV in a prefill engine's registered buffer: hit blocks
+layer-major (``[layer][block]``, each slice ``block_bytes / layers``) so that one
+layer of the DE-path blocks arrives as one contiguous write, then the appended
+tokens' KV. The DE-path blocks come first in each layer row, the PE-path ones
+after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from runtime.live.arena import Arena
+from runtime.live.blocks import Checksummer, block_content
+from runtime.live.reader import Fetched, _record
+from runtime.live.transport.base import Region, Transport
+from runtime.request import Request
+from runtime.sim.decode import DecodeEngine
+from runtime.sim.job import Job
+from runtime.sim.link import Link
+from runtime.sim.prefill import PrefillEngine
+
+if TYPE_CHECKING:
+    from runtime.live.node import Node
+
+
+class LiveJob(Job):
+    """A request inside a node: the simulator's record plus what the live path needs."""
+
+    __slots__ = ("attempt", "names", "nde", "writes", "fetched", "de_checksums",
+                 "offset", "de_offset", "de_layers", "de_loaded", "cancelled", "nbytes_real")
+
+    def __init__(self, request: Request, msg: dict[str, Any], node: Node) -> None:
+        super().__init__(request)
+        self.attempt: int = msg["attempt"]
+        self.pe, self.de = msg["pe"], msg["de"]
+        kvb = node.spec.model.kv_bytes_per_token
+        self.pe_bytes = msg["pe_tokens"] * kvb
+        self.de_bytes = msg["de_tokens"] * kvb
+        self.names: list[str] = msg["names"]
+        self.nde: int = msg["nde"]
+        self.writes: list[str] = []
+        self.fetched: Fetched | None = None
+        self.de_checksums: list[str] = []
+        self.offset = -1     # of its KV in the engine's registered buffer
+        self.de_offset: asyncio.Future[int] = node.loop.create_future()
+        self.de_layers: list[asyncio.Future[None]] = []
+        self.de_loaded: asyncio.Future[None] = node.loop.create_future()
+        self.cancelled = False
+        # Its prompt's KV as stored and moved: whole hit blocks, then the appended tokens.
+        self.nbytes_real = (len(self.names) * node.block_bytes
+                            + -(-request.appended_tokens * kvb // node.opts.bytes_scale))
+
+
+class LivePrefill:
+    """One prefill engine: batches of ready requests, layer-wise loading, P→D sends."""
+
+    def __init__(self, node: Node, engine_id: int, transport: Transport, region: Region) -> None:
+        self.node = node
+        self.engine_id = engine_id
+        self.core = PrefillEngine(engine_id, node.node_id, node.cost)
+        self.transport = transport
+        self.region = region
+        self.arena = Arena(region.size)
+        self.busy = False
+
+    def place(self, job: LiveJob) -> None:
+        self.core.tok += job.remaining
+        self.core.seq += 1
+        node = self.node
+        if node.opts.oracle or job.request.hit_tokens == 0:
+            job.loaded = True
+            self.ready(job)
+            return
+        job.reads_left = (job.pe_bytes > 0) + (job.de_bytes > 0)
+        if job.de_bytes > 0:
+            job.de_layers = [node.loop.create_future() for _ in range(node.layers)]
+            job.de_loaded.add_done_callback(lambda _: self._read_done(job))
+        if job.pe_bytes > 0:
+            read = node.storage.read(job.pe_bytes, job.names[job.nde:])
+            read.add_done_callback(lambda fut: self._pe_read(job, fut))
+
+    def _pe_read(self, job: LiveJob, fut: asyncio.Future[Fetched]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self.node.fatal(f"request {job.request.request_id}: PE-side read failed: "
+                            f"{fut.exception()!r}")
+            return
+        job.fetched = fut.result()
+        self._read_done(job)
+
+    def _read_done(self, job: LiveJob) -> None:
+        if job.cancelled:
+            return
+        job.reads_left -= 1
+        if job.reads_left == 0:
+            self.ready(job)
+
+    def ready(self, job: LiveJob) -> None:
+        self.core.ready.append(job)
+        self.kick()
+
+    def cancel(self, job: LiveJob) -> None:
+        """Drop ``job`` (its decode node died): unblock whatever waits on it."""
+        job.cancelled = True
+        if job in self.core.ready:
+            self.core.ready.remove(job)
+            self._free(job)
+        for fut in [*job.de_layers, job.de_loaded, job.de_offset]:
+            if not fut.done():
+                fut.cancel()
+
+    def kick(self) -> None:
+        if not self.busy and self.core.ready:
+            self.busy = True
+            asyncio.ensure_future(self.node.guard(self._run_batch()))
+
+    async def _run_batch(self) -> None:
+        node, core, clock = self.node, self.core, self.node.clock
+        batch = core.form_batch(node.cost, node.opts.layerwise)
+        start = clock.now()
+        core.start(start, batch)
+        compute = node.cost.batch_prefill_s([(n, job.context) for job, n in batch])
+        for job, _ in batch:
+            if job.offset < 0:  # its first batch (a chunked request keeps its range)
+                job.offset = self.arena.alloc(job.nbytes_real)
+        loads = [job for job, _ in batch if not job.loaded and not job.cancelled]
+        arrivals = self._start_loads(loads, start)
+        finished = node.loop.create_future()
+        sends: list[asyncio.Future[float]] = []
+        layers = node.layers
+        per_layer = compute / layers
+        done_at = start
+        if not node.opts.layerwise:
+            for layer in range(layers):
+                await arrivals(layer)
+            await self._verify(loads)
+            done_at = clock.now() + compute
+            await clock.sleep_until(done_at)
+        for layer in range(layers if node.opts.layerwise else 0):
+            await arrivals(layer)
+            if layer == layers - 1:
+                await self._verify(loads)
+            done_at = max(done_at, clock.now()) + per_layer
+            await clock.sleep_until(done_at)
+            if layer == 0:
+                sends = [asyncio.ensure_future(self._send(job, done_at, finished))
+                         for job, n in batch if n >= job.remaining and not job.cancelled]
+        if not node.opts.layerwise:
+            sends = [asyncio.ensure_future(self._send(job, done_at, finished))
+                     for job, n in batch if n >= job.remaining and not job.cancelled]
+        finished.set_result(done_at)
+        self._batch_done(batch, done_at)
+        if sends:
+            await asyncio.gather(*sends)
+        self.busy = False
+        node.to_router({"t": "free", "engine": self.engine_id})
+        self.kick()
+
+    def _free(self, job: LiveJob) -> None:
+        if job.offset >= 0:
+            self.arena.free(job.offset)
+            job.offset = -1
+
+    def _start_loads(self, loads: list[LiveJob], now: float
+                     ) -> Callable[[int], Any]:
+        """Start both streams of every loading job; returns ``await arrivals(layer)``."""
+        node, clock, cost = self.node, self.node.clock, self.node.cost
+        layers = node.layers
+        pe_bytes = sum(job.pe_bytes for job in loads)
+        overhead = sum(cost.h2d_overhead_s(job.pe_bytes) for job in loads)
+        h_start, h_end = self.core.pcie.reserve(now, pe_bytes, overhead)
+        in_start = in_end = now
+        for job in loads:
+            if job.de_bytes > 0:
+                if node.paced_cnic:
+                    s, e = self.core.cnic_in.reserve(now, job.de_bytes,
+                                                     cost.rdma_overhead_s(job.de_bytes))
+                    in_start, in_end = min(in_start, s) if in_start > now else s, max(in_end, e)
+                node.to_peer(node.node_of(job.de), {
+                    "t": "push", "rid": job.request.request_id, "attempt": job.attempt,
+                    "engine": self.engine_id, "offset": job.offset,
+                    "stride": len(job.names) * node.slice_bytes})
+        h2d = [node.loop.create_future() for _ in range(layers)]
+        asyncio.ensure_future(node.guard(self._copy_in(loads, h2d, h_start, h_end)))
+
+        async def arrivals(layer: int) -> None:
+            await h2d[layer]
+            for job in loads:
+                if job.de_layers and not job.cancelled:
+                    try:
+                        await job.de_layers[layer]
+                    except asyncio.CancelledError:
+                        if not job.cancelled:
+                            raise
+            if node.paced_cnic and in_end > now:
+                await clock.sleep_until(in_start + (layer + 1) * (in_end - in_start) / layers)
+        return arrivals
+
+    async def _copy_in(self, loads: list[LiveJob], h2d: list[asyncio.Future[None]],
+                       start: float, end: float) -> None:
+        """The PE-path blocks, host buffer → engine buffer, one layer at a time."""
+        node = self.node
+        layers, size = node.layers, node.slice_bytes
+        view = self.region.view
+        for layer in range(layers):
+            await node.clock.sleep_until(start + (layer + 1) * (end - start) / layers)
+            for job in loads:
+                if job.fetched is None or job.cancelled:
+                    continue
+                row = job.offset + layer * len(job.names) * size
+                for j, payload in enumerate(job.fetched.payloads):
+                    dst = row + (job.nde + j) * size
+                    view[dst:dst + size] = payload[layer * size:(layer + 1) * size]
+            h2d[layer].set_result(None)
+
+    async def _verify(self, loads: list[LiveJob]) -> None:
+        """Check every block that arrived against its checksum; re-read the bad ones."""
+        node = self.node
+        for job in loads:
+            if job.cancelled:
+                continue
+            expected = list(job.de_checksums)
+            if job.fetched is not None:
+                expected += job.fetched.checksums
+            for b, want in enumerate(expected):
+                node.counters["blocks_verified"] += 1
+                if self._block_checksum(job, b) == want:
+                    continue
+                node.counters["checksum_failures"] += 1
+                name = job.names[b]
+                print(f"[node {node.node_id}] request {job.request.request_id}: block {name} "
+                      f"failed its checksum ({'DE' if b < job.nde else 'PE'} path); re-reading",
+                      file=sys.stderr, flush=True)
+                data, _ = await node.storage.reread(name, node.opts.replicas)
+                self._place_block(job, b, data)
+                node.counters["blocks_reread"] += 1
+                if self._block_checksum(job, b) != want:
+                    raise RuntimeError(f"block {name}: still corrupt after re-reading")
+
+    def _block_checksum(self, job: LiveJob, b: int) -> str:
+        size, stride = self.node.slice_bytes, len(job.names) * self.node.slice_bytes
+        view = self.region.view
+        summer = Checksummer()
+        for layer in range(self.node.layers):
+            at = job.offset + layer * stride + b * size
+            summer.update(view[at:at + size])
+        return summer.hexdigest()
+
+    def _place_block(self, job: LiveJob, b: int, data: bytes) -> None:
+        size, stride = self.node.slice_bytes, len(job.names) * self.node.slice_bytes
+        for layer in range(self.node.layers):
+            at = job.offset + layer * stride + b * size
+            self.region.view[at:at + size] = data[layer * size:(layer + 1) * size]
+
+    async def _send(self, job: LiveJob, first_layer: float,
+                    finished: asyncio.Future[float]) -> float:
+        """The P→D transfer of a finished prompt's KV; returns when it ended."""
+        node, cost, clock = self.node, self.node.cost, self.node.clock
+        nbytes = job.request.prompt_tokens * node.spec.model.kv_bytes_per_token
+        if node.paced_cnic:
+            start, end = self.core.cnic_out.reserve(first_layer, nbytes,
+                                                    cost.rdma_overhead_s(nbytes))
+            await clock.sleep_until(start)
+        else:
+            start = clock.now()
+        try:
+            dst_offset = await job.de_offset
+        except asyncio.CancelledError:
+            return clock.now()
+        if job.cancelled:
+            return clock.now()
+        ok = await node.write(self.transport, self.region, job.offset, node.remote(self.engine_id, job.de),
+                              dst_offset, job.nbytes_real)
+        if node.paced_cnic:
+            await clock.sleep_until(end)
+        else:
+            end = clock.now()
+            _record(self.core.cnic_out, start, end, nbytes)
+        done = max(end, await finished)
+        await clock.sleep_until(done)
+        self._free(job)
+        if ok and not job.cancelled:
+            node.to_peer(node.node_of(job.de), {
+                "t": "kv_in", "rid": job.request.request_id, "attempt": job.attempt,
+                "start": start, "at": done})
+        return done
+
+    def _batch_done(self, batch: list[tuple[LiveJob, int]], now: float) -> None:
+        node = self.node
+        tokens = 0
+        for job, n in batch:
+            job.remaining -= n
+            job.context += n
+            tokens += n
+            if not job.loaded:
+                job.loaded = True
+                if job.pe_bytes > 0:
+                    node.storage.release(job.pe_bytes)
+                job.fetched = None
+            if job.remaining == 0 and not job.cancelled:
+                self.core.seq -= 1
+                rid = job.request.request_id
+                node.to_router({"t": "first", "rid": rid, "attempt": job.attempt, "at": now})
+                node.jobs.pop(rid, None)
+                asyncio.ensure_future(node.write_back(
+                    job.request.appended_tokens, job.writes))
+        self.core.tok -= tokens
+        self.core.batch = []
+        node.to_router({"t": "batch", "engine": self.engine_id, "tokens": tokens})
+
+
+class LiveDecode:
+    """One decode engine: receives the prompt's KV, decodes in a continuous batch."""
+
+    def __init__(self, node: Node, engine_id: int, transport: Transport, region: Region,
+                 staging: Region, slots: int) -> None:
+        self.node = node
+        self.engine_id = engine_id
+        self.core = DecodeEngine(engine_id, node.node_id, node.cost)
+        self.transport = transport
+        self.region = region
+        self.arena = Arena(region.size)
+        self.staging = staging
+        self.slot_bytes = staging.size // slots
+        self.slots: asyncio.Queue[int] = asyncio.Queue()
+        for k in range(slots):
+            self.slots.put_nowait(k * self.slot_bytes)
+
+    def place(self, job: LiveJob) -> None:
+        node = self.node
+        job.offset = self.arena.alloc(job.nbytes_real)
+        pe_node = node.node_of(job.pe)
+        rid = job.request.request_id
+        node.to_peer(pe_node, {"t": "de_ready", "rid": rid, "attempt": job.attempt,
+                               "offset": job.offset})
+        if job.de_bytes > 0 and not node.opts.oracle:
+            read = node.storage.read(job.de_bytes, job.names[:job.nde])
+            read.add_done_callback(lambda fut: self._loaded(job, fut))
+
+    def _loaded(self, job: LiveJob, fut: asyncio.Future[Fetched]) -> None:
+        if job.cancelled:
+            return
+        if fut.cancelled() or fut.exception() is not None:
+            self.node.fatal(f"request {job.request.request_id}: DE-side read failed: "
+                            f"{fut.exception()!r}")
+            return
+        job.fetched = fut.result()
+        job.de_loaded.set_result(None)
+        self.node.to_peer(self.node.node_of(job.pe), {
+            "t": "de_loaded", "rid": job.request.request_id, "attempt": job.attempt,
+            "checksums": job.fetched.checksums})
+
+    async def push(self, job: LiveJob, msg: dict[str, Any]) -> None:
+        """Write the DE-path blocks into the prefill engine's buffer, one layer at a time."""
+        node, clock, cost = self.node, self.node.clock, self.node.cost
+        await job.de_loaded
+        fetched = job.fetched
+        assert fetched is not None
+        layers, size = node.layers, node.slice_bytes
+        now = clock.now()
+        if node.paced_cnic:
+            start, end = self.core.cnic_out.reserve(now, job.de_bytes,
+                                                    cost.rdma_overhead_s(job.de_bytes))
+        remote = node.remote(self.engine_id, msg["engine"])
+        for layer in range(layers):
+            slot = await self.slots.get()
+            try:
+                ok = await node.write_gathered(
+                    self.transport, self.staging, slot, self.slot_bytes,
+                    [p[layer * size:(layer + 1) * size] for p in fetched.payloads],
+                    remote, msg["offset"] + layer * msg["stride"])
+            finally:
+                self.slots.put_nowait(slot)
+            if not ok:
+                return
+            if node.paced_cnic:
+                await clock.sleep_until(start + (layer + 1) * (end - start) / layers)
+            node.to_peer(node.node_of(job.pe), {"t": "layer", "rid": job.request.request_id,
+                                                "attempt": job.attempt, "layer": layer})
+        if not node.paced_cnic:
+            _record(self.core.cnic_out, now, clock.now(), job.de_bytes)
+        node.storage.release(job.de_bytes)
+        job.fetched = None
+
+    async def receive(self, job: LiveJob, msg: dict[str, Any]) -> None:
+        """The P→D transfer ended: the request joins the decode batch."""
+        node, clock, cost = self.node, self.node.clock, self.node.cost
+        nbytes = job.request.prompt_tokens * node.spec.model.kv_bytes_per_token
+        at = msg["at"]
+        if node.paced_cnic:
+            _, end = self.core.cnic_in.reserve(msg["start"], nbytes, cost.rdma_overhead_s(nbytes))
+            at = max(at, end)
+        else:
+            _record(self.core.cnic_in, msg["start"], at, nbytes)
+        await clock.sleep_until(at)
+        if job.cancelled:
+            return
+        if job.request.gen_tokens == 1:
+            self._finish(job, clock.now())
+            return
+        self._schedule(self.core.join(job, clock.now()))
+
+    def _schedule(self, at: float | None) -> None:
+        if at is not None:
+            asyncio.ensure_future(self.node.guard(self._wake(at, self.core.version)))
+
+    async def _wake(self, at: float, version: int) -> None:
+        await self.node.clock.sleep_until(at)
+        if version != self.core.version:
+            return  # superseded by a later change of the batch
+        done, nxt = self.core.finish_due(self.node.clock.now())
+        now = self.node.clock.now()
+        for job in done:
+            self._finish(job, now)
+        self._schedule(nxt)
+
+    def _finish(self, job: Job, now: float) -> None:
+        assert isinstance(job, LiveJob)
+        node = self.node
+        self.arena.free(job.offset)
+        rid = job.request.request_id
+        node.jobs.pop(rid, None)
+        node.to_router({"t": "fin", "rid": rid, "attempt": job.attempt, "at": now})
+        asyncio.ensure_future(node.write_back(job.request.gen_tokens, job.writes))
+
+    def cancel(self, job: LiveJob) -> None:
+        job.cancelled = True
+        if job.offset >= 0 and job.state == 0:
+            self.arena.free(job.offset)
+            job.offset = -1
+
+
+def links_of(core: PrefillEngine | DecodeEngine) -> list[Link]:
+    return [core.cnic_in, core.cnic_out]
+
+
+def write_blocks(names: list[str], size: int) -> list[tuple[str, bytes]]:
+    """The KV blocks a request produced, as (name, content) to write back."""
+    return [(name, block_content(name, size)) for name in names]

@@ -1,0 +1,370 @@
+"""One node of the live cluster, as one process: its engines and its traffic manager.
+
+Run by the cluster launcher as ``python -m runtime.live.node --config JSON``.
+The node dials the router, announces its engines' registered buffers, learns
+its peers', then executes placements: storage reads through its SNIC into the
+host buffer, the per-layer DE→PE writes, the P→D transfer and the write-back
+of new KV blocks. It reports its state (read queue, CNIC backlog) and the
+requests' progress to the router.
+
+Messages (JSON, see :mod:`runtime.live.wire`) from the router: ``setup``,
+``go``, ``place``, ``cancel``, ``stop``; to it: ``hello``, ``ready``, ``state``,
+``batch``, ``free``, ``first``, ``fin``, ``stats``, ``error``. Between nodes:
+``de_ready``, ``de_loaded``, ``push``, ``layer``, ``kv_in``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import traceback
+from collections import Counter, defaultdict
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.cluster import ClusterSpec
+from runtime.cost import CostModel
+from runtime.live.clock import Clock
+from runtime.live.config import LiveOptions
+from runtime.live.engines import LiveDecode, LiveJob, LivePrefill, write_blocks
+from runtime.live.reader import StorageSide
+from runtime.live.storage import StorageClient
+from runtime.live.transport import make_transport
+from runtime.live.transport.base import Region, RemoteRegion, Transport
+from runtime.live.wire import Channel
+from runtime.preset import load_preset
+from runtime.request import Request
+from runtime.sim.link import Link
+from runtime.view import Role
+
+# Staging slots per decode engine for the DE→PE writes (host buffer → registered memory).
+STAGING_SLOTS = 4
+STAGING_SLOT_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What a node process is told on its command line."""
+
+    node_id: int
+    cluster: str
+    overrides: tuple[str, ...]
+    options: dict[str, Any]
+    router: tuple[str, int]
+    storage: tuple[str, int]
+    control_host: str = "127.0.0.1"
+    compute_ips: tuple[str, ...] = ()
+    kernel_shaped: bool = False  # bandwidths enforced by tc, not paced here
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeConfig:
+        data = json.loads(text)
+        data["overrides"] = tuple(data["overrides"])
+        data["router"] = tuple(data["router"])
+        data["storage"] = tuple(data["storage"])
+        data["compute_ips"] = tuple(data["compute_ips"])
+        return cls(**data)
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.node_id = cfg.node_id
+        self.spec: ClusterSpec = load_preset(cfg.cluster, cfg.overrides)
+        self.opts = LiveOptions(**cfg.options)
+        self.cost = CostModel(self.spec)
+        self.layers = self.spec.model.layers
+        self.block_bytes = self.opts.real_block_bytes(self.spec)
+        self.slice_bytes = self.block_bytes // self.layers
+        self.role = self.spec.role_of_node(cfg.node_id)
+        # CNICs are paced here unless the kernel shapes them (netns with a network transport).
+        self.paced_cnic = not (cfg.kernel_shaped and self.opts.transport != "shm")
+        self.counters: Counter[str] = Counter()
+        self.jobs: dict[int, LiveJob] = {}
+        self._early: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        self._peers: dict[int, Channel] = {}
+        self._remotes: dict[tuple[int, int], RemoteRegion] = {}
+        self._transports: list[Transport] = []
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"node{cfg.node_id}")
+        self._ack = -1
+        self._dirty = False
+        self._failed: str | None = None
+        self.prefill: dict[int, LivePrefill] = {}
+        self.decode: dict[int, LiveDecode] = {}
+
+    # -- set-up -----------------------------------------------------------------
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.router = await Channel.connect(*self.cfg.router)
+        try:
+            await self._setup()
+            await self._serve_router()
+        finally:
+            for transport in self._transports:
+                transport.close()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _setup(self) -> None:
+        spec, opts = self.spec, self.opts
+        clients = [StorageClient(*self.cfg.storage) for _ in range(opts.storage_clients + 1)]
+        for client in clients:
+            await client.connect()
+        regions: dict[int, dict[str, Any]] = {}
+        engines = [e for e in range(spec.engines) if spec.node_of(e) == self.node_id]
+        for k, engine in enumerate(engines):
+            bind = self.cfg.compute_ips[k] if self.cfg.compute_ips else self.cfg.control_host
+            transport = make_transport(opts.transport, bind_host=bind)
+            self._transports.append(transport)
+            region = transport.register(self._region_bytes())
+            regions[engine] = region.descriptor
+            if self.role is Role.PREFILL:
+                self.prefill[engine] = LivePrefill(self, engine, transport, region)
+            else:
+                staging = transport.register(STAGING_SLOTS * STAGING_SLOT_BYTES)
+                self.decode[engine] = LiveDecode(self, engine, transport, region, staging,
+                                                 STAGING_SLOTS)
+        server = await asyncio.start_server(self._serve_peer, self.cfg.control_host, 0)
+        port = server.sockets[0].getsockname()[1]
+        self.router.send({"t": "hello", "node": self.node_id, "peer": [self.cfg.control_host, port],
+                          "regions": {str(e): d for e, d in regions.items()}, "pid": os.getpid()})
+        setup = await self._expect("setup")
+        self.clock = Clock(opts.time_scale, setup["t0"])
+        self.storage = StorageSide(
+            self.node_id, self.clock, spec.snic_bytes_s_of(self.node_id),
+            spec.node.host_buffer_bytes, clients[:-1], clients[-1], self.block_bytes,
+            paced=not self.cfg.kernel_shaped)
+        await self._connect_peers(setup)
+        self.router.send({"t": "ready", "node": self.node_id})
+        await self._expect("go")
+
+    def _region_bytes(self) -> int:
+        node, scale = self.spec.node, self.opts.bytes_scale
+        if self.role is Role.PREFILL:
+            # Room for a batch's prompts beyond the modelled HBM: layer-wise prefill
+            # does not account HBM for loaded KV (it streams), but the bytes need a home.
+            return int(2 * node.pe_hbm_kv_bytes / scale) + 64 * self.block_bytes
+        return int(1.5 * node.de_hbm_kv_bytes / scale) + 64 * self.block_bytes
+
+    async def _connect_peers(self, setup: dict[str, Any]) -> None:
+        # Each local engine reaches the other role's buffers through its own
+        # transport (its own CNIC: in namespaces, its own address).
+        local = {**self.prefill, **self.decode}
+        for engine_text, descriptor in setup["regions"].items():
+            peer = int(engine_text)
+            if self.spec.role_of(peer) is self.role:
+                continue
+            for engine, owner in local.items():
+                self._remotes[(engine, peer)] = owner.transport.connect(descriptor)
+        for node_text, (host, port) in setup["peers"].items():
+            node = int(node_text)
+            if node != self.node_id:
+                self._peers[node] = await Channel.connect(host, port)
+
+    async def _expect(self, kind: str) -> dict[str, Any]:
+        msg = await self.router.recv()
+        if msg is None:
+            raise SystemExit(f"node {self.node_id}: router closed before {kind!r}")
+        if msg["t"] != kind:
+            raise RuntimeError(f"node {self.node_id}: expected {kind!r}, got {msg['t']!r}")
+        return msg
+
+    # -- messages -----------------------------------------------------------------
+    async def _serve_router(self) -> None:
+        while (msg := await self.router.recv()) is not None:
+            kind = msg["t"]
+            if kind == "place":
+                self._place(msg)
+            elif kind == "cancel":
+                self._cancel(msg["rid"])
+            elif kind == "stop":
+                self.router.send(self._stats())
+                await self.router.drain()
+                return
+            else:
+                self.fatal(f"unknown router message {kind!r}")
+
+    async def _serve_peer(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        channel = Channel(reader, writer)
+        try:
+            while (msg := await channel.recv()) is not None:
+                self._on_peer(msg)
+        except asyncio.CancelledError:
+            pass  # the node is shutting down
+
+    def _on_peer(self, msg: dict[str, Any]) -> None:
+        rid = msg["rid"]
+        job = self.jobs.get(rid)
+        if job is None or job.attempt != msg["attempt"]:
+            if job is None or job.attempt < msg["attempt"]:
+                self._early[rid].append(msg)  # its placement has not reached us yet
+            return
+        kind = msg["t"]
+        if kind == "de_ready":
+            _resolve(job.de_offset, msg["offset"])
+        elif kind == "de_loaded":
+            job.de_checksums = msg["checksums"]
+            _resolve(job.de_loaded, None)
+        elif kind == "layer":
+            _resolve(job.de_layers[msg["layer"]], None)
+        elif kind == "push":
+            asyncio.ensure_future(self.guard(self.decode[job.de].push(job, msg)))
+        elif kind == "kv_in":
+            asyncio.ensure_future(self.guard(self.decode[job.de].receive(job, msg)))
+        else:
+            self.fatal(f"unknown peer message {kind!r}")
+
+    def _place(self, msg: dict[str, Any]) -> None:
+        request = Request(msg["rid"], msg["agent"], msg["turn"], msg["hit"], msg["app"],
+                          msg["gen"], msg["arrival"])
+        job = LiveJob(request, msg, self)
+        self._ack = msg["seq"]
+        self.jobs[request.request_id] = job
+        if job.pe in self.prefill:
+            job.writes = msg["pe_writes"]
+            self.prefill[job.pe].place(job)
+        else:
+            job.writes = msg["de_writes"]
+            self.decode[job.de].place(job)
+        for early in self._early.pop(request.request_id, []):
+            self._on_peer(early)
+        self.mark_dirty()
+
+    def _cancel(self, rid: int) -> None:
+        job = self.jobs.pop(rid, None)
+        self._early.pop(rid, None)
+        if job is None:
+            return
+        self.counters["cancelled"] += 1
+        if job.pe in self.prefill:
+            self.prefill[job.pe].cancel(job)
+        else:
+            self.decode[job.de].cancel(job)
+
+    # -- services for the engines ---------------------------------------------------
+    def node_of(self, engine: int) -> int:
+        return self.spec.node_of(engine)
+
+    def remote(self, local: int, peer: int) -> RemoteRegion:
+        """Engine ``peer``'s registered buffer, as reached from local engine ``local``."""
+        return self._remotes[(local, peer)]
+
+    def to_router(self, msg: dict[str, Any]) -> None:
+        self.router.send(msg)
+        self.mark_dirty()
+
+    def to_peer(self, node: int, msg: dict[str, Any]) -> None:
+        peer = self._peers.get(node)
+        if peer is not None:
+            peer.send(msg)
+
+    def mark_dirty(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self.loop.call_soon(self._send_state)
+
+    def _send_state(self) -> None:
+        self._dirty = False
+        busy = {str(e): max(p.core.cnic_in.busy_until, p.core.cnic_out.busy_until)
+                for e, p in self.prefill.items()}
+        busy.update({str(e): max(d.core.cnic_in.busy_until, d.core.cnic_out.busy_until)
+                     for e, d in self.decode.items()})
+        storage = self.storage
+        self.router.send({"t": "state", "node": self.node_id, "ack": self._ack,
+                          "read_q": storage.read_queue_bytes(),
+                          "free_buffer": storage.buffer_bytes - storage.buffer_used,
+                          "busy": busy})
+
+    async def write(self, transport: Transport, region: Region, offset: int,
+                    remote: RemoteRegion, dst: int, nbytes: int) -> bool:
+        """One one-sided write, run off the event loop; False if the peer is gone."""
+        def run() -> None:
+            transport.write(region, offset, remote, dst, nbytes).wait(30.0)
+        return await self._off_loop(run)
+
+    async def write_gathered(self, transport: Transport, staging: Region, slot: int,
+                             slot_bytes: int, pieces: Sequence[bytes], remote: RemoteRegion,
+                             dst: int) -> bool:
+        """Gather ``pieces`` into a staging slot and write them to ``dst`` contiguously."""
+        def run() -> None:
+            view, at, filled = staging.view, dst, 0
+            for piece in pieces:
+                if filled + len(piece) > slot_bytes:
+                    transport.write(staging, slot, remote, at, filled).wait(30.0)
+                    at, filled = at + filled, 0
+                view[slot + filled:slot + filled + len(piece)] = piece
+                filled += len(piece)
+            if filled:
+                transport.write(staging, slot, remote, at, filled).wait(30.0)
+        return await self._off_loop(run)
+
+    async def _off_loop(self, run: Any) -> bool:
+        try:
+            await self.loop.run_in_executor(self.pool, run)
+            self.counters["writes"] += 1
+            return True
+        except Exception as exc:  # the peer died (its requests are being rescheduled)
+            self.counters["write_errors"] += 1
+            print(f"[node {self.node_id}] write failed: {exc!r}", file=sys.stderr, flush=True)
+            return False
+
+    async def write_back(self, tokens: int, names: list[str]) -> None:
+        if self.opts.oracle or not names:
+            return
+        blocks = await self.loop.run_in_executor(self.pool, write_blocks, names,
+                                                 self.block_bytes)
+        await self.guard(self.storage.write_back(tokens * self.spec.model.kv_bytes_per_token,
+                                                 blocks))
+
+    async def guard(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro``; an exception in it is fatal to the node and reported."""
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.fatal(traceback.format_exc())
+            return None
+
+    def fatal(self, message: str) -> None:
+        if self._failed is None:
+            self._failed = message
+            print(f"[node {self.node_id}] fatal: {message}", file=sys.stderr, flush=True)
+            self.router.send({"t": "error", "node": self.node_id, "message": message})
+
+    def _stats(self) -> dict[str, Any]:
+        links: list[Link] = [self.storage.snic, self.storage.snic_write]
+        for engine in [*self.prefill.values(), *self.decode.values()]:
+            links += [engine.core.cnic_in, engine.core.cnic_out]
+        counters = dict(self.counters)
+        counters.update(bytes_read=self.storage.bytes_read,
+                        bytes_written=self.storage.bytes_written,
+                        blocks_written=self.storage.blocks_written)
+        return {"t": "stats", "node": self.node_id, "counters": counters,
+                "links": {link.name: [link.bytes_s, link.starts, link.ends, link.sizes]
+                          for link in links}}
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="one node of a live dual-path cluster")
+    parser.add_argument("--config", required=True, help="NodeConfig as JSON")
+    args = parser.parse_args(argv)
+    asyncio.run(Node(NodeConfig.from_json(args.config)).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
