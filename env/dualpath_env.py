@@ -15,6 +15,8 @@ from gymnasium import spaces
 from env.encoding import Encoder, Encoding, Tuning
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
+from runtime.live.config import LiveOptions
+from runtime.live.session import LiveSession
 from runtime.policy import Policy
 from runtime.preset import load_preset
 from runtime.request import Request
@@ -102,6 +104,9 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
     ``seed -> Workload`` factory, overriding ``agents``/``mal``), ``encoding``,
     ``fallback``, ``tuning`` and ``tunable`` (required in tuning mode: parameters
     → policy), ``layerwise``, ``reward_scale``, ``slo_penalty``, ``baseline``.
+    ``backend="live"`` steps a live cluster of real processes (``live`` gives its
+    :class:`LiveOptions`; routing mode only) instead of the simulator; call
+    :meth:`close` to stop it.
     """
 
     metadata = {"render_modes": []}
@@ -112,7 +117,8 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
                  fallback: Policy | None = None, tuning: Tuning | None = None,
                  tunable: TunableFactory | None = None, layerwise: bool = True,
                  reward_scale: float = 0.01, slo_penalty: float = 0.0,
-                 baseline: dict[str, float] | None = None) -> None:
+                 baseline: dict[str, float] | None = None, backend: str = "sim",
+                 live: LiveOptions | None = None) -> None:
         super().__init__()
         self.mode = Mode(mode)
         self.cluster = preset if isinstance(preset, ClusterSpec) else load_preset(preset)
@@ -127,6 +133,14 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.mode is Mode.ROUTE and len(self.encoding.control) < 3 and fallback is None:
             raise ValueError(f"the agent controls only {', '.join(self.encoding.control)}: "
                              "pass fallback=<Policy> to decide the rest")
+        if backend not in ("sim", "live"):
+            raise ValueError(f"backend {backend!r}: expected 'sim' or 'live'")
+        if backend == "live" and self.mode is Mode.TUNE:
+            raise ValueError("backend='live' supports routing mode only: tuning mode replays "
+                             "windows on a copy of the simulation, and a live cluster cannot "
+                             "be copied")
+        self.backend = backend
+        self.live = live or LiveOptions()
         if self.mode is Mode.TUNE and tunable is None:
             raise ValueError("tuning mode needs tunable=<callable: parameters -> Policy>, the "
                              "heuristic whose parameters the agent sets")
@@ -137,7 +151,7 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         self.observation_space = spaces.Box(0.0, OBS_HIGH, (self.encoding.obs_size,), np.float32)
         nvec = self.encoding.action_nvec if self.mode is Mode.ROUTE else self.tuning.action_nvec
         self.action_space = spaces.MultiDiscrete(np.array(nvec, dtype=np.int64))
-        self.sim: Simulator | None = None
+        self.sim: Simulator | LiveSession | None = None
         self._point: tuple[Request, ClusterView] | None = None
         self._hint: Decision | None = None
         self._mask = np.ones(sum(nvec), dtype=bool)
@@ -152,8 +166,12 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         workload_seed = int(self.np_random.integers(2**31 - 1)) if seed is None else seed
-        self.sim = Simulator(self.cluster, self._workload(workload_seed),
-                             SimOptions(layerwise=self.layerwise))
+        if self.backend == "live":
+            self.close()
+            self.sim = LiveSession(self.cluster, self._workload(workload_seed), self.live)
+        else:
+            self.sim = Simulator(self.cluster, self._workload(workload_seed),
+                                 SimOptions(layerwise=self.layerwise))
         self.sim.on_finish = self._on_finish
         self._violations = 0
         self._wall = wallclock.perf_counter()
@@ -161,6 +179,11 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.mode is Mode.ROUTE:
             self._route_to_agent()
         return self._observe(), self._info()
+
+    def close(self) -> None:
+        if isinstance(self.sim, LiveSession):
+            self.sim.close()
+            self.sim = None
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         sim = self.sim

@@ -253,8 +253,7 @@ def _faults(args: argparse.Namespace) -> Any:
         if not sep:
             raise ValueError(f"--kill-node {args.kill_node}: expected NODE@SECONDS")
         kill, at = int(node), float(when)
-    corrupt = tuple(int(r) for r in args.corrupt.split(",")) if args.corrupt else ()
-    return Faults(kill_node=kill, kill_at_s=at, corrupt_requests=corrupt)
+    return Faults(kill_node=kill, kill_at_s=at, corrupt_blocks=args.corrupt)
 
 
 def cmd_cluster(args: argparse.Namespace) -> None:
@@ -287,7 +286,8 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_transport(args: argparse.Namespace) -> None:
-    from runtime.live.bench_transport import bench_transport, format_table as transport_table
+    from runtime.live.bench_transport import bench_transport
+    from runtime.live.bench_transport import format_table as transport_table
 
     payload = bench_transport(size=args.size_mib << 20, repeats=args.repeats)
     _emit(args, payload, transport_table(payload))
@@ -449,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move 1/N of the modelled KV bytes (default: the preset's)")
     p.add_argument("--no-layerwise", action="store_true", help="turn layer-wise prefill off")
     p.add_argument("--kill-node", help="fault: SIGKILL node N at model time T (N@T)")
-    p.add_argument("--corrupt", help="fault: corrupt the first block of these request ids "
-                                     "in storage (comma-separated)")
+    p.add_argument("--corrupt", type=int, default=0, metavar="N",
+                   help="fault: corrupt, in storage, the first block of the first N requests "
+                        "that read any")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cluster)
 

@@ -21,6 +21,7 @@ from experiments.runner import run as simulate
 from runtime.live.cluster import LiveCluster, local_decider
 from runtime.live.config import LiveOptions, is_live_preset, load_live_preset
 from runtime.live.router import Faults
+from runtime.preset import load_preset
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class LiveRunConfig:
 def run_cluster(cfg: LiveRunConfig) -> dict[str, Any]:
     """Run ``cfg`` on a live cluster; the simulator's metrics plus the live counters."""
     cluster, overrides, options, sim = cfg.resolved()
-    live = LiveCluster(cluster, overrides, options)
+    live = LiveCluster(load_preset(cluster, overrides), options)
     resolved = resolve_policy(cfg.policy, live.spec)
     try:
         metrics = live.run(build_workload(sim, live.spec), local_decider(resolved.policy),

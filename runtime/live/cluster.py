@@ -19,17 +19,15 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer
-from runtime.live.config import LiveOptions
+from runtime.live.config import LiveOptions, spec_to_dict
 from runtime.live.node import NodeConfig
 from runtime.live.router import Decider, Faults, Router
 from runtime.policy import Policy
-from runtime.preset import load_preset
 from runtime.request import Request
 from runtime.sim.link import Link
 from runtime.sim.metrics import summarize
@@ -47,11 +45,9 @@ def local_decider(policy: Policy) -> Decider:
 class LiveCluster:
     """The processes of one live run; :meth:`run` replays a workload through them."""
 
-    def __init__(self, cluster: str, overrides: Sequence[str], options: LiveOptions) -> None:
-        self.cluster = cluster
-        self.overrides = tuple(overrides)
+    def __init__(self, spec: ClusterSpec, options: LiveOptions) -> None:
         self.options = options
-        self.spec: ClusterSpec = load_preset(cluster, self.overrides)
+        self.spec = spec
         self.block_bytes = options.real_block_bytes(self.spec)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._stack = ExitStack()
@@ -90,7 +86,7 @@ class LiveCluster:
         for node in range(self.spec.nodes):
             host = self.fabric.nodes[node] if self.fabric is not None else None
             cfg = NodeConfig(
-                node_id=node, cluster=self.cluster, overrides=self.overrides, options=options,
+                node_id=node, spec=spec_to_dict(self.spec), options=options,
                 router=router, storage=storage,
                 control_host=host.mgmt_ip if host is not None else "127.0.0.1",
                 compute_ips=tuple(host.compute_ips) if host is not None else (),
@@ -128,7 +124,7 @@ class LiveCluster:
         self._stack.close()
 
     # -- a run ---------------------------------------------------------------------------
-    def run(self, workload: Workload, decider: Decider, faults: Faults = Faults(),
+    def run(self, workload: Workload, decider: Decider, faults: Faults | None = None,
             router_hook: Any = None) -> dict[str, Any]:
         """Replay ``workload``; returns the simulator's metrics plus the live counters."""
         root = tempfile.mkdtemp(prefix="dualpath-kv-")
@@ -136,7 +132,8 @@ class LiveCluster:
         try:
             if self.options.netns:
                 self._build_fabric()
-            return asyncio.run(self._run(root, workload, decider, faults, router_hook))
+            return asyncio.run(self._run(root, workload, decider, faults or Faults(),
+                                         router_hook))
         finally:
             self.close()
 

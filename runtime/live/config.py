@@ -10,11 +10,13 @@ time is model time multiplied by ``time_scale``.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from runtime.cluster import ClusterSpec
+from runtime.model import ModelSpec
+from runtime.node import NodeSpec
 from runtime.preset import load_preset
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -126,3 +128,17 @@ def load_live_preset(name_or_path: str) -> LivePreset:
     LiveOptions(time_scale=preset.time_scale, bytes_scale=preset.bytes_scale
                 ).real_block_bytes(preset.spec())  # validates the scales against the spec
     return preset
+
+
+def spec_to_dict(spec: ClusterSpec) -> dict[str, Any]:
+    """A cluster spec as plain JSON-able values (what node processes are told)."""
+    def plain(obj: Any) -> dict[str, Any]:
+        return {f.name: getattr(obj, f.name) for f in fields(obj) if f.init}
+    return {**plain(spec), "node": plain(spec.node), "model": plain(spec.model)}
+
+
+def spec_from_dict(data: dict[str, Any]) -> ClusterSpec:
+    model = dict(data["model"])
+    model["prefill_efficiency"] = tuple(tuple(p) for p in model["prefill_efficiency"])
+    return ClusterSpec(**{**data, "node": NodeSpec(**data["node"]), "model": ModelSpec(**model),
+                          "snic_factors": tuple(data["snic_factors"])})

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from runtime.live.arena import Arena
 from runtime.live.blocks import Checksummer, block_content
@@ -114,7 +114,8 @@ class LivePrefill:
         if job in self.core.ready:
             self.core.ready.remove(job)
             self._free(job)
-        for fut in [*job.de_layers, job.de_loaded, job.de_offset]:
+        futures: list[asyncio.Future[Any]] = [*job.de_layers, job.de_loaded, job.de_offset]
+        for fut in futures:
             if not fut.done():
                 fut.cancel()
 
@@ -125,9 +126,10 @@ class LivePrefill:
 
     async def _run_batch(self) -> None:
         node, core, clock = self.node, self.core, self.node.clock
-        batch = core.form_batch(node.cost, node.opts.layerwise)
+        formed = core.form_batch(node.cost, node.opts.layerwise)
         start = clock.now()
-        core.start(start, batch)
+        core.start(start, formed)
+        batch = cast(list[tuple[LiveJob, int]], formed)
         compute = node.cost.batch_prefill_s([(n, job.context) for job, n in batch])
         for job, _ in batch:
             if job.offset < 0:  # its first batch (a chunked request keeps its range)
@@ -278,8 +280,8 @@ class LivePrefill:
             return clock.now()
         if job.cancelled:
             return clock.now()
-        ok = await node.write(self.transport, self.region, job.offset, node.remote(self.engine_id, job.de),
-                              dst_offset, job.nbytes_real)
+        ok = await node.write(self.transport, self.region, job.offset,
+                              node.remote(self.engine_id, job.de), dst_offset, job.nbytes_real)
         if node.paced_cnic:
             await clock.sleep_until(end)
         else:

@@ -30,14 +30,13 @@ from typing import Any
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.live.clock import Clock
-from runtime.live.config import LiveOptions
+from runtime.live.config import LiveOptions, spec_from_dict
 from runtime.live.engines import LiveDecode, LiveJob, LivePrefill, write_blocks
 from runtime.live.reader import StorageSide
 from runtime.live.storage import StorageClient
 from runtime.live.transport import make_transport
 from runtime.live.transport.base import Region, RemoteRegion, Transport
 from runtime.live.wire import Channel
-from runtime.preset import load_preset
 from runtime.request import Request
 from runtime.sim.link import Link
 from runtime.view import Role
@@ -52,8 +51,7 @@ class NodeConfig:
     """What a node process is told on its command line."""
 
     node_id: int
-    cluster: str
-    overrides: tuple[str, ...]
+    spec: dict[str, Any]  # the ClusterSpec, as spec_to_dict gives it
     options: dict[str, Any]
     router: tuple[str, int]
     storage: tuple[str, int]
@@ -67,7 +65,6 @@ class NodeConfig:
     @classmethod
     def from_json(cls, text: str) -> NodeConfig:
         data = json.loads(text)
-        data["overrides"] = tuple(data["overrides"])
         data["router"] = tuple(data["router"])
         data["storage"] = tuple(data["storage"])
         data["compute_ips"] = tuple(data["compute_ips"])
@@ -78,7 +75,7 @@ class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id
-        self.spec: ClusterSpec = load_preset(cfg.cluster, cfg.overrides)
+        self.spec: ClusterSpec = spec_from_dict(cfg.spec)
         self.opts = LiveOptions(**cfg.options)
         self.cost = CostModel(self.spec)
         self.layers = self.spec.model.layers
@@ -156,7 +153,7 @@ class Node:
     async def _connect_peers(self, setup: dict[str, Any]) -> None:
         # Each local engine reaches the other role's buffers through its own
         # transport (its own CNIC: in namespaces, its own address).
-        local = {**self.prefill, **self.decode}
+        local: dict[int, LivePrefill | LiveDecode] = {**self.prefill, **self.decode}
         for engine_text, descriptor in setup["regions"].items():
             peer = int(engine_text)
             if self.spec.role_of(peer) is self.role:
@@ -342,8 +339,10 @@ class Node:
 
     def _stats(self) -> dict[str, Any]:
         links: list[Link] = [self.storage.snic, self.storage.snic_write]
-        for engine in [*self.prefill.values(), *self.decode.values()]:
+        for engine in self.prefill.values():
             links += [engine.core.cnic_in, engine.core.cnic_out]
+        for de in self.decode.values():
+            links += [de.core.cnic_in, de.core.cnic_out]
         counters = dict(self.counters)
         counters.update(bytes_read=self.storage.bytes_read,
                         bytes_written=self.storage.bytes_written,

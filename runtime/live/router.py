@@ -73,11 +73,12 @@ class NodeState:
 
 @dataclass(frozen=True)
 class Faults:
-    """Faults to inject: kill a node at a model time; corrupt the first block of some requests."""
+    """Faults to inject: kill a node at a model time; corrupt, in storage, the first block
+    of the first ``corrupt_blocks`` requests that read any."""
 
     kill_node: int | None = None
     kill_at_s: float = 0.0
-    corrupt_requests: tuple[int, ...] = ()
+    corrupt_blocks: int = 0
 
 
 class Router:
@@ -159,9 +160,9 @@ class Router:
             state.channel.send({"t": "setup", "t0": self.clock.t0, "regions": regions,
                                 "peers": peers})
         for node, state in self.nodes.items():
-            msg = await asyncio.wait_for(state.channel.recv(), timeout_s)
-            if msg is None or msg["t"] != "ready":
-                raise RunFailed(f"node {node} did not get ready: {msg}")
+            ready = await asyncio.wait_for(state.channel.recv(), timeout_s)
+            if ready is None or ready["t"] != "ready":
+                raise RunFailed(f"node {node} did not get ready: {ready}")
         for state in self.nodes.values():
             state.channel.send({"t": "go"})
 
@@ -290,7 +291,7 @@ class Router:
         names = self._names(req, 0, -(-req.hit_tokens // block))
         if names:
             self.counters["blocks_ensured"] += await self.storage.ensure(self.block_bytes, names)
-            if req.request_id in self.faults.corrupt_requests:
+            if self.counters["blocks_corrupted"] < self.faults.corrupt_blocks:
                 corrupt_block(self.storage_root, names[0])
                 self.counters["blocks_corrupted"] += 1
         entry.pe, entry.de = d.prefill_engine, d.decode_engine
