@@ -25,6 +25,7 @@ from experiments.runner import DEFAULT_PRESET, RunConfig, run, run_many
 from experiments.scenario import list_scenarios, load_scenario
 from experiments.table import format_table, format_value
 from experiments.tracking import MODEL_NAME
+from runtime.live.config import is_live_preset, load_live_preset
 
 SUMMARY = ["policy", "jct_s", "jct_mean_s", "throughput_tok_s", "ttft_mean_s", "tpot_mean_s",
            "slo_attainment", "snic_util_mean", "snic_max_over_avg"]
@@ -201,8 +202,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # models:/ specs download from this store, as the alias watch reads it.
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    preset, overrides = args.preset, tuple(args.overrides)
+    if is_live_preset(preset):  # serve the cluster a live preset runs
+        live = load_live_preset(preset)
+        preset, overrides = live.cluster, live.overrides + overrides
     config = ServeConfig(
-        policy=args.policy or (None if args.watch_alias else "dualpath"), preset=args.preset,
+        policy=args.policy or (None if args.watch_alias else "dualpath"), preset=preset,
+        overrides=overrides,
         host=args.host, port=args.port, watch_alias=args.watch_alias,
         watch_interval_s=args.watch_interval, tracking_uri=uri,
         db=None if args.db == "none" else args.db, log_flush_s=args.log_flush,
@@ -405,7 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the scheduler service (gRPC)")
     p.add_argument("--policy", default=None,
                    help="policy spec to serve (default dualpath unless --watch-alias)")
-    p.add_argument("--preset", default="ds27b-1p1d", help="the cluster served: preset or file")
+    p.add_argument("--preset", default="ds27b-1p1d",
+                   help="the cluster served: preset, live preset or file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value; repeatable")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     p.add_argument("--watch-alias", help="poll the registry alias (for example champion) and "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,8 +20,9 @@ from experiments.runner import RunConfig, build_workload
 from experiments.runner import run as simulate
 from runtime.live.cluster import LiveCluster, local_decider
 from runtime.live.config import LiveOptions, is_live_preset, load_live_preset
-from runtime.live.router import Faults
+from runtime.live.router import Faults, Router
 from runtime.preset import load_preset
+from runtime.sim.simulator import outcome
 
 
 @dataclass(frozen=True)
@@ -66,21 +67,32 @@ class LiveRunConfig:
         return cluster, overrides, options, sim
 
 
-def run_cluster(cfg: LiveRunConfig) -> dict[str, Any]:
-    """Run ``cfg`` on a live cluster; the simulator's metrics plus the live counters."""
+def run_cluster(cfg: LiveRunConfig,
+                on_start: Callable[[Router, Any], None] | None = None) -> dict[str, Any]:
+    """Run ``cfg`` on a live cluster; the simulator's metrics plus the live counters.
+
+    ``on_start`` is called with the router and the policy once the cluster is up (tests
+    use it to time faults against the run)."""
     cluster, overrides, options, sim = cfg.resolved()
     live = LiveCluster(load_preset(cluster, overrides), options)
     resolved = resolve_policy(cfg.policy, live.spec)
+    complete = getattr(resolved.policy, "complete", None)
+
+    def hook(router: Router) -> None:
+        if callable(complete):
+            router.on_finish = lambda job: complete(job.request.request_id, outcome(job))
+        if on_start is not None:
+            on_start(router, resolved.policy)
     try:
         metrics = live.run(build_workload(sim, live.spec), local_decider(resolved.policy),
-                           cfg.faults)
+                           cfg.faults, router_hook=hook)
     finally:
         close = getattr(resolved.policy, "close", None)
         if callable(close):
             close()
-    fallbacks = getattr(resolved.policy, "fallbacks", 0)
     return {"policy": cfg.policy, "mal": sim.mal, "agents": sim.agents, "seed": cfg.seed,
-            **metrics, "policy_fallbacks": fallbacks}
+            **metrics, "policy_fallbacks": getattr(resolved.policy, "fallbacks", 0),
+            "policy_served": getattr(resolved.policy, "served", None)}
 
 
 #: The fidelity configs: (label, live config). One is compute-bound.

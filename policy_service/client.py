@@ -70,7 +70,8 @@ class RemoteSpec:
 class RemotePolicy:
     """Decides through the scheduler service at ``spec.target``; see the module docstring.
 
-    ``fallbacks`` counts the decisions made locally. Call :meth:`close` when done
+    ``fallbacks`` counts the decisions made locally, ``served`` those the service
+    made. Call :meth:`close` when done
     (it waits for the ``Complete`` calls still in flight).
     """
 
@@ -79,6 +80,7 @@ class RemotePolicy:
         self.name = f"remote:{spec.target}"
         self.fallback: Policy = resolve_policy(spec.fallback).policy
         self.fallbacks = 0
+        self.served = 0  # decisions the service answered
         self.client_id = uuid.uuid4().hex[:12]
         self.last_version = ""
         if spec.ca is not None:
@@ -107,6 +109,7 @@ class RemotePolicy:
             self.fallbacks += 1
             return self.fallback.decide(request, view)
         self.last_version = reply.policy_version
+        self.served += 1
         return decision_from_pb(reply)
 
     def complete(self, request_id: int, outcome: Mapping[str, float]) -> None:

@@ -43,6 +43,7 @@ class ServeConfig:
 
     policy: str | None = "dualpath"
     preset: str = "ds27b-1p1d"
+    overrides: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 50051
     watch_alias: str | None = None
@@ -132,7 +133,7 @@ class SchedulerServer:
 
     def __init__(self, config: ServeConfig, cluster: ClusterSpec | None = None) -> None:
         self.config = config
-        self.cluster = cluster or load_preset(config.preset)
+        self.cluster = cluster or load_preset(config.preset, config.overrides)
         self.metrics = Metrics()
         self.registry = PolicyRegistry(self.cluster)
         decision_log = (DecisionLog(config.db, flush_interval_s=config.log_flush_s)

@@ -129,13 +129,20 @@ class LiveCluster:
         """Replay ``workload``; returns the simulator's metrics plus the live counters."""
         root = tempfile.mkdtemp(prefix="dualpath-kv-")
         self._stack.callback(shutil.rmtree, root, True)
+        before, wall = os.times(), time.perf_counter()
         try:
             if self.options.netns:
                 self._build_fabric()
-            return asyncio.run(self._run(root, workload, decider, faults or Faults(),
-                                         router_hook))
+            metrics = asyncio.run(self._run(root, workload, decider, faults or Faults(),
+                                            router_hook))
         finally:
             self.close()
+        # CPU of the router and every process of the run (waited for by close()), over the
+        # run's wall time: how close the machine came to saturation.
+        after = os.times()
+        cpu = sum(after[:4]) - sum(before[:4])
+        metrics["cpu_cores_busy"] = cpu / (time.perf_counter() - wall)
+        return metrics
 
     async def _run(self, root: str, workload: Workload, decider: Decider, faults: Faults,
                    router_hook: Any) -> dict[str, Any]:

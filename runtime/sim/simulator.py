@@ -129,7 +129,7 @@ class Simulator:
         """Run to completion with ``policy`` deciding every request."""
         complete = getattr(policy, "complete", None)
         if callable(complete):
-            self.on_finish = lambda job: complete(job.request.request_id, _outcome(job))
+            self.on_finish = lambda job: complete(job.request.request_id, outcome(job))
         wall = wallclock.perf_counter()
         next_report = progress_every
         while (point := self.next_decision()) is not None:
@@ -440,6 +440,7 @@ class Simulator:
                 f"decode HBM; a decode engine has {most:.3g} B)")
 
 
-def _outcome(job: Job) -> dict[str, float]:
+def outcome(job: Job) -> dict[str, float]:
+    """What a learning policy's ``complete`` is told about a finished request."""
     r = job.request
     return {"ttft_s": job.t_first_token - r.arrival_s, "latency_s": job.t_finish - r.arrival_s}

@@ -141,7 +141,8 @@ class TcpTransport(Transport):
             self._check_open()
             peer = self._peers.get((host, port))
             if peer is None:
-                peer = _Peer(host, port, self._io_timeout, keep=self._workers)
+                peer = _Peer(host, port, self._io_timeout, keep=self._workers,
+                             source=_source_address(self._bind_host))
                 self._peers[(host, port)] = peer
             return peer
 
@@ -209,11 +210,21 @@ def _recv_bytes(sock: socket.socket, size: int) -> bytes:
     return bytes(buf)
 
 
+def _source_address(bind_host: str) -> tuple[str, int] | None:
+    """Connect from the listener's own address: in network namespaces an engine's traffic
+    must leave through its own CNIC, which routing picks by source address."""
+    if bind_host in ("", "0.0.0.0", "::", "localhost", "127.0.0.1"):
+        return None
+    return (bind_host, 0)
+
+
 class _Peer:
     """Pooled client connections to one owner's listener."""
 
-    def __init__(self, host: str, port: int, timeout: float, keep: int) -> None:
+    def __init__(self, host: str, port: int, timeout: float, keep: int,
+                 source: tuple[str, int] | None = None) -> None:
         self.host, self.port = host, port
+        self._source = source
         self._timeout = timeout
         self._keep = keep
         self._lock = threading.Lock()
@@ -290,7 +301,8 @@ class _Peer:
             if self._idle:
                 return self._idle.pop()
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
+            sock = socket.create_connection((self.host, self.port), timeout=self._timeout,
+                                            source_address=self._source)
         except OSError as exc:
             raise TransportError(f"cannot connect to tcp peer {self}: {exc}") from exc
         _tune(sock, self._timeout)
