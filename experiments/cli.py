@@ -269,7 +269,8 @@ def cmd_cluster(args: argparse.Namespace) -> None:
         preset=args.preset, policy=args.policy, overrides=tuple(args.overrides),
         agents=args.agents, mal=args.mal, seed=args.seed, trace=args.trace,
         transport=args.transport, netns=args.netns, time_scale=args.time_scale,
-        bytes_scale=args.bytes_scale, layerwise=not args.no_layerwise, faults=_faults(args))
+        bytes_scale=args.bytes_scale, layerwise=not args.no_layerwise, device=args.device,
+        faults=_faults(args))
     result = run_cluster(cfg)
     live = result["live"]
     keys = [k for k in SUMMARY if k != "policy"] + ["requests", "wall_s", "transport",
@@ -457,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bytes-scale", type=int,
                    help="move 1/N of the modelled KV bytes (default: the preset's)")
     p.add_argument("--no-layerwise", action="store_true", help="turn layer-wise prefill off")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: prefill engines keep KV in GPU memory (real H2D copies)")
     p.add_argument("--kill-node", help="fault: SIGKILL node N at model time T (N@T)")
     p.add_argument("--corrupt", type=int, default=0, metavar="N",
                    help="fault: corrupt, in storage, the first block of the first N requests "

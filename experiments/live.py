@@ -41,6 +41,7 @@ class LiveRunConfig:
     time_scale: float | None = None
     bytes_scale: int | None = None
     layerwise: bool = True
+    device: str = "cpu"
     faults: Faults = Faults()
 
     def resolved(self) -> tuple[str, tuple[str, ...], LiveOptions, RunConfig]:
@@ -56,7 +57,7 @@ class LiveRunConfig:
         bytes_scale = self.bytes_scale if self.bytes_scale is not None else defaults[1]
         policy_spec = resolve_policy(self.policy)
         options = LiveOptions(time_scale=time_scale, bytes_scale=bytes_scale,
-                              transport=self.transport, netns=self.netns,
+                              transport=self.transport, netns=self.netns, device=self.device,
                               layerwise=self.layerwise and policy_spec.layerwise is not False,
                               oracle=bool(policy_spec.oracle))
         sim = RunConfig(policy=self.policy, preset=cluster, overrides=overrides,

@@ -37,6 +37,9 @@ class LiveOptions:
     # Storage connections per node: reads of one node are FIFO, but several
     # GETs in flight hide the round trips.
     storage_clients: int = 4
+    # Where prefill engines' KV lives: "cpu" (host memory) or "cuda" (GPU memory, so the
+    # host-to-device copies are real; needs torch with CUDA).
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if not self.time_scale > 0:
@@ -48,6 +51,8 @@ class LiveOptions:
                              f"{', '.join(TRANSPORT_NAMES)}")
         if self.replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device {self.device!r}: expected 'cpu' or 'cuda'")
         if self.storage_clients < 1:
             raise ValueError(f"storage_clients must be >= 1, got {self.storage_clients}")
 

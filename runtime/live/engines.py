@@ -61,6 +61,37 @@ class LiveJob(Job):
                             + -(-request.appended_tokens * kvb // node.opts.bytes_scale))
 
 
+class DeviceMemory:
+    """The engine's HBM on a CUDA device: every arrived layer is copied host → GPU for real.
+
+    The registered host buffer (where both paths land) is pinned, so the copies are
+    DMA; checksums are then computed on what came back from the device, so a block
+    counts as verified only if the right bytes reached GPU memory.
+    """
+
+    def __init__(self, region: Region) -> None:
+        import torch  # only on CUDA hosts: the CPU runtime never needs it
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' needs a CUDA GPU; torch sees none")
+        self.torch = torch
+        self.host = torch.frombuffer(region.view, dtype=torch.uint8)
+        torch.cuda.cudart().cudaHostRegister(self.host.data_ptr(), region.size, 0)
+        self.hbm = torch.empty(region.size, dtype=torch.uint8, device="cuda")
+        self.stream = torch.cuda.Stream()
+
+    def copy_in(self, ranges: list[tuple[int, int]]) -> int:
+        """Copy ``(offset, length)`` ranges host → GPU; returns the bytes copied."""
+        with self.torch.cuda.stream(self.stream):
+            for at, n in ranges:
+                self.hbm[at:at + n].copy_(self.host[at:at + n], non_blocking=True)
+        self.stream.synchronize()
+        return sum(n for _, n in ranges)
+
+    def read(self, at: int, n: int) -> bytes:
+        return bytes(self.hbm[at:at + n].cpu().numpy())
+
+
 class LivePrefill:
     """One prefill engine: batches of ready requests, layer-wise loading, P→D sends."""
 
@@ -72,6 +103,7 @@ class LivePrefill:
         self.region = region
         self.arena = Arena(region.size)
         self.busy = False
+        self.device = DeviceMemory(region) if node.opts.device == "cuda" else None
 
     def place(self, job: LiveJob) -> None:
         self.core.tok += job.remaining
@@ -205,7 +237,19 @@ class LivePrefill:
                             raise
             if node.paced_cnic and in_end > now:
                 await clock.sleep_until(in_start + (layer + 1) * (in_end - in_start) / layers)
+            if self.device is not None:
+                await self._to_device(loads, layer)
         return arrivals
+
+    async def _to_device(self, loads: list[LiveJob], layer: int) -> None:
+        """Layer ``layer`` of every loading request, host buffer → GPU (one range each)."""
+        assert self.device is not None
+        size = self.node.slice_bytes
+        ranges = [(job.offset + layer * len(job.names) * size, len(job.names) * size)
+                  for job in loads if not job.cancelled]
+        copied = await self.node.loop.run_in_executor(self.node.pool, self.device.copy_in,
+                                                      ranges)
+        self.node.counters["h2d_bytes"] += copied
 
     async def _copy_in(self, loads: list[LiveJob], h2d: list[asyncio.Future[None]],
                        start: float, end: float) -> None:
@@ -254,7 +298,8 @@ class LivePrefill:
         summer = Checksummer()
         for layer in range(self.node.layers):
             at = job.offset + layer * stride + b * size
-            summer.update(view[at:at + size])
+            summer.update(view[at:at + size] if self.device is None
+                          else self.device.read(at, size))
         return summer.hexdigest()
 
     def _place_block(self, job: LiveJob, b: int, data: bytes) -> None:
@@ -262,6 +307,8 @@ class LivePrefill:
         for layer in range(self.node.layers):
             at = job.offset + layer * stride + b * size
             self.region.view[at:at + size] = data[layer * size:(layer + 1) * size]
+            if self.device is not None:
+                self.device.copy_in([(at, size)])
 
     async def _send(self, job: LiveJob, first_layer: float,
                     finished: asyncio.Future[float]) -> float:

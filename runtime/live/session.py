@@ -84,7 +84,7 @@ class LiveSession:
                 raise self._error
             return None
         self._last = point
-        return point  # type: ignore[no-any-return]
+        return point
 
     def apply(self, decision: Answer) -> None:
         if self._answer is None or self._answer.done():
