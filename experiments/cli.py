@@ -264,6 +264,7 @@ def _faults(args: argparse.Namespace) -> Any:
 
 def cmd_cluster(args: argparse.Namespace) -> None:
     from experiments.live import LiveRunConfig, run_cluster
+    from runtime.live.router import RunFailed
 
     cfg = LiveRunConfig(
         preset=args.preset, policy=args.policy, overrides=tuple(args.overrides),
@@ -271,7 +272,11 @@ def cmd_cluster(args: argparse.Namespace) -> None:
         transport=args.transport, netns=args.netns, time_scale=args.time_scale,
         bytes_scale=args.bytes_scale, layerwise=not args.no_layerwise, device=args.device,
         faults=_faults(args))
-    result = run_cluster(cfg)
+    try:
+        result = run_cluster(cfg)
+    except RunFailed as exc:  # a node died with no replacement, or reported a fatal error
+        print(f"dualpath cluster: the run failed: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     live = result["live"]
     keys = [k for k in SUMMARY if k != "policy"] + ["requests", "wall_s", "transport",
                                                      "netns", "time_scale"]

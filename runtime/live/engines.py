@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from runtime.live.arena import Arena
 from runtime.live.blocks import Checksummer, block_content
-from runtime.live.reader import Fetched, _record
+from runtime.live.reader import Fetched, record_transfer
 from runtime.live.transport.base import Region, Transport
 from runtime.request import Request
 from runtime.sim.decode import DecodeEngine
 from runtime.sim.job import Job
-from runtime.sim.link import Link
 from runtime.sim.prefill import PrefillEngine
 
 if TYPE_CHECKING:
@@ -122,6 +121,9 @@ class LivePrefill:
             read.add_done_callback(lambda fut: self._pe_read(job, fut))
 
     def _pe_read(self, job: LiveJob, fut: asyncio.Future[Fetched]) -> None:
+        if job.cancelled and not fut.cancelled() and fut.exception() is None:
+            self.node.storage.release(job.pe_bytes)
+            return
         if fut.cancelled() or fut.exception() is not None:
             self.node.fatal(f"request {job.request.request_id}: PE-side read failed: "
                             f"{fut.exception()!r}")
@@ -141,15 +143,27 @@ class LivePrefill:
         self.kick()
 
     def cancel(self, job: LiveJob) -> None:
-        """Drop ``job`` (its decode node died): unblock whatever waits on it."""
+        """Drop ``job`` (its decode node died): unblock whatever waits on it.
+
+        A request in the running batch is dropped when the batch ends; any other now.
+        """
         job.cancelled = True
         if job in self.core.ready:
             self.core.ready.remove(job)
-            self._free(job)
+        if not any(j is job for j, _ in self.core.batch):
+            self._drop(job)
         futures: list[asyncio.Future[Any]] = [*job.de_layers, job.de_loaded, job.de_offset]
         for fut in futures:
             if not fut.done():
                 fut.cancel()
+
+    def _drop(self, job: LiveJob) -> None:
+        """Forget a cancelled request: its tokens and sequence leave the engine's counts."""
+        self.core.tok -= job.remaining
+        self.core.seq -= 1
+        self.node.to_router({"t": "batch", "engine": self.engine_id, "tokens": job.remaining})
+        job.remaining = 0
+        self._free(job)
 
     def kick(self) -> None:
         if not self.busy and self.core.ready:
@@ -333,7 +347,7 @@ class LivePrefill:
             await clock.sleep_until(end)
         else:
             end = clock.now()
-            _record(self.core.cnic_out, start, end, nbytes)
+            record_transfer(self.core.cnic_out, start, end, nbytes)
         done = max(end, await finished)
         await clock.sleep_until(done)
         self._free(job)
@@ -355,7 +369,12 @@ class LivePrefill:
                 if job.pe_bytes > 0:
                     node.storage.release(job.pe_bytes)
                 job.fetched = None
-            if job.remaining == 0 and not job.cancelled:
+            if job.cancelled:
+                tokens += job.remaining  # what it will no longer compute
+                job.remaining = 0
+                self.core.seq -= 1
+                self._free(job)
+            elif job.remaining == 0:
                 self.core.seq -= 1
                 rid = job.request.request_id
                 node.to_router({"t": "first", "rid": rid, "attempt": job.attempt, "at": now})
@@ -436,7 +455,7 @@ class LiveDecode:
             node.to_peer(node.node_of(job.pe), {"t": "layer", "rid": job.request.request_id,
                                                 "attempt": job.attempt, "layer": layer})
         if not node.paced_cnic:
-            _record(self.core.cnic_out, now, clock.now(), job.de_bytes)
+            record_transfer(self.core.cnic_out, now, clock.now(), job.de_bytes)
         node.storage.release(job.de_bytes)
         job.fetched = None
 
@@ -449,7 +468,7 @@ class LiveDecode:
             _, end = self.core.cnic_in.reserve(msg["start"], nbytes, cost.rdma_overhead_s(nbytes))
             at = max(at, end)
         else:
-            _record(self.core.cnic_in, msg["start"], at, nbytes)
+            record_transfer(self.core.cnic_in, msg["start"], at, nbytes)
         await clock.sleep_until(at)
         if job.cancelled:
             return
@@ -486,10 +505,6 @@ class LiveDecode:
         if job.offset >= 0 and job.state == 0:
             self.arena.free(job.offset)
             job.offset = -1
-
-
-def links_of(core: PrefillEngine | DecodeEngine) -> list[Link]:
-    return [core.cnic_in, core.cnic_out]
 
 
 def write_blocks(names: list[str], size: int) -> list[tuple[str, bytes]]:

@@ -136,7 +136,7 @@ class Node:
         self.clock = Clock(opts.time_scale, setup["t0"])
         self.storage = StorageSide(
             self.node_id, self.clock, spec.snic_bytes_s_of(self.node_id),
-            spec.node.host_buffer_bytes, clients[:-1], clients[-1], self.block_bytes,
+            spec.node.host_buffer_bytes, clients[:-1], clients[-1],
             paced=not self.cfg.kernel_shaped)
         await self._connect_peers(setup)
         self.router.send({"t": "ready", "node": self.node_id})

@@ -43,8 +43,7 @@ class StorageSide:
     """The node's SNIC (reads and write-back) and host-buffer accounting."""
 
     def __init__(self, node_id: int, clock: Clock, snic_bytes_s: float, buffer_bytes: float,
-                 clients: list[StorageClient], writer: StorageClient, block_bytes: int,
-                 paced: bool) -> None:
+                 clients: list[StorageClient], writer: StorageClient, paced: bool) -> None:
         self.node_id = node_id
         self.clock = clock
         self.snic = Link(f"snic{node_id}", snic_bytes_s)
@@ -54,7 +53,6 @@ class StorageSide:
         self.pending: deque[_Read] = deque()
         self.pending_bytes = 0.0
         self.inflight_bytes = 0.0
-        self.block_bytes = block_bytes
         self.paced = paced
         self._clients: asyncio.Queue[StorageClient] = asyncio.Queue()
         for client in clients:
@@ -107,7 +105,7 @@ class StorageSide:
         if end is not None:
             await self.clock.sleep_until(end)
         else:
-            _record(self.snic, start, self.clock.now(), entry.nbytes)
+            record_transfer(self.snic, start, self.clock.now(), entry.nbytes)
         self.inflight_bytes -= entry.nbytes
         if not entry.done.done():
             entry.done.set_result(fetched)
@@ -161,10 +159,10 @@ class StorageSide:
             if self.paced:
                 await self.clock.sleep_until(end)
             else:
-                _record(self.snic_write, start, self.clock.now(), nbytes)
+                record_transfer(self.snic_write, start, self.clock.now(), nbytes)
 
 
-def _record(link: Link, start: float, end: float, nbytes: float) -> None:
+def record_transfer(link: Link, start: float, end: float, nbytes: float) -> None:
     """Note a transfer the kernel shaped (not reserved by us) for the utilisation metrics."""
     link.starts.append(start)
     link.ends.append(max(end, start))
