@@ -13,6 +13,7 @@ every request completes exactly once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import sys
 import time
@@ -120,6 +121,7 @@ class Router:
         self.hit_bytes = 0.0
         self.on_finish: Callable[[Job], None] | None = None
         self.port = 0
+        self._trace_ratio = _trace_ratio(spec, workload)
 
     # -- start-up -----------------------------------------------------------------
     async def listen(self) -> int:
@@ -323,9 +325,17 @@ class Router:
             state.channel.send({**msg, "seq": state.seq})
 
     def _names(self, req: Request, first: int, end: int) -> list[str]:
-        if req.block_hashes is not None:
-            return [hashed_block_name(h) for h in req.block_hashes[first:end]]
-        return [block_name(req.agent_id, i) for i in range(first, end)]
+        """Names of the cluster's blocks ``first .. end-1`` of ``req``'s context.
+
+        A trace names its own (smaller) blocks by hash id; a cluster block holding
+        ``k`` of them is named by the ids together, so equal prefixes share blocks.
+        """
+        hashes = req.block_hashes
+        if hashes is None:
+            return [block_name(req.agent_id, i) for i in range(first, end)]
+        k = self._trace_ratio
+        return [hashed_block_name(_fold(hashes[i * k:(i + 1) * k]))
+                for i in range(first, min(end, -(-len(hashes) // k)))]
 
     # -- reports ------------------------------------------------------------------------
     async def _serve_node(self, node: int, state: NodeState) -> None:
@@ -445,6 +455,26 @@ class Router:
         if self._error is None:
             self._error = message
         self._done.set()
+
+
+def _trace_ratio(spec: ClusterSpec, workload: Workload) -> int:
+    """How many of a trace's blocks one cluster block holds (1 for generated workloads)."""
+    trace_block = getattr(workload, "trace_block_tokens", None)
+    if trace_block is None:
+        return 1
+    k, rest = divmod(spec.block_tokens, trace_block)
+    if k < 1 or rest:
+        raise ValueError(f"block_tokens {spec.block_tokens} must be a multiple of the trace's "
+                         f"block of {trace_block} tokens to name blocks by its hash ids")
+    return k
+
+
+def _fold(ids: tuple[int, ...]) -> int:
+    """One 63-bit id for a run of trace block ids (the id itself when there is one)."""
+    if len(ids) == 1:
+        return ids[0]
+    digest = hashlib.blake2b(repr(ids).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def _fresh_job(old: Job) -> Job:
