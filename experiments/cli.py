@@ -21,6 +21,7 @@ from experiments.compare import (
     shipped_policies,
     split_specs,
 )
+from experiments.report import add_cli as add_report_cli
 from experiments.runner import DEFAULT_PRESET, RunConfig, run, run_many
 from experiments.scenario import list_scenarios, load_scenario
 from experiments.table import format_table, format_value
@@ -305,6 +306,26 @@ def cmd_bench_transport(args: argparse.Namespace) -> None:
     _emit(args, payload, transport_table(payload))
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from experiments.sweep import sweep_main
+
+    summary = sweep_main(args.file, jobs=args.jobs, ray_address=args.ray_address,
+                         out=args.out, tracking_uri=args.tracking_uri, seeds=args.seeds,
+                         log=not args.no_mlflow)
+    metric = summary["metrics"][0]
+    text = (f"sweep {summary['name']}: {summary['points']} points, {summary['runs']} runs in "
+            f"{summary['wall_s']:.1f} s on {summary['backend']} ({summary['jobs']} workers; "
+            f"{summary['points_per_min']:.1f} points/min)\n"
+            + format_table(summary["rows"], ["point", *(k for k in summary["rows"][0]
+                                                       if k not in ("point", "policy",
+                                                                    *summary["metrics"])),
+                                             "policy", *summary["metrics"]])
+            + f"\noutputs in {summary['out']}"
+            + (f"; MLflow run {summary['run_id']}" if "run_id" in summary else "")
+            + f"\n(main metric: {metric})")
+    _emit(args, summary, text)
+
+
 def cmd_doctor(args: argparse.Namespace) -> None:
     from runtime.live.doctor import doctor, format_doctor
 
@@ -477,6 +498,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fidelity)
 
+    p = sub.add_parser("sweep", help="run every point of a sweep file (experiments/sweeps/)")
+    p.add_argument("file", help="sweep name (experiments/sweeps/NAME.toml) or TOML file")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="local worker processes")
+    p.add_argument("--ray-address", help="run on a Ray cluster: auto, local or HOST:PORT")
+    p.add_argument("--seeds", type=int, help="override the file's seeds with 0..N-1")
+    p.add_argument("--out", help="output folder (default results/sweeps/NAME-TIME)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.add_argument("--no-mlflow", action="store_true", help="write the files only")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("doctor", help="which transports and network modes work on this host")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
@@ -494,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", help="the logged cluster (default: the one the log names)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_decisions_agree)
+
+    add_report_cli(sub)
     return parser
 
 
