@@ -236,8 +236,8 @@ def write_outputs(sweep: Sweep, rows: list[dict[str, Any]], out: Path,
     """``results.csv``/``.parquet``, ``summary.json``, ``sweep.toml`` and ``plots/*.png``."""
     import pandas as pd
 
-    from experiments.sweep_plots import sweep_figures
     from experiments.plots import save
+    from experiments.sweep_plots import sweep_figures
 
     out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)
