@@ -115,3 +115,16 @@ def test_bad_sweep_files_are_clear_errors(tmp_path, text, needle):
     path.write_text(text)
     with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         load_sweep(str(path))
+
+
+def test_a_sweep_on_ray_equals_the_local_run(small, tracked):
+    pytest.importorskip("ray")
+    drop = ("wall_s", "sim_requests_per_s")
+    on_ray = sweep_main(str(small), ray_address="local", out=str(tracked / "ray"), log=False)
+    here = sweep_main(str(small), jobs=1, out=str(tracked / "local"), log=False)
+    assert on_ray["backend"] == "ray" and here["backend"] == "local"
+    ray_rows = pd.read_csv(tracked / "ray" / "results.csv").drop(columns=list(drop))
+    local_rows = pd.read_csv(tracked / "local" / "results.csv").drop(columns=list(drop))
+    pd.testing.assert_frame_equal(ray_rows, local_rows)
+    print(f"\nsmall sweep: ray {on_ray['wall_s']:.1f} s (with start-up), "
+          f"local {here['wall_s']:.1f} s")
