@@ -137,25 +137,42 @@ def cmd_ablation(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from experiments.train import TrainConfig, train
+    from experiments.fanout import make_fanout
+    from experiments.train import TrainConfig, train_many
 
     scenario = load_scenario(args.scenario)
     mode = args.mode or scenario.train.mode
-    cfg = TrainConfig(
-        mode=mode, steps=args.steps or scenario.train.steps, seed=args.seed,
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    cfgs = [TrainConfig(
+        mode=mode, steps=args.steps or scenario.train.steps, seed=args.seed + k,
         control=tuple(args.control.split(",")) if args.control else PARTS,
         fallback=args.fallback, window_s=args.window,
         imitate=None if args.imitate.lower() == "none" else args.imitate,
         imitate_steps=args.imitate_steps, relative_to=args.relative_to)
+        for k in range(args.seeds)]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("results") / "train" / (
+    base = Path(args.out) if args.out else Path("results") / "train" / (
         f"{scenario.name}-{mode}-{stamp}")
-    result = train(scenario, cfg, out_dir=out, tracking_uri=args.tracking_uri,
-                   progress=not args.json)
-    payload = {"artifact": str(result.artifact_dir), "mlflow_run_id": result.run_id,
-               "model": f"{MODEL_NAME} version {result.version}", "alias": "challenger",
-               "env_time_share": result.env_time_share, "wall_s": result.wall_s}
-    text = "\n".join(f"{k:>16}  {format_value(v)}" for k, v in payload.items())
+    outs = [base if args.seeds == 1 else base / f"seed{cfg.seed}" for cfg in cfgs]
+    wall = time.perf_counter()
+    with make_fanout(min(args.jobs, args.seeds), args.ray_address) as fanout:
+        results = train_many(scenario, cfgs, outs, fanout=fanout,
+                             tracking_uri=args.tracking_uri,
+                             progress=not args.json and fanout.workers == 1)
+    runs = [{"seed": cfg.seed, "artifact": str(r.artifact_dir), "mlflow_run_id": r.run_id,
+             "model": f"{MODEL_NAME} version {r.version}", "alias": "challenger",
+             "env_time_share": r.env_time_share, "wall_s": r.wall_s}
+            for cfg, r in zip(cfgs, results, strict=True)]
+    if len(runs) == 1:
+        payload: dict[str, Any] = runs[0]
+        text = "\n".join(f"{k:>16}  {format_value(v)}" for k, v in payload.items()
+                         if k != "seed")
+    else:
+        payload = {"runs": runs, "wall_s": time.perf_counter() - wall}
+        text = format_table(runs, ["seed", "model", "wall_s", "artifact"]) + (
+            f"\n{len(runs)} seeds in {payload['wall_s']:.0f} s; the challenger alias is on "
+            "the last one registered")
     _emit(args, payload, text)
 
 
@@ -386,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "parameters, run on a copy of the simulation")
     p.add_argument("--window", type=float, default=10.0,
                    help="tune: simulated seconds per parameter setting")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train N policies, seeds SEED..SEED+N-1, in parallel")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="with --seeds: local worker processes")
+    p.add_argument("--ray-address", help="with --seeds: train on a Ray cluster (auto, local, "
+                                         "HOST:PORT)")
     p.add_argument("--out", help="artifact folder (default results/train/SCENARIO-MODE-TIME)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI")
     p.add_argument("--json", action="store_true")

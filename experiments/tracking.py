@@ -203,6 +203,34 @@ def run(name: str, config: Mapping[str, Any],
         yield active
 
 
+def create_run(name: str, config: Mapping[str, Any],
+               tags: Mapping[str, str] | None = None) -> str:
+    """Create a run without making it active (its id can be handed to workers that train
+    while it waits); log into it later with :func:`resume`, end it with :func:`end_run`."""
+    _ensure_setup()
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(_state["experiment"])
+    run = client.create_run(experiment.experiment_id, run_name=name, tags=dict(tags or {}))
+    run_id = str(run.info.run_id)
+    for key, value in flatten(config).items():
+        client.log_param(run_id, key, value)
+    client.log_text(run_id, json.dumps(config, indent=2, default=str), "config.json")
+    return run_id
+
+
+@contextmanager
+def resume(run_id: str) -> Iterator[ActiveRun]:
+    """Make a created run active; it ends FINISHED, or FAILED if the body raises."""
+    _ensure_setup()
+    with _mlflow().start_run(run_id=run_id) as active:
+        yield active
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    _mlflow().MlflowClient().set_terminated(run_id, status)
+
+
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
     """Log the real-valued entries of ``metrics`` (bools as 0/1); others are skipped."""
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Real)}

@@ -5,6 +5,7 @@ training seeds, logged to MLflow, exported as an artifact and registered as the
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from agents.learned import export_artifact, fallback_policy, make_tunable
 from env import DualPathEnv, Encoding, Tuning
 from env.encoding import PARTS
 from experiments import imitate, plots, tracking
+from experiments.fanout import local
 from experiments.scenario import MODES, Scenario
 
 ROUTE_PPO: dict[str, Any] = {"n_steps": 512, "batch_size": 256, "gamma": 0.99,
@@ -113,13 +115,17 @@ class TimedEnv(gym.Wrapper):
         return self.env.unwrapped.action_masks()  # type: ignore[attr-defined]
 
 
-class MlflowWriter(KVWriter):
-    """Sends SB3's logged scalars to the active MLflow run, stepped by timesteps."""
+class MemoryWriter(KVWriter):
+    """Keeps SB3's logged scalars by timestep, for the process that logs to MLflow (a
+    training worker never writes to the store itself)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict[str, float]]] = []
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any],
               step: int = 0) -> None:
-        tracking.log_metrics({k: v for k, v in key_values.items()
-                              if isinstance(v, int | float | np.floating)}, step=step)
+        self.rows.append((step, {k: float(v) for k, v in key_values.items()
+                                 if isinstance(v, int | float | np.floating)}))
 
 
 class RewardCurve(BaseCallback):
@@ -187,43 +193,101 @@ def warm_start(model: Any, scenario: Scenario, cfg: TrainConfig) -> dict[str, fl
             "imitation_wall_s": time.perf_counter() - start}
 
 
-def train(scenario: Scenario, cfg: TrainConfig, *, out_dir: Path,
-          tracking_uri: str | None = None, progress: bool = True) -> TrainResult:
-    """Train, export, log and register; the artifact lands in ``out_dir``."""
+@dataclass(frozen=True)
+class FitTask:
+    """One training run as a worker receives it (it pickles): the MLflow run is created
+    by the parent beforehand, so the exported artifact can name it."""
+
+    scenario: Scenario
+    cfg: TrainConfig
+    out_dir: Path
+    run_id: str
+    progress: bool = False
+
+
+@dataclass
+class Fitted:
+    """What a worker returns: the artifact on disk and the numbers for the parent to log."""
+
+    artifact_dir: Path
+    scalars: list[tuple[int, dict[str, float]]]
+    curve: tuple[list[int], list[float]]
+    warm: dict[str, float]
+    env_time_share: float
+    wall_s: float
+
+
+def fit(task: FitTask) -> Fitted:
+    """Train and export one policy; touches no MLflow store."""
+    scenario, cfg, out_dir = task.scenario, task.cfg, task.out_dir
     torch.set_num_threads(1)  # small networks: threads only contend with the simulator
     envs = [TimedEnv(make_env(scenario, cfg)) for _ in range(cfg.n_envs)]
     vec = DummyVecEnv([lambda e=e: Monitor(e) for e in envs])
     vec.seed(cfg.seed)
     model = make_model(vec, cfg)
     curve = RewardCurve()
+    warm = warm_start(model, scenario, cfg) if cfg.imitate else {}
+    writer = MemoryWriter()
+    model.set_logger(Logger(folder=None, output_formats=[writer]))
+    start = time.perf_counter()
+    model.learn(total_timesteps=cfg.steps, callback=curve, progress_bar=task.progress)
+    wall = time.perf_counter() - start
+    meta = {"scenario": scenario.name, "config": _jsonable(asdict(cfg)), "steps": cfg.steps,
+            "mlflow_run_id": task.run_id, "command": command_line(scenario, cfg)}
+    artifact = export_artifact(
+        model, out_dir, mode=cfg.mode, encoding=envs[0].unwrapped.encoding,  # type: ignore[attr-defined]
+        tuning=Tuning(window_s=cfg.window_s) if cfg.mode == "tune" else None,
+        fallback=route_fallback(cfg), train_meta=meta)
+    model.save(out_dir / "sb3_model.zip")
+    share = sum(e.env_s for e in envs) / wall if wall > 0 else 0.0
+    return Fitted(artifact, writer.rows, (curve.steps, curve.values), warm, share, wall)
+
+
+def train_many(scenario: Scenario, cfgs: Sequence[TrainConfig], out_dirs: Sequence[Path], *,
+               fanout: Any = None, tracking_uri: str | None = None,
+               progress: bool = True) -> list[TrainResult]:
+    """Train ``cfgs`` (several seeds, say) through ``fanout`` (local processes or Ray);
+    this process alone logs each to its MLflow run and registers it."""
     tracking.setup(tracking_uri)
-    config = {"scenario": scenario.to_json(), "train": _jsonable(asdict(cfg)),
-              "algo": type(model).__name__}
-    with tracking.run(f"train-{scenario.name}-{cfg.mode}", config,
-                      tags={"kind": "train", "scenario": scenario.name}) as run:
-        if cfg.imitate:
-            tracking.log_metrics(warm_start(model, scenario, cfg))
-        model.set_logger(Logger(folder=None, output_formats=[MlflowWriter()]))
-        start = time.perf_counter()
-        model.learn(total_timesteps=cfg.steps, callback=curve, progress_bar=progress)
-        wall = time.perf_counter() - start
-        share = sum(e.env_s for e in envs) / wall if wall > 0 else 0.0
-        tracking.log_metrics({"env_time_share": share, "train_wall_s": wall,
-                              "steps_per_s": cfg.steps / wall if wall > 0 else 0.0})
-        meta = {"scenario": scenario.name, "config": _jsonable(asdict(cfg)),
-                "steps": cfg.steps, "mlflow_run_id": run.info.run_id,
-                "command": command_line(scenario, cfg)}
-        artifact = export_artifact(
-            model, out_dir, mode=cfg.mode, encoding=envs[0].unwrapped.encoding,  # type: ignore[attr-defined]
-            tuning=Tuning(window_s=cfg.window_s) if cfg.mode == "tune" else None,
-            fallback=route_fallback(cfg), train_meta=meta)
-        model.save(out_dir / "sb3_model.zip")
-        if curve.steps:
-            fig = plots.training_figure(curve.steps, curve.values, "mean reward per step")
+    run_ids = [tracking.create_run(
+        f"train-{scenario.name}-{cfg.mode}",
+        {"scenario": scenario.to_json(), "train": _jsonable(asdict(cfg)),
+         "algo": "MaskablePPO" if cfg.mode == "route" else "PPO"},
+        tags={"kind": "train", "scenario": scenario.name}) for cfg in cfgs]
+    tasks = [FitTask(scenario, cfg, out, run_id, progress and len(cfgs) == 1)
+             for cfg, out, run_id in zip(cfgs, out_dirs, run_ids, strict=True)]
+    try:
+        fitted = (fanout or local(1)).map(fit, tasks)
+    except BaseException:
+        for run_id in run_ids:
+            tracking.end_run(run_id, "FAILED")
+        raise
+    return [_record(cfg, f, run_id) for cfg, f, run_id in zip(cfgs, fitted, run_ids,
+                                                               strict=True)]
+
+
+def _record(cfg: TrainConfig, fitted: Fitted, run_id: str) -> TrainResult:
+    with tracking.resume(run_id):
+        tracking.log_metrics(fitted.warm)
+        for step, scalars in fitted.scalars:
+            tracking.log_metrics(scalars, step=step)
+        tracking.log_metrics({"env_time_share": fitted.env_time_share,
+                              "train_wall_s": fitted.wall_s,
+                              "steps_per_s": cfg.steps / fitted.wall_s if fitted.wall_s else 0.0})
+        steps, values = fitted.curve
+        if steps:
+            fig = plots.training_figure(steps, values, "mean reward per step")
             tracking.log_figure(fig, "learning_curve")
-        version = tracking.register_policy(artifact, run, alias="challenger")
-        run_id = run.info.run_id
-    return TrainResult(artifact, run_id, version, share, wall)
+        version = tracking.register_policy(fitted.artifact_dir, run_id, alias="challenger")
+    return TrainResult(fitted.artifact_dir, run_id, version, fitted.env_time_share,
+                       fitted.wall_s)
+
+
+def train(scenario: Scenario, cfg: TrainConfig, *, out_dir: Path,
+          tracking_uri: str | None = None, progress: bool = True) -> TrainResult:
+    """Train, export, log and register; the artifact lands in ``out_dir``."""
+    return train_many(scenario, [cfg], [out_dir], tracking_uri=tracking_uri,
+                      progress=progress)[0]
 
 
 def command_line(scenario: Scenario, cfg: TrainConfig) -> str:

@@ -89,3 +89,23 @@ def test_promote_moves_champion_only_when_the_rule_passes(store, capsys, tmp_pat
     assert ("champion" in aliases) == result["promoted"]
     if not result["promoted"]:
         assert "refused" in result["reason"]
+
+
+def test_training_seeds_fan_out_and_only_the_parent_logs(store, capsys, tmp_path):
+    scenario, uri = store
+    out = run_json(capsys, ["train", "--scenario", str(scenario), "--mode", "tune",
+                            "--steps", "32", "--imitate", "none", "--window", "5",
+                            "--seeds", "2", "--jobs", "2", "--out", str(tmp_path / "many"),
+                            "--tracking-uri", uri, "--json"])
+    runs = out["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for run in runs:
+        meta = json.loads(Path(run["artifact"], "policy.json").read_text())
+        assert meta["train"]["mlflow_run_id"] == run["mlflow_run_id"]
+        logged = client.get_run(run["mlflow_run_id"])
+        assert logged.info.status == "FINISHED"
+        assert logged.data.params["train.seed"] == str(run["seed"])
+        assert "train_wall_s" in logged.data.metrics
+    versions = {v.run_id for v in client.search_model_versions(f"name='{MODEL_NAME}'")}
+    assert {r["mlflow_run_id"] for r in runs} <= versions
