@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from env.encoding import PARTS
+from experiments.capacity import add_cli as add_capacity_cli
 from experiments.compare import (
     compare,
     default_specs,
@@ -552,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_decisions_agree)
 
     add_report_cli(sub)
+    add_capacity_cli(sub)
     return parser
 
 

@@ -1,0 +1,552 @@
+"""Online serving capacity: the highest agent arrival rate at which the SLO holds.
+
+A *probe* simulates one online run: agents arrive as a Poisson process at ``aps``
+agents per second over the arrival window ``[0, duration_s)``, each replaying its
+whole trajectory. The SLO holds at that rate when, over the requests that arrive in
+the measurement window ``[warmup_s, duration_s)``, mean TTFT <= ``ttft_s`` and mean
+TPOT <= ``tpot_s`` (TTFT and TPOT as in :mod:`runtime.sim.metrics`; TPOT over the
+requests that generate more than one token). :func:`find_capacity` brackets the
+highest such rate by doubling or halving from ``start_aps``, then bisects until the
+bracket is narrower than ``tolerance`` times its upper end; the answer is the highest
+rate that held, with the means measured there. Every probe replays the same seed's
+workload, so a search is deterministic.
+
+Why the window ends at ``duration_s``: after it no agent arrives, and the agents
+still running drain a cluster whose load falls; their requests are not served at
+the probed rate. A probe therefore stops simulating as soon as every request that
+arrived before ``duration_s`` has finished (what happens later cannot change those
+requests), which skips most of the drain, the larger part of a full run.
+
+Why the defaults (:data:`DEFAULT_DURATION_S`, :data:`DEFAULT_WARMUP_SHARE`): the
+cluster starts empty and fills up over about one agent lifetime (a 32K-set agent on
+ds27b-1p1d lives about 150 to 250 s), and above the sustainable rate the mean TTFT
+grows with time, so the answer falls as the window lengthens. A 600 s window whose
+first half is warm-up measures a filled cluster for 300 s, at about 10 s of wall time
+per probe near the capacity of ds27b-1p1d (32K set). The answer is the capacity of a
+cluster serving ``duration_s`` seconds of arrivals from empty: on ds27b-1p1d, dualpath
+holds 7.0 agents/s over a 300 s window (100 s warm-up), 4.75 over the default and 4.06 over
+1,200 s (400 s warm-up), while a run at 4 agents/s shows TTFT still growing after
+1,000 s and one at 3 is steady. Lengthen ``duration_s`` (and the warm-up) to approach
+the steady state, at a cost in proportion; a 64K-set agent lives about 20 minutes on
+ds660b-2p4d, so there the default window is far from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from agents.spec import resolve_policy
+from experiments.runner import RunConfig, build_workload
+from experiments.scenario import Scenario, load_scenario
+from runtime.cluster import ClusterSpec
+from runtime.preset import load_preset
+from runtime.request import Request
+from runtime.sim import SimOptions, Simulator
+from runtime.sim.simulator import outcome
+from runtime.workload.base import Workload
+
+DEFAULT_DURATION_S = 600.0
+#: The share of the arrival window that is warm-up when ``Slo.warmup_s`` is not given.
+DEFAULT_WARMUP_SHARE = 0.5
+#: RunConfig fields that shape the workload; with a scenario they must keep their defaults.
+_WORKLOAD_FIELDS = ("preset", "mal", "append_scale", "gen_scale", "tool_latency_s",
+                    "think_time_s")
+
+Probe = dict[str, Any]
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not (isinstance(value, int | float) and math.isfinite(value)
+                                  and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Slo:
+    """The online SLO on means; ``None`` takes the preset's threshold (``slo_ttft_s``,
+    ``slo_tpot_s``) or, for the warm-up, :data:`DEFAULT_WARMUP_SHARE` of the window."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    warmup_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive("SLO ttft_s", self.ttft_s)
+        _positive("SLO tpot_s", self.tpot_s)
+        w = self.warmup_s
+        if w is not None and not (isinstance(w, int | float) and math.isfinite(w) and w >= 0):
+            raise ValueError(f"warmup_s must be a finite number >= 0, got {w!r}")
+
+    def resolved(self, cluster: ClusterSpec, duration_s: float) -> Slo:
+        """Every value filled in for ``cluster`` and an arrival window of ``duration_s``."""
+        warmup = DEFAULT_WARMUP_SHARE * duration_s if self.warmup_s is None else self.warmup_s
+        if warmup >= duration_s:
+            raise ValueError(f"warmup_s {warmup:g} must be shorter than the arrival window "
+                             f"duration_s {duration_s:g}: nothing would be measured")
+        return Slo(ttft_s=cluster.slo_ttft_s if self.ttft_s is None else self.ttft_s,
+                   tpot_s=cluster.slo_tpot_s if self.tpot_s is None else self.tpot_s,
+                   warmup_s=warmup)
+
+
+@dataclass(frozen=True)
+class CapacitySearch:
+    """How to search. ``lo``/``hi`` (agents per second) seed the bracket; each is probed
+    and the search walks down from a ``lo`` that fails or up from a ``hi`` that holds.
+    Without them the walk starts at ``start_aps``. ``min_aps``/``max_aps`` end the walk:
+    below ``min_aps`` the answer is 0, at ``max_aps`` the answer is the cap."""
+
+    duration_s: float = DEFAULT_DURATION_S
+    tolerance: float = 0.05
+    lo: float | None = None
+    hi: float | None = None
+    start_aps: float = 1.0
+    min_aps: float = 1 / 128
+    max_aps: float = 1024.0
+    max_probes: int = 24
+
+    def __post_init__(self) -> None:
+        for name in ("duration_s", "lo", "hi", "start_aps", "min_aps", "max_aps"):
+            _positive(name, getattr(self, name))
+        if not (isinstance(self.tolerance, int | float) and 0 < self.tolerance < 1):
+            raise ValueError(f"tolerance must lie in (0, 1) (a share of the answer), "
+                             f"got {self.tolerance!r}")
+        if self.lo is not None and self.hi is not None and self.lo >= self.hi:
+            raise ValueError(f"lo {self.lo:g} must be below hi {self.hi:g}")
+        if self.min_aps > self.max_aps:
+            raise ValueError(f"min_aps {self.min_aps:g} must not exceed max_aps "
+                             f"{self.max_aps:g}")
+        for name in ("lo", "hi", "start_aps"):
+            value = getattr(self, name)
+            if value is not None and not self.min_aps <= value <= self.max_aps:
+                raise ValueError(f"{name} {value:g} must lie in [min_aps, max_aps] = "
+                                 f"[{self.min_aps:g}, {self.max_aps:g}]")
+        if isinstance(self.max_probes, bool) or not isinstance(self.max_probes, int) \
+                or self.max_probes < 2:
+            raise ValueError(f"max_probes must be an integer >= 2, got {self.max_probes!r}")
+
+
+# -- one probe ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every probe of a search shares: the cluster, the policy and the workload's
+    shape (from ``cfg``, or from ``scenario``'s agentic workload table when given)."""
+
+    cfg: RunConfig
+    cluster: ClusterSpec
+    scenario: Scenario | None
+    layerwise: bool
+    oracle: bool
+
+    def workload(self, aps: float, duration_s: float) -> Workload:
+        if self.scenario is None:
+            online = replace(self.cfg, online=True, aps=aps, duration_s=duration_s)
+            return build_workload(online, self.cluster)
+        table = {k: v for k, v in self.scenario.workload_config.items() if k != "agents"}
+        table.update(online=True, aps=aps, duration_s=duration_s)
+        return replace(self.scenario, workload_config=table).workload(self.cfg.seed)
+
+    @property
+    def mal(self) -> str:
+        if self.scenario is None:
+            return self.cfg.mal
+        return str(self.scenario.workload_config.get("mal", "64k"))
+
+
+def _setup(cfg: RunConfig, scenario: Scenario | None) -> _Setup:
+    if cfg.trace is not None:
+        raise ValueError(f"capacity varies an agentic workload's arrival rate; the trace "
+                         f"{cfg.trace} has its own arrival times")
+    if cfg.timeline is not None:
+        raise ValueError("capacity runs many simulations; it writes no timeline "
+                         f"({cfg.timeline})")
+    if scenario is None:
+        return _switched(cfg, load_preset(cfg.preset, cfg.overrides), None)
+    kind = scenario.workload_config.get("kind", "agentic")
+    if kind != "agentic":
+        raise ValueError(f"scenario {scenario.name!r}: capacity needs an agentic workload, "
+                         f"its workload is {kind}")
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    changed = [k for k in _WORKLOAD_FIELDS if getattr(cfg, k) != defaults[k]]
+    if changed:
+        raise ValueError(f"scenario {scenario.name!r} sets the cluster and the workload; "
+                         f"leave {', '.join(changed)} at their defaults (of the preset and "
+                         "workload options, only --set applies, adding preset overrides)")
+    with_overrides = replace(scenario, overrides=scenario.overrides + cfg.overrides)
+    cfg = replace(cfg, layerwise=cfg.layerwise and scenario.layerwise)
+    return _switched(cfg, with_overrides.cluster(), scenario)
+
+
+def _switched(cfg: RunConfig, cluster: ClusterSpec, scenario: Scenario | None) -> _Setup:
+    """The setup with the run switches in effect; a bad policy spec fails here, before
+    any probe."""
+    resolved = resolve_policy(cfg.policy, cluster)
+    _close(resolved.policy)
+    # As in experiments.runner.run: the spec may turn layer-wise off or the oracle on.
+    return _Setup(cfg, cluster, scenario,
+                  layerwise=cfg.layerwise and resolved.layerwise is not False,
+                  oracle=cfg.oracle or bool(resolved.oracle))
+
+
+def _close(policy: object) -> None:
+    close = getattr(policy, "close", None)
+    if callable(close):
+        close()
+
+
+class _Window:
+    """Wraps a workload and counts the released requests that arrive before ``end`` and
+    have not finished. At 0 none remains and none can come: every request still running
+    arrived at or after ``end``, so the turns it releases arrive later still."""
+
+    def __init__(self, inner: Workload, end: float) -> None:
+        self.inner = inner
+        self.end = end
+        self.name = inner.name
+        self.open = 0
+
+    def initial_requests(self) -> list[Request]:
+        requests = self.inner.initial_requests()
+        self.open += sum(r.arrival_s < self.end for r in requests)
+        return requests
+
+    def on_complete(self, request: Request, finish_s: float) -> list[Request]:
+        if request.arrival_s < self.end:
+            self.open -= 1
+        follow = self.inner.on_complete(request, finish_s)
+        self.open += sum(r.arrival_s < self.end for r in follow)
+        return follow
+
+
+def _simulate(setup: _Setup, aps: float, duration_s: float) -> tuple[Simulator, _Window]:
+    """Run until every request arriving before ``duration_s`` has finished."""
+    policy = resolve_policy(setup.cfg.policy, setup.cluster).policy  # fresh per probe
+    options = SimOptions(layerwise=setup.layerwise, oracle=setup.oracle)
+    window = _Window(setup.workload(aps, duration_s), duration_s)
+    sim = Simulator(setup.cluster, window, options)
+    complete = getattr(policy, "complete", None)
+    if callable(complete):  # what Simulator.run tells a learning policy
+        sim.on_finish = lambda job: complete(job.request.request_id, outcome(job))
+    try:
+        while window.open and (point := sim.next_decision()) is not None:
+            sim.apply(policy.decide(*point))
+    finally:
+        _close(policy)
+    return sim, window
+
+
+def _measure(sim: Simulator, slo: Slo, end: float) -> dict[str, Any]:
+    """Request count and means over the requests arriving in ``[slo.warmup_s, end)``."""
+    assert slo.ttft_s is not None and slo.tpot_s is not None and slo.warmup_s is not None
+    rec = sim.recorder
+    arrival = np.asarray(rec.arrival)
+    keep = (arrival >= slo.warmup_s) & (arrival < end)
+    n = int(keep.sum())
+    if n == 0:  # nothing measured shows nothing: such a probe does not hold
+        return {"requests": 0, "ttft_mean_s": None, "tpot_mean_s": None,
+                "ttft_late_mean_s": None, "holds": False}
+    first = np.asarray(rec.first_token)[keep]
+    finish = np.asarray(rec.finish)[keep]
+    gen = np.asarray(rec.gen)[keep]
+    multi = gen > 1
+    tpot = (finish[multi] - first[multi]) / (gen[multi] - 1)
+    ttft = first - arrival[keep]
+    late = arrival[keep] >= (slo.warmup_s + end) / 2
+    ttft_mean = float(ttft.mean())
+    tpot_mean = float(tpot.mean()) if len(tpot) else 0.0
+    return {"requests": n, "ttft_mean_s": ttft_mean, "tpot_mean_s": tpot_mean,
+            "ttft_late_mean_s": float(ttft[late].mean()) if late.any() else None,
+            "holds": ttft_mean <= slo.ttft_s and tpot_mean <= slo.tpot_s}
+
+
+def _probe(setup: _Setup, aps: float, slo: Slo, duration_s: float) -> Probe:
+    _positive("aps", aps)
+    wall = time.perf_counter()
+    sim, window = _simulate(setup, aps, duration_s)
+    return {"aps": aps, "agents": getattr(window.inner, "agents", None),
+            **_measure(sim, slo, duration_s), "sim_end_s": sim.now,
+            "wall_s": time.perf_counter() - wall}
+
+
+def probe(cfg: RunConfig, aps: float, slo: Slo = Slo(),
+          duration_s: float = DEFAULT_DURATION_S, *, scenario: Scenario | None = None) -> Probe:
+    """One online simulation of ``cfg`` at ``aps`` agents per second over ``duration_s``.
+
+    Returns ``aps``, ``agents`` (that arrived), ``requests`` (measured: those arriving
+    in ``[warmup_s, duration_s)``, all of which finish), ``ttft_mean_s`` and
+    ``tpot_mean_s`` over them (``None`` when none was measured), ``holds``,
+    ``ttft_late_mean_s`` (over the second half of the measurement window: well above
+    ``ttft_mean_s``, the load was still rising), ``sim_end_s`` (when the probe stopped)
+    and ``wall_s``. ``cfg`` gives the cluster,
+    policy, seed and workload shape; its ``online``, ``aps``, ``duration_s`` and
+    ``agents`` are replaced. With ``scenario``, the cluster and workload shape come from
+    the scenario instead (``cfg`` still gives the policy, seed and extra overrides).
+    """
+    setup = _setup(cfg, scenario)
+    return _probe(setup, aps, slo.resolved(setup.cluster, duration_s), duration_s)
+
+
+# -- the search ----------------------------------------------------------------------
+
+
+class _Prober:
+    """Probes rates and keeps the record: every probe, the latest that held (``lo``) and
+    the latest that failed (``hi``). The search probes in an order (walk up or down, then
+    bisect) that makes them the highest rate that held and the lowest above it that failed."""
+
+    def __init__(self, setup: _Setup, slo: Slo, search: CapacitySearch,
+                 report: Callable[[Probe], None] | None) -> None:
+        self.setup, self.slo, self.search, self.report = setup, slo, search, report
+        self.probes: list[Probe] = []
+        self.lo: Probe | None = None
+        self.hi: Probe | None = None
+
+    def test(self, aps: float) -> Probe:
+        p = _probe(self.setup, aps, self.slo, self.search.duration_s)
+        self.probes.append(p)
+        if p["holds"]:
+            self.lo = p
+        else:
+            self.hi = p
+        if self.report is not None:
+            self.report(p)
+        return p
+
+    @property
+    def budget_left(self) -> bool:
+        return len(self.probes) < self.search.max_probes
+
+    @property
+    def width(self) -> float:
+        assert self.lo is not None and self.hi is not None
+        return (self.hi["aps"] - self.lo["aps"]) / self.hi["aps"]
+
+
+def _bracket(pr: _Prober) -> str | None:
+    """Find a rate that holds below one that fails; otherwise the outcome's status."""
+    s = pr.search
+    if s.lo is not None:
+        pr.test(s.lo)
+    if s.hi is not None and (pr.lo is not None or s.lo is None):
+        pr.test(s.hi)  # a lo that failed makes hi moot: the walk goes down from lo
+    if not pr.probes:
+        pr.test(s.start_aps)
+    while pr.lo is None:
+        assert pr.hi is not None
+        if pr.hi["aps"] <= s.min_aps:
+            return "none_holds"
+        if not pr.budget_left:
+            return "max_probes"
+        pr.test(max(pr.hi["aps"] / 2, s.min_aps))
+    while pr.hi is None:
+        if pr.lo["aps"] >= s.max_aps:
+            return "capped"
+        if not pr.budget_left:
+            return "max_probes"
+        pr.test(min(pr.lo["aps"] * 2, s.max_aps))
+    return None
+
+
+def _bisect(pr: _Prober) -> str:
+    assert pr.lo is not None and pr.hi is not None
+    while pr.width > pr.search.tolerance:
+        if not pr.budget_left:
+            return "max_probes"
+        pr.test((pr.lo["aps"] + pr.hi["aps"]) / 2)
+    return "converged"
+
+
+def find_capacity(cfg: RunConfig, slo: Slo = Slo(), search: CapacitySearch = CapacitySearch(),
+                  *, scenario: Scenario | None = None,
+                  progress: Callable[[Probe], None] | None = None) -> dict[str, Any]:
+    """The highest arrival rate (agents/s) at which ``slo`` holds, within ``search.tolerance``.
+
+    ``cfg`` and ``scenario`` as for :func:`probe`. ``progress`` is told each probe.
+    The result holds ``max_aps`` with ``ttft_mean_s``, ``tpot_mean_s``,
+    ``ttft_late_mean_s`` and ``requests`` measured there, ``status`` (``converged``;
+    ``none_holds``: even ``min_aps`` fails, ``max_aps`` is 0 and the means are ``None``;
+    ``capped``: the SLO still holds at the cap, which is reported; ``max_probes``: the
+    budget ran out, the best rate so far is reported), a ``message`` saying so, the
+    resolved SLO (``slo_ttft_s``, ``slo_tpot_s``, ``warmup_s``), ``duration_s``,
+    ``tolerance``, the final ``bracket`` [highest rate that held, lowest that failed]
+    (``None`` where there is none), every probe in order, and ``wall_s``.
+    """
+    wall = time.perf_counter()
+    setup = _setup(cfg, scenario)
+    resolved = slo.resolved(setup.cluster, search.duration_s)
+    pr = _Prober(setup, resolved, search, progress)
+    status = _bracket(pr) or _bisect(pr)
+    best = pr.lo if status != "none_holds" else None
+    return {
+        "policy": cfg.policy, "preset": setup.cluster.name,
+        "scenario": None if scenario is None else scenario.name, "mal": setup.mal,
+        "seed": cfg.seed, "layerwise": setup.layerwise, "oracle": setup.oracle,
+        "max_aps": best["aps"] if best else 0.0,
+        "ttft_mean_s": best["ttft_mean_s"] if best else None,
+        "tpot_mean_s": best["tpot_mean_s"] if best else None,
+        "ttft_late_mean_s": best["ttft_late_mean_s"] if best else None,
+        "requests": best["requests"] if best else 0,
+        "status": status, "message": _message(status, pr, resolved),
+        "slo_ttft_s": resolved.ttft_s, "slo_tpot_s": resolved.tpot_s,
+        "warmup_s": resolved.warmup_s, "duration_s": search.duration_s,
+        "tolerance": search.tolerance,
+        "bracket": [pr.lo["aps"] if pr.lo else None, pr.hi["aps"] if pr.hi else None],
+        "probes": pr.probes, "wall_s": time.perf_counter() - wall,
+    }
+
+
+def _message(status: str, pr: _Prober, slo: Slo) -> str:
+    s = pr.search
+    if status == "none_holds" and pr.probes[-1]["requests"] == 0:
+        return (f"no request arrived in the measurement window at the lowest rate, "
+                f"{s.min_aps:g} agents/s, and every higher rate probed failed: capacity 0 "
+                "(lengthen duration_s or raise min_aps)")
+    if status == "none_holds":
+        return (f"the SLO fails even at the lowest rate, {s.min_aps:g} agents/s: capacity 0 "
+                f"(mean TTFT <= {slo.ttft_s:g} s and mean TPOT <= {slo.tpot_s:g} s are out "
+                "of reach on this cluster and workload)")
+    if status == "capped":
+        return (f"the SLO still holds at the cap, {s.max_aps:g} agents/s: capacity is at "
+                "least that (raise max_aps)")
+    if status == "max_probes":
+        best = f"{pr.lo['aps']:g} agents/s" if pr.lo else "none"
+        return (f"stopped after {s.max_probes} probes before the bracket narrowed to "
+                f"{s.tolerance:.0%}; highest rate that held so far: {best}")
+    assert pr.lo is not None and pr.hi is not None
+    return (f"converged: the SLO holds at {pr.lo['aps']:.4g} agents/s and fails at "
+            f"{pr.hi['aps']:.4g} (within {s.tolerance:.0%})")
+
+
+def capacity_ratio(results: Mapping[str, dict[str, Any]]) -> dict[str, float]:
+    """Each policy's ``max_aps`` over the first's (``nan`` where the first's is 0)."""
+    if not results:
+        return {}
+    base = next(iter(results.values()))["max_aps"]
+    return {k: (r["max_aps"] / base if base > 0 else math.nan) for k, r in results.items()}
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """Register ``dualpath capacity`` on the ``dualpath`` subcommand parsers."""
+    from experiments.cli import _add_run_args  # here: experiments.cli imports this module
+
+    p = sub.add_parser("capacity", help="highest online arrival rate (agents/s) at which the "
+                                        "SLO on mean TTFT and TPOT holds")
+    _add_run_args(p, agents=512)
+    p.add_argument("--policy", action="append",
+                   help="policy spec; repeat to compare (searches run in --jobs processes, "
+                        "capacity ratios are over the first; default dualpath)")
+    p.add_argument("--oracle", action="store_true", help="zero-I/O oracle")
+    p.add_argument("--scenario", help="take the cluster and the workload from a scenario "
+                                      "(name or file); --set adds overrides")
+    p.add_argument("--ttft", type=float, help="SLO on mean TTFT, seconds (default: the "
+                                              "preset's slo_ttft_s)")
+    p.add_argument("--tpot", type=float, help="SLO on mean TPOT, seconds (default: the "
+                                              "preset's slo_tpot_s)")
+    p.add_argument("--duration", type=float, default=DEFAULT_DURATION_S,
+                   help="arrival window of a probe, seconds")
+    p.add_argument("--warmup", type=float, help="requests arriving earlier are not measured "
+                                                "(default: half of --duration)")
+    p.add_argument("--tolerance", type=float, default=CapacitySearch.tolerance,
+                   help="stop when the bracket is narrower than this share of its top")
+    p.add_argument("--lo", type=float, help="a rate expected to hold (agents/s)")
+    p.add_argument("--hi", type=float, help="a rate expected to fail (agents/s)")
+    p.add_argument("--min-aps", type=float, default=CapacitySearch.min_aps,
+                   help="below this the capacity is reported as 0")
+    p.add_argument("--max-aps", type=float, default=CapacitySearch.max_aps,
+                   help="the highest rate probed")
+    p.add_argument("--max-probes", type=int, default=CapacitySearch.max_probes)
+    p.set_defaults(func=cmd_capacity)
+
+
+def cmd_capacity(args: argparse.Namespace) -> None:
+    """With one policy the JSON is its search; with several, ``{"searches": [...],
+    "capacity_ratio": {spec: ratio}}``."""
+    from experiments.cli import _config, _emit
+
+    specs = args.policy or ["dualpath"]
+    scenario = load_scenario(args.scenario) if args.scenario else None
+    slo = Slo(ttft_s=args.ttft, tpot_s=args.tpot, warmup_s=args.warmup)
+    search = CapacitySearch(duration_s=args.duration, tolerance=args.tolerance, lo=args.lo,
+                            hi=args.hi, min_aps=args.min_aps, max_aps=args.max_aps,
+                            max_probes=args.max_probes,
+                            start_aps=min(max(1.0, args.min_aps), args.max_aps))
+    configs = [_config(args, spec) for spec in specs]
+    results = _search_all(configs, slo, search, scenario, args.jobs, progress=not args.json)
+    if len(results) == 1:
+        _emit(args, results[0], render(results[0]))
+        return
+    ratio = capacity_ratio({r["policy"]: r for r in results})
+    payload = {"searches": results,  # JSON has no NaN: null where the first's capacity is 0
+               "capacity_ratio": {k: None if math.isnan(v) else v for k, v in ratio.items()}}
+    text = "\n\n".join(render(r) for r in results) + "\n\ncapacity ratio over " + \
+        f"{specs[0]}: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
+    _emit(args, payload, text)
+
+
+def _search_one(cfg: RunConfig, slo: Slo, search: CapacitySearch, scenario: Scenario | None,
+                progress: bool) -> dict[str, Any]:
+    report = _stderr_probe(cfg.policy) if progress else None
+    return find_capacity(cfg, slo, search, scenario=scenario, progress=report)
+
+
+def _search_all(configs: Sequence[RunConfig], slo: Slo, search: CapacitySearch,
+                scenario: Scenario | None, jobs: int, progress: bool) -> list[dict[str, Any]]:
+    if jobs <= 1 or len(configs) <= 1:
+        return [_search_one(c, slo, search, scenario, progress) for c in configs]
+    n = len(configs)
+    with ProcessPoolExecutor(max_workers=min(jobs, n)) as pool:
+        return list(pool.map(_search_one, configs, [slo] * n, [search] * n, [scenario] * n,
+                             [progress] * n))
+
+
+def _stderr_probe(label: str) -> Callable[[Probe], None]:
+    def report(p: Probe) -> None:
+        print(f"[{label}] {p['aps']:.4g} agents/s: {_means(p)} -> "
+              f"{'holds' if p['holds'] else 'fails'} ({p['wall_s']:.1f} s wall)",
+              file=sys.stderr, flush=True)
+    return report
+
+
+def _means(p: Mapping[str, Any]) -> str:
+    if p["ttft_mean_s"] is None:
+        return "no request measured"
+    late = p["ttft_late_mean_s"]
+    late_text = "" if late is None else f" (second half {late:.3g} s)"
+    return (f"TTFT {p['ttft_mean_s']:.3g} s{late_text}, "
+            f"TPOT {1000 * p['tpot_mean_s']:.3g} ms over {p['requests']:,} requests")
+
+
+def render(r: Mapping[str, Any]) -> str:
+    """A search's result as text."""
+    where = f"scenario {r['scenario']}" if r["scenario"] else f"{r['mal']} set"
+    lo, hi = r["bracket"]
+    lines = [
+        f"capacity of {r['policy']} on {r['preset']} ({where}, seed {r['seed']}): "
+        f"{r['max_aps']:.4g} agents/s",
+        f"  SLO: mean TTFT <= {r['slo_ttft_s']:g} s and mean TPOT <= "
+        f"{1000 * r['slo_tpot_s']:g} ms over requests arriving in "
+        f"[{r['warmup_s']:g}, {r['duration_s']:g}) s of a {r['duration_s']:g} s arrival window",
+        f"  at {r['max_aps']:.4g} agents/s: {_means(r)}" if r["max_aps"] else "",
+        f"  {r['message']}; bracket [{_rate(lo)}, {_rate(hi)}], tolerance "
+        f"{r['tolerance']:.0%}, {len(r['probes'])} probes, {r['wall_s']:.1f} s wall",
+        "  probes: " + ", ".join(f"{p['aps']:.4g} {'ok' if p['holds'] else 'fail'}"
+                                 for p in r["probes"]),
+    ]
+    return "\n".join(line for line in lines if line)
+
+
+def _rate(aps: float | None) -> str:
+    return "-" if aps is None else f"{aps:.4g}"
