@@ -226,13 +226,16 @@ class LivePrefill:
         pe_bytes = sum(job.pe_bytes for job in loads)
         overhead = sum(cost.h2d_overhead_s(job.pe_bytes) for job in loads)
         h_start, h_end = self.core.pcie.reserve(now, pe_bytes, overhead)
-        in_start = in_end = now
+        # The PE's CNIC ingress for this batch: FIFO reservations, so the first starts first.
+        in_start: float | None = None
+        in_end = now
         for job in loads:
             if job.de_bytes > 0:
                 if node.paced_cnic:
                     s, e = self.core.cnic_in.reserve(now, job.de_bytes,
                                                      cost.rdma_overhead_s(job.de_bytes))
-                    in_start, in_end = min(in_start, s) if in_start > now else s, max(in_end, e)
+                    in_start = s if in_start is None else in_start
+                    in_end = max(in_end, e)
                 node.to_peer(node.node_of(job.de), {
                     "t": "push", "rid": job.request.request_id, "attempt": job.attempt,
                     "engine": self.engine_id, "offset": job.offset,
@@ -249,7 +252,7 @@ class LivePrefill:
                     except asyncio.CancelledError:
                         if not job.cancelled:
                             raise
-            if node.paced_cnic and in_end > now:
+            if in_start is not None:
                 await clock.sleep_until(in_start + (layer + 1) * (in_end - in_start) / layers)
             if self.device is not None:
                 await self._to_device(loads, layer)
