@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import policy_service  # noqa: F401 - teaches resolve_policy the grpc:// specs
@@ -138,7 +138,3 @@ def fidelity(configs: Sequence[tuple[str, LiveRunConfig]] = FIDELITY_CONFIGS,
 
 def _error(sim: float, live: float) -> float:
     return abs(live - sim) / sim * 100.0 if sim else 0.0
-
-
-def with_policy(cfg: LiveRunConfig, policy: str) -> LiveRunConfig:
-    return replace(cfg, policy=policy)

@@ -10,7 +10,7 @@ time is model time multiplied by ``time_scale``.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,6 @@ class LivePreset:
     agents: int = 8
     mal: str = "32k"
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def spec(self, more: tuple[str, ...] = ()) -> ClusterSpec:
         return load_preset(self.cluster, self.overrides + more)

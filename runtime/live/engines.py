@@ -25,7 +25,7 @@ from runtime.live.reader import Fetched, record_transfer
 from runtime.live.transport.base import Region, Transport
 from runtime.request import Request
 from runtime.sim.decode import DecodeEngine
-from runtime.sim.job import Job
+from runtime.sim.job import DECODING, Job
 from runtime.sim.prefill import PrefillEngine
 
 if TYPE_CHECKING:
@@ -419,6 +419,8 @@ class LiveDecode:
 
     def _loaded(self, job: LiveJob, fut: asyncio.Future[Fetched]) -> None:
         if job.cancelled:
+            if not fut.cancelled() and fut.exception() is None:
+                self.node.storage.release(job.de_bytes)  # read for a request now gone
             return
         if fut.cancelled() or fut.exception() is not None:
             self.node.fatal(f"request {job.request.request_id}: DE-side read failed: "
@@ -434,7 +436,8 @@ class LiveDecode:
         """Write the DE-path blocks into the prefill engine's buffer, one layer at a time."""
         node, clock, cost = self.node, self.node.clock, self.node.cost
         await job.de_loaded
-        fetched = job.fetched
+        # Taken from the job: from here on this push owns (and frees) the host buffer.
+        fetched, job.fetched = job.fetched, None
         assert fetched is not None
         layers, size = node.layers, node.slice_bytes
         now = clock.now()
@@ -460,7 +463,6 @@ class LiveDecode:
         if not node.paced_cnic:
             record_transfer(self.core.cnic_out, now, clock.now(), job.de_bytes)
         node.storage.release(job.de_bytes)
-        job.fetched = None
 
     async def receive(self, job: LiveJob, msg: dict[str, Any]) -> None:
         """The P→D transfer ended: the request joins the decode batch."""
@@ -478,6 +480,7 @@ class LiveDecode:
         if job.request.gen_tokens == 1:
             self._finish(job, clock.now())
             return
+        job.state = DECODING
         self._schedule(self.core.join(job, clock.now()))
 
     def _schedule(self, at: float | None) -> None:
@@ -498,16 +501,22 @@ class LiveDecode:
         assert isinstance(job, LiveJob)
         node = self.node
         self.arena.free(job.offset)
+        if job.cancelled:
+            return  # rescheduled elsewhere: its decode batch slot is simply given back
         rid = job.request.request_id
         node.jobs.pop(rid, None)
         node.to_router({"t": "fin", "rid": rid, "attempt": job.attempt, "at": now})
         asyncio.ensure_future(node.write_back(job.request.gen_tokens, job.writes))
 
     def cancel(self, job: LiveJob) -> None:
+        """Drop ``job`` (its prefill node died). One already in the decode batch runs out
+        there (and is forgotten when it ends); otherwise its buffers are freed now."""
         job.cancelled = True
-        if job.offset >= 0 and job.state == 0:
+        if job.fetched is not None:  # read, but no push will ever take it
+            self.node.storage.release(job.de_bytes)
+            job.fetched = None
+        if job.state is not DECODING:
             self.arena.free(job.offset)
-            job.offset = -1
 
 
 def write_blocks(names: list[str], size: int) -> list[tuple[str, bytes]]:

@@ -34,6 +34,9 @@ from runtime.sim.recorder import Recorder
 from runtime.view import ClusterView, EngineView, NodeView, QueueView
 from runtime.workload.base import Workload
 
+#: The unfinished tokens a dead engine shows in the view (far above any real backlog).
+DEAD_BACKLOG_TOKENS = 10**12
+
 Decider = Callable[[Request, ClusterView], Awaitable[Decision | Defer | None]]
 
 
@@ -251,11 +254,13 @@ class Router:
         engines = []
         for e in range(spec.engines):
             node = self.nodes[spec.node_of(e)]
-            seq, free = self._seq[e], self._free[e]
-            if node.dead:  # nothing fits on an engine that is gone
-                seq, free = spec.decode_max_batch, 0.0
+            seq, tok, free = self._seq[e], self._tok[e], self._free[e]
+            if node.dead:
+                # An engine that is gone looks full: no HBM, a full batch and a backlog no
+                # load-aware policy picks. One that picks it anyway is refused in _check.
+                seq, tok, free = spec.decode_max_batch, DEAD_BACKLOG_TOKENS, 0.0
             engines.append(EngineView(e, spec.role_of(e), spec.node_of(e), spec.group_of(e),
-                                      seq, self._tok[e], free, node.busy.get(e, 0.0)))
+                                      seq, tok, free, node.busy.get(e, 0.0)))
         nodes = []
         for n in range(spec.nodes):
             state = self.nodes[n]
@@ -446,7 +451,7 @@ class Router:
             self._release_decode(entry)
             entry.attempt += 1
             entry.prefilled = False
-            entry.job = _fresh_job(entry.job)
+            entry.job = Job(entry.request)  # a fresh record; the arrival stays
             self.waiting.appendleft(entry)
             self.counters["rescheduled"] += 1
         self._wake(None)
@@ -475,8 +480,3 @@ def _fold(ids: tuple[int, ...]) -> int:
         return ids[0]
     digest = hashlib.blake2b(repr(ids).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
-
-
-def _fresh_job(old: Job) -> Job:
-    """A new record for a rescheduled request (its arrival stays what it was)."""
-    return Job(old.request)

@@ -72,6 +72,13 @@ def test_killing_a_decode_node_reschedules_its_requests():
     assert metrics["requests"] == _sim_requests(spec, agents=4)
 
 
+def test_killing_a_prefill_node_reschedules_its_requests():
+    spec = _spec("prefill_nodes=2")
+    metrics = _run(spec, agents=4, faults=Faults(kill_node=0, kill_at_s=4.0))
+    assert metrics["live"]["rescheduled"] >= 1
+    assert metrics["requests"] == _sim_requests(spec, agents=4)
+
+
 def test_losing_the_last_decode_node_fails_clearly():
     spec = _spec()
     with pytest.raises(RunFailed, match="no decode node is left"):
