@@ -22,8 +22,8 @@ from policy_service.codec import InvalidMessage, check_engine_identity
 from policy_service.proto import scheduler_pb2 as pb
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
+from runtime.placement import Holds, unavailable
 from runtime.request import Request
-from runtime.reservation import reserve
 from runtime.view import ClusterView, EngineView, NodeView, QueueView
 
 UNAVAILABLE_TOK = 1 << 40  # a stale engine's tok: beyond any threshold
@@ -33,13 +33,6 @@ UNAVAILABLE_TOK = 1 << 40  # a stale engine's tok: beyond any threshold
 class _Report:
     msg: pb.EngineReport
     received: float  # the service's monotonic clock
-
-
-@dataclass(frozen=True, slots=True)
-class _Reservation:
-    request: Request
-    decision: Decision
-    made: float  # the service's monotonic clock
 
 
 class ClusterState:
@@ -53,7 +46,7 @@ class ClusterState:
         self.max_age_s = max_age_s
         self._clock = clock
         self._reports: list[_Report | None] = [None] * spec.engines
-        self._reserved: dict[tuple[str, int], _Reservation] = {}
+        self._holds = Holds()
 
     # -- reports ----------------------------------------------------------------
     def report(self, reports: Iterable[pb.EngineReport]) -> int:
@@ -64,7 +57,7 @@ class ClusterState:
         now = self._clock()
         for msg in batch:
             self._reports[msg.engine_id] = _Report(msg, now)
-        self._forget_absorbed()
+        self._holds.absorb(self._reported_at)
         return len(batch)
 
     def _check(self, msg: pb.EngineReport, where: str) -> None:
@@ -84,20 +77,15 @@ class ClusterState:
 
     # -- reservations -------------------------------------------------------------
     def hold(self, client_id: str, request: Request, decision: Decision) -> None:
-        self._reserved[(client_id, request.request_id)] = _Reservation(
-            request, decision, self._clock())
+        self._holds.hold((client_id, request.request_id), request, decision, self._clock())
 
     def release(self, client_id: str, request_id: int) -> bool:
         """Drop a request's reservation; False if it had none (already released)."""
-        return self._reserved.pop((client_id, request_id), None) is not None
+        return self._holds.release((client_id, request_id))
 
-    def _forget_absorbed(self) -> None:
-        # Once both engines have reported after the decision, their reports count it.
-        reports = self._reports
-        for key, r in list(self._reserved.items()):
-            pe, de = reports[r.decision.prefill_engine], reports[r.decision.decode_engine]
-            if pe is not None and de is not None and min(pe.received, de.received) > r.made:
-                del self._reserved[key]
+    def _reported_at(self, engine_id: int) -> float | None:
+        report = self._reports[engine_id]
+        return None if report is None else report.received
 
     # -- the view -------------------------------------------------------------------
     def live(self, engine_id: int) -> bool:
@@ -111,10 +99,7 @@ class ClusterState:
         time_s = self._time(now)
         engines = tuple(self._engine(e, now, time_s) for e in range(spec.engines))
         nodes = tuple(self._node(n) for n in range(spec.nodes))
-        view = ClusterView(time_s, spec, engines, nodes, QueueView(0, 0))
-        for r in self._reserved.values():
-            view = reserve(view, r.request, r.decision)
-        return view
+        return self._holds.apply(ClusterView(time_s, spec, engines, nodes, QueueView(0, 0)))
 
     def _time(self, now: float) -> float:
         """The reporters' clock, advanced by the time since the latest report."""
@@ -145,8 +130,9 @@ class ClusterState:
         """``answer`` unless it names an engine that is not live; then a defer saying so."""
         if not isinstance(answer, Decision):
             return answer
-        for engine in (answer.prefill_engine, answer.decode_engine):
-            if not self.live(engine):
-                return Defer(f"engine {engine} has not reported within {self.max_age_s:g} s",
-                             WaitFor.ANY)
-        return answer
+        why = unavailable(answer, self._down)
+        return answer if why is None else Defer(why, WaitFor.ANY)
+
+    def _down(self, engine_id: int) -> str | None:
+        return None if self.live(engine_id) else \
+            f"has not reported within {self.max_age_s:g} s"

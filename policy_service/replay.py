@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from runtime.decision import Decision, Defer
+from runtime.placement import reserve_view
 from runtime.request import Request
-from runtime.reservation import reserve
 from runtime.view import ClusterView
 
 Answer = Decision | Defer | None
@@ -23,7 +23,7 @@ def replay_call(view: ClusterView, served: Iterable[tuple[Request, Answer]],
     for request, answer in served:
         yield decide(request, view)
         if isinstance(answer, Decision):
-            view = reserve(view, request, answer)
+            view = reserve_view(view, request, answer)
 
 
 def same_parts(a: Answer, b: Answer) -> tuple[bool, bool, bool] | None:

@@ -25,8 +25,8 @@ from policy_service.proto import scheduler_pb2 as pb
 from policy_service.registry import LoadedPolicy, PolicyRegistry
 from policy_service.replay import replay_call, same_answer
 from runtime.decision import Decision, Defer
+from runtime.placement import PlacementError, check_engines, reserve_view
 from runtime.request import Request
-from runtime.reservation import reserve
 from runtime.view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class SchedulerCore:
                 if own:
                     self.state.hold(client_id, request, answer)
                 if i < last:  # only the next decision of this call looks at it
-                    view = reserve(view, request, answer)
+                    view = reserve_view(view, request, answer)
             latencies.append((time.perf_counter() - t0) * 1e6)
             answers.append(answer)
             scores.append(getattr(policy, "last_scores", None))  # where the policy has them
@@ -134,12 +134,13 @@ class SchedulerCore:
             raise PolicyFailed(f"policy {served.version} raised on request "
                                f"{request.request_id}: {type(err).__name__}: {err}") from err
         if isinstance(answer, Decision):
-            spec = self.cluster
-            if not (0 <= answer.prefill_engine < spec.prefill_engines
-                    and spec.prefill_engines <= answer.decode_engine < spec.engines):
+            try:
+                check_engines(self.cluster, request, answer)
+            except PlacementError as err:
                 raise PolicyFailed(f"policy {served.version} chose engines "
                                    f"{answer.prefill_engine}/{answer.decode_engine}, not a "
-                                   f"prefill and a decode engine of {spec.name!r}")
+                                   f"prefill and a decode engine of {self.cluster.name!r}: "
+                                   f"{err}") from None
         elif answer is not None and not isinstance(answer, Defer):
             raise PolicyFailed(f"policy {served.version} answered {type(answer).__name__}")
         return answer

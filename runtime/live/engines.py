@@ -23,9 +23,10 @@ from runtime.live.arena import Arena
 from runtime.live.blocks import Checksummer, block_content
 from runtime.live.reader import Fetched, record_transfer
 from runtime.live.transport.base import Region, Transport
+from runtime.placement.lifecycle import DECODING
 from runtime.request import Request
 from runtime.sim.decode import DecodeEngine
-from runtime.sim.job import DECODING, Job
+from runtime.sim.job import Job
 from runtime.sim.prefill import PrefillEngine
 
 if TYPE_CHECKING:

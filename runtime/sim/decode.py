@@ -12,16 +12,21 @@ from __future__ import annotations
 import heapq
 
 from runtime.cost import CostModel
+from runtime.placement import EngineLoad
 from runtime.sim.job import Job
 from runtime.sim.link import Link
 
 
-class DecodeEngine:
+class DecodeEngine(EngineLoad):
+    """A decode engine's continuous batch and links; its reserved load is the
+    :class:`EngineLoad` it is."""
+
     __slots__ = ("engine_id", "node_id", "heap", "iters", "t_last", "iter_s", "ctx_base",
-                 "version", "cnic_in", "cnic_out", "tok", "seq", "free_hbm", "_cost", "_n")
+                 "version", "cnic_in", "cnic_out", "_cost", "_n")
 
     def __init__(self, engine_id: int, node_id: int, cost: CostModel) -> None:
         node = cost.spec.node
+        super().__init__(node.de_hbm_kv_bytes)
         self.engine_id = engine_id
         self.node_id = node_id
         self.heap: list[tuple[float, int, Job]] = []
@@ -34,9 +39,6 @@ class DecodeEngine:
         self.version = 0
         self.cnic_in = Link(f"cnic{engine_id}-in", node.cnic_kv_bytes_s)
         self.cnic_out = Link(f"cnic{engine_id}-out", node.cnic_kv_bytes_s)
-        self.tok = 0
-        self.seq = 0
-        self.free_hbm = node.de_hbm_kv_bytes
         self._cost = cost
         self._n = 0
 

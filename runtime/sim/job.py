@@ -1,26 +1,9 @@
-"""A request inside the simulator: its lifecycle state, placement and timestamps."""
+"""A request inside an execution: its lifecycle phase (``state``), placement and timestamps."""
 
 from __future__ import annotations
 
-from enum import IntEnum
-
+from runtime.placement.lifecycle import WAITING
 from runtime.request import Request
-
-
-class JobState(IntEnum):
-    WAITING = 0          # in the scheduler's FIFO queue, no decision yet
-    READING = 1          # KV being read from storage (either side)
-    READY = 2            # KV read (or none to read); queued for a prefill batch
-    PREFILLING = 3       # in a prefill batch (possibly chunked over several)
-    TRANSFERRING = 4     # P→D transfer of the prompt's KV
-    DECODING = 5         # in the decode engine's continuous batch
-    DONE = 6
-
-
-# The members as module globals, for the hot path: reading ``JobState.READY`` goes
-# through the enum class's attribute machinery, several times slower than a global.
-WAITING, READING, READY, PREFILLING, TRANSFERRING, DECODING, DONE = JobState
-
 
 NAN = float("nan")
 _NO_READ = (NAN, NAN)  # (start, end) of a read that did not happen

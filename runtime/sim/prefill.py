@@ -17,18 +17,23 @@ from collections import deque
 from collections.abc import Callable
 
 from runtime.cost import CostModel
-from runtime.sim.job import PREFILLING, READY, Job
+from runtime.placement import EngineLoad
+from runtime.sim.job import Job
 from runtime.sim.link import Link, reserve_pair
 
 # Returns the CNIC egress link of a decode engine.
 DecodeCnic = Callable[[int], Link]
 
 
-class PrefillEngine:
+class PrefillEngine(EngineLoad):
+    """A prefill engine's queue, batches and links; its reserved load is the
+    :class:`EngineLoad` it is."""
+
     __slots__ = ("engine_id", "node_id", "ready", "busy", "hbm_bytes", "hbm_used",
-                 "cnic_in", "cnic_out", "pcie", "tok", "seq", "batch", "release_at")
+                 "cnic_in", "cnic_out", "pcie", "batch", "release_at")
 
     def __init__(self, engine_id: int, node_id: int, cost: CostModel) -> None:
+        super().__init__()
         node = cost.spec.node
         self.engine_id = engine_id
         self.node_id = node_id
@@ -39,8 +44,6 @@ class PrefillEngine:
         self.cnic_in = Link(f"cnic{engine_id}-in", node.cnic_kv_bytes_s)
         self.cnic_out = Link(f"cnic{engine_id}-out", node.cnic_kv_bytes_s)
         self.pcie = Link(f"pcie{engine_id}", node.pcie_bytes_s)
-        self.tok = 0
-        self.seq = 0
         self.batch: list[tuple[Job, int]] = []
         self.release_at = 0.0  # free for the next batch (compute and P→D transfers done)
 
@@ -123,6 +126,5 @@ class PrefillEngine:
         self.busy = True
         self.batch = batch
         for job, _ in batch:
-            if job.state is READY:
-                job.state = PREFILLING
+            if job.t_prefill_start != job.t_prefill_start:  # NaN: its first batch
                 job.t_prefill_start = now

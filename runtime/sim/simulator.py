@@ -9,7 +9,6 @@ the gymnasium environment steps it. Deterministic: events are ordered by
 from __future__ import annotations
 
 import time as wallclock
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from heapq import heappop
@@ -17,7 +16,15 @@ from typing import Any
 
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
-from runtime.decision import Decision, Defer, WaitFor, split_tokens
+from runtime.decision import Decision, Defer, WaitFor
+from runtime.placement import Ledger, WaitingQueue
+from runtime.placement.lifecycle import (
+    DECODING,
+    FINISHED,
+    LOADING_STORAGE,
+    PREFILLING,
+    TRANSFERRING,
+)
 from runtime.policy import Policy
 from runtime.request import Request
 from runtime.sim.decode import DecodeEngine
@@ -30,17 +37,17 @@ from runtime.sim.events import (
     TRANSFER_DONE,
     EventQueue,
 )
-from runtime.sim.job import DECODING, DONE, READING, READY, TRANSFERRING, Job
+from runtime.sim.job import Job
 from runtime.sim.link import Link, reserve_pair
 from runtime.sim.metrics import compute_metrics
 from runtime.sim.node import NodeStorage
 from runtime.sim.prefill import PrefillEngine
 from runtime.sim.recorder import Recorder
-from runtime.view import ClusterView, EngineView, NodeView, QueueView, Role
+from runtime.view import ClusterView, EngineView, NodeView, Role
 from runtime.workload.base import Workload
 
-# Enum members read on the hot path, as globals (see runtime/sim/job.py).
-_ANY, _PREFILL, _DECODE = WaitFor.ANY, WaitFor.PREFILL, WaitFor.DECODE
+# Enum members read on the hot path, as globals (see runtime/placement/lifecycle.py).
+_PREFILL, _DECODE = WaitFor.PREFILL, WaitFor.DECODE
 _PREFILL_ROLE, _DECODE_ROLE = Role.PREFILL, Role.DECODE
 
 
@@ -78,8 +85,6 @@ class Simulator:
         self._kvb = spec.model.kv_bytes_per_token
         # Spec values read per request (cached properties and nested attributes).
         self._npe = spec.prefill_engines
-        self._max_batch = spec.decode_max_batch
-        self._block_tokens = spec.block_tokens
         self._layers = spec.model.layers
         self._gpus = spec.node.gpus
         self._oracle = self.options.oracle
@@ -90,6 +95,7 @@ class Simulator:
                     for e in range(spec.prefill_engines)]
         self.des = [DecodeEngine(e, spec.node_of(e), self.cost)
                     for e in range(spec.prefill_engines, spec.engines)]
+        self.ledger = Ledger(spec, [*self.pes, *self.des])
         self._groups = [spec.group_of(e) for e in range(spec.engines)]
         self._eviews = [self._engine_view(e) for e in range(spec.engines)]
         self._engines_view = tuple(self._eviews)
@@ -98,11 +104,7 @@ class Simulator:
         self._stale: set[int] = set()
         self._node_roles = [spec.role_of_node(n) for n in range(spec.nodes)]
         self._nviews: list[NodeView | None] = [None] * spec.nodes
-        self._qview = QueueView(0, 0)
-        self.waiting: deque[Job] = deque()
-        self._waiting_tokens = 0
-        self._due = False
-        self._wait: WaitFor | None = None  # what the deferred head waits for
+        self.waiting: WaitingQueue[Job] = WaitingQueue()
         self.recorder = Recorder(self.options.timeline)
         self.on_finish: Callable[[Job], None] | None = None
         self.finished = 0
@@ -145,11 +147,12 @@ class Simulator:
         heap = self.events.heap  # popped here directly: this loop is the hot path
         handlers = self._handlers
         waiting = self.waiting
+        items = waiting.items
         while True:
-            if self._due and waiting:
-                return waiting[0].request, self.view()
+            if waiting.due and items:
+                return items[0].request, self.view()
             if not heap:
-                if waiting:
+                if items:
                     raise SimulationStuck(self._stuck_message())
                 return None
             t, kind, _, payload = heappop(heap)
@@ -162,16 +165,12 @@ class Simulator:
 
         A :class:`Defer` (or ``None``) leaves it there until what it waits for frees.
         """
+        waiting = self.waiting
         if not isinstance(decision, Decision):
-            self._due = False
-            self._wait = decision.wait_for if decision is not None else WaitFor.ANY
+            waiting.defer(decision)
             return
-        self._wait = None
-        job = self.waiting[0]
-        self._check(job, decision)
-        self.waiting.popleft()
-        self._waiting_tokens -= job.request.prompt_tokens
-        self._place(job, decision)
+        self.ledger.check(waiting.head.request, decision)
+        self._place(waiting.take(), decision)
 
     def result(self, wall_s: float) -> SimResult:
         metrics = compute_metrics(self, wall_s)
@@ -189,10 +188,7 @@ class Simulator:
             self._stale.clear()
             self._engines_view = tuple(eviews)
         nodes = tuple([self._node_view(n, now) for n in self.nodes])
-        queue = self._qview
-        if queue.requests != len(self.waiting) or queue.tokens != self._waiting_tokens:
-            queue = self._qview = QueueView(len(self.waiting), self._waiting_tokens)
-        return ClusterView(now, self.spec, self._engines_view, nodes, queue)
+        return ClusterView(now, self.spec, self._engines_view, nodes, self.waiting.view())
 
     def _node_view(self, node: NodeStorage, now: float) -> NodeView:
         read_q = node.read_queue_bytes(now) / self._kvb
@@ -222,40 +218,17 @@ class Simulator:
                           de.free_hbm, busy)
 
     # -- decisions ----------------------------------------------------------
-    def _check(self, job: Job, d: Decision) -> None:
-        spec = self.spec
-        rid = job.request.request_id
-        npe = self._npe
-        if not 0 <= d.prefill_engine < npe:
-            raise ValueError(f"request {rid}: prefill_engine {d.prefill_engine} is not a "
-                             f"prefill engine (0..{npe - 1})")
-        if not npe <= d.decode_engine < spec.engines:
-            raise ValueError(f"request {rid}: decode_engine {d.decode_engine} is not a decode "
-                             f"engine ({npe}..{spec.engines - 1})")
-        de = self.des[d.decode_engine - npe]
-        need = job.request.total_tokens * self._kvb
-        if de.free_hbm < need or de.seq >= self._max_batch:
-            raise ValueError(f"request {rid}: decode engine {d.decode_engine} has no room "
-                             f"(needs {need:.0f} B of HBM, has {de.free_hbm:.0f} B free, "
-                             f"{de.seq}/{spec.decode_max_batch} sequences)")
-
     def _place(self, job: Job, d: Decision) -> None:
         kvb = self._kvb
-        req = job.request
-        hit = req.hit_tokens
+        hit = job.request.hit_tokens
         pe = self.pes[d.prefill_engine]
         de = self.des[d.decode_engine - self._npe]
         job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
         job.t_decision = self.now
-        pe_tokens, de_tokens = split_tokens(hit, d.decode_share, self._block_tokens)
+        pe_tokens, de_tokens = self.ledger.reserve(job.request, d)
         job.de_bytes = de_bytes = de_tokens * kvb
         job.pe_bytes = pe_bytes = pe_tokens * kvb
         self.hit_bytes += hit * kvb
-        pe.tok += job.remaining
-        pe.seq += 1
-        de.tok += req.total_tokens
-        de.seq += 1
-        de.free_hbm -= req.total_tokens * kvb
         stale = self._stale
         stale.add(pe.engine_id)
         stale.add(de.engine_id)
@@ -263,7 +236,7 @@ class Simulator:
             job.loaded = True
             self._ready(job)
             return
-        job.state = READING
+        job.state = LOADING_STORAGE
         job.reads_left = (pe_bytes > 0) + (de_bytes > 0)
         if pe_bytes > 0:
             self.nodes[pe.node_id].enqueue_read(job, pe_bytes, self.now)
@@ -275,11 +248,9 @@ class Simulator:
         self._push(request.arrival_s, ARRIVAL, Job(request))
 
     def _on_arrival(self, job: Job) -> None:
-        self.waiting.append(job)
         self.in_system += 1
-        self._waiting_tokens += job.request.prompt_tokens
         self.recorder.arrive(job)
-        self._wake(None)
+        self.waiting.arrive(job)
 
     def _read_issued(self, node_id: int, job: Job, start: float, end: float) -> None:
         if node_id < self.spec.prefill_nodes:
@@ -294,7 +265,7 @@ class Simulator:
             self._ready(job)
 
     def _ready(self, job: Job) -> None:
-        job.state = READY
+        job.state = PREFILLING
         pe = self.pes[job.pe]
         pe.ready.append(job)
         self._try_prefill(pe)
@@ -344,7 +315,7 @@ class Simulator:
         for job, tokens in pe.batch:
             job.remaining -= tokens
             job.context += tokens
-            pe.tok -= tokens
+            pe.computed(tokens)
             if not job.loaded:
                 self._consume_buffers(job)
             if job.remaining == 0:
@@ -359,7 +330,7 @@ class Simulator:
     def _on_prefill_free(self, pe: PrefillEngine) -> None:
         pe.busy = False
         self._try_prefill(pe)
-        self._wake(_PREFILL)
+        self.waiting.wake(_PREFILL)
 
     def _consume_buffers(self, job: Job) -> None:
         job.loaded = True
@@ -372,7 +343,7 @@ class Simulator:
     def _prefilled(self, pe: PrefillEngine, job: Job) -> None:
         now = self.now
         req = job.request
-        pe.seq -= 1
+        pe.left()
         pe.hbm_used -= job.hbm_bytes
         job.hbm_bytes = 0.0
         job.t_first_token = now
@@ -407,11 +378,9 @@ class Simulator:
         now = self.now
         req = job.request
         de = self.des[job.de - self._npe]
-        job.state = DONE
+        job.state = FINISHED
         job.t_finish = now
-        de.tok -= req.total_tokens
-        de.seq -= 1
-        de.free_hbm += req.total_tokens * self._kvb
+        self.ledger.finished(req, job.de)
         self._stale.add(de.engine_id)
         if not self._oracle:
             # Write-back of the generated tokens' KV for the agent's next turn.
@@ -423,16 +392,10 @@ class Simulator:
             self.on_finish(job)
         for follow in self.workload.on_complete(req, now):
             self._push_arrival(follow)
-        self._wake(_DECODE)
-
-    def _wake(self, freed: WaitFor | None) -> None:
-        """Something changed (``freed`` capacity, or an arrival when ``None``)."""
-        wait = self._wait
-        if wait is None or wait is _ANY or wait is freed:
-            self._due = True
+        self.waiting.wake(_DECODE)
 
     def _stuck_message(self) -> str:
-        req = self.waiting[0].request
+        req = self.waiting.head.request
         need = req.total_tokens * self._kvb
         most = self.spec.node.de_hbm_kv_bytes
         return (f"{len(self.waiting)} request(s) wait but nothing is in flight: request "

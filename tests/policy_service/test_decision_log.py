@@ -23,7 +23,7 @@ from policy_service.decision_log import (
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.preset import load_preset
 from runtime.request import Request
-from runtime.reservation import reserve
+from runtime.placement import reserve_view as reserve
 from runtime.sim import Simulator
 from runtime.view import ClusterView
 from runtime.workload.agentic import AgenticWorkload
