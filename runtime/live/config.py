@@ -40,6 +40,11 @@ class LiveOptions:
     # Where prefill engines' KV lives: "cpu" (host memory) or "cuda" (GPU memory, so the
     # host-to-device copies are real; needs torch with CUDA).
     device: str = "cpu"
+    # Wall seconds between a node's state reports when nothing else is sent, and the
+    # silence after which the router fences the node (kills it, reschedules its work):
+    # far enough apart that a node starved of CPU by a loaded host is not fenced.
+    heartbeat_s: float = 0.25
+    liveness_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.time_scale > 0:
@@ -53,6 +58,9 @@ class LiveOptions:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device {self.device!r}: expected 'cpu' or 'cuda'")
+        if not 0 < self.heartbeat_s < self.liveness_s:
+            raise ValueError(f"need 0 < heartbeat_s < liveness_s, got {self.heartbeat_s} and "
+                             f"{self.liveness_s}")
         if self.storage_clients < 1:
             raise ValueError(f"storage_clients must be >= 1, got {self.storage_clients}")
 

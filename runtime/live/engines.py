@@ -106,8 +106,7 @@ class LivePrefill:
         self.device = DeviceMemory(region) if node.opts.device == "cuda" else None
 
     def place(self, job: LiveJob) -> None:
-        self.core.tok += job.remaining
-        self.core.seq += 1
+        self.core.admit(job.remaining)
         node = self.node
         if node.opts.oracle or job.request.hit_tokens == 0:
             job.loaded = True
@@ -140,6 +139,9 @@ class LivePrefill:
             self.ready(job)
 
     def ready(self, job: LiveJob) -> None:
+        """Its KV is loaded (or there is none to load): it waits for a prefill batch."""
+        self.node.to_router({"t": "loaded", "rid": job.request.request_id,
+                             "attempt": job.attempt})
         self.core.ready.append(job)
         self.kick()
 
@@ -160,8 +162,8 @@ class LivePrefill:
 
     def _drop(self, job: LiveJob) -> None:
         """Forget a cancelled request: its tokens and sequence leave the engine's counts."""
-        self.core.tok -= job.remaining
-        self.core.seq -= 1
+        self.core.computed(job.remaining)
+        self.core.left()
         self.node.to_router({"t": "batch", "engine": self.engine_id, "tokens": job.remaining})
         job.remaining = 0
         self._free(job)
@@ -376,16 +378,16 @@ class LivePrefill:
             if job.cancelled:
                 tokens += job.remaining  # what it will no longer compute
                 job.remaining = 0
-                self.core.seq -= 1
+                self.core.left()
                 self._free(job)
             elif job.remaining == 0:
-                self.core.seq -= 1
+                self.core.left()
                 rid = job.request.request_id
                 node.to_router({"t": "first", "rid": rid, "attempt": job.attempt, "at": now})
                 node.jobs.pop(rid, None)
                 asyncio.ensure_future(node.write_back(
                     job.request.appended_tokens, job.writes))
-        self.core.tok -= tokens
+        self.core.computed(tokens)
         self.core.batch = []
         node.to_router({"t": "batch", "engine": self.engine_id, "tokens": tokens})
 

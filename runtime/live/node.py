@@ -174,7 +174,20 @@ class Node:
         return msg
 
     # -- messages -----------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        """A state report at least every ``heartbeat_s``: the router's proof of life."""
+        while True:
+            await asyncio.sleep(self.opts.heartbeat_s)
+            self.mark_dirty()
+
     async def _serve_router(self) -> None:
+        heartbeat = asyncio.ensure_future(self._heartbeat())
+        try:
+            await self._route()
+        finally:
+            heartbeat.cancel()
+
+    async def _route(self) -> None:
         while (msg := await self.router.recv()) is not None:
             kind = msg["t"]
             if kind == "place":

@@ -1,13 +1,19 @@
 """The router of a live cluster: replays a workload and asks a policy for every request.
 
-It owns the waiting queue (FIFO, with the simulator's defer semantics) and the
-engines' bookkeeping (sequences, tokens and decode HBM reserved by its own
-decisions, released by the nodes' reports), takes the nodes' storage read
-queues and CNIC backlogs from their ``state`` reports (plus what it placed
-since each report), and builds the :class:`ClusterView` it passes to the
-policy. A node that goes away mid-run has its requests cancelled on the other
-side and put back at the head of the queue under a new attempt number, so
-every request completes exactly once.
+The placement core (``runtime/placement``) gives it the waiting queue (FIFO, defer
+and ``WaitFor`` as in the simulator), the check of a decision and the ledger of
+engine reservations (taken by its decisions, given back as the nodes report
+progress). It takes the nodes' storage read queues and CNIC backlogs from their
+``state`` reports (plus what it placed since each report) and builds the
+:class:`ClusterView` it passes to the policy.
+
+Every admitted request has one :class:`Phase` at every moment (placing, which
+awaits the storage service, included), and the run ends only when every
+admitted request is finished; otherwise it fails naming those that are not. A
+node that goes away, or stays silent longer than ``liveness_s`` (it is then
+killed: fenced), has its requests cancelled on the other side and put back at
+the head of the queue under a new attempt number; reports of an old attempt are
+ignored, so every request completes exactly once.
 """
 
 from __future__ import annotations
@@ -17,25 +23,37 @@ import hashlib
 import math
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.cluster import ClusterSpec
-from runtime.decision import Decision, Defer, WaitFor, split_tokens
+from runtime.decision import Decision, Defer, WaitFor
 from runtime.live.blocks import block_name, hashed_block_name
 from runtime.live.clock import Clock
 from runtime.live.storage import StorageClient, corrupt_block
 from runtime.live.wire import Channel
+from runtime.placement import Ledger, Phase, WaitingQueue, unavailable, unfinished_message
+from runtime.placement.lifecycle import (
+    DECODING,
+    FINISHED,
+    LOADING_STORAGE,
+    PLACING,
+    PREFILLING,
+    RESCHEDULED,
+    WAITING,
+)
 from runtime.request import Request
 from runtime.sim.job import Job
 from runtime.sim.recorder import Recorder
-from runtime.view import ClusterView, EngineView, NodeView, QueueView
+from runtime.view import ClusterView, EngineView, NodeView
 from runtime.workload.base import Workload
 
 #: The unfinished tokens a dead engine shows in the view (far above any real backlog).
 DEAD_BACKLOG_TOKENS = 10**12
+#: Phases in which a request's work sits on its engines' nodes.
+_ON_NODES = frozenset({LOADING_STORAGE, PREFILLING, DECODING})
 
 Decider = Callable[[Request, ClusterView], Awaitable[Decision | Defer | None]]
 
@@ -46,13 +64,14 @@ class RunFailed(RuntimeError):
 
 @dataclass
 class Entry:
-    """A request in the router: its simulator-style record and where it went."""
+    """A request in the router: its simulator-style record, its phase and where it went."""
 
     job: Job
+    phase: Phase = WAITING
     attempt: int = 0
-    prefilled: bool = False
     pe: int = -1
     de: int = -1
+    completions: int = 0  # ``fin`` reports of its current attempt (more than 1: duplicated)
 
     @property
     def request(self) -> Request:
@@ -73,6 +92,7 @@ class NodeState:
     seq: int = 0
     dead: bool = False
     stats: dict[str, Any] | None = None
+    heard: float = 0.0  # wall clock of its last message
 
 
 @dataclass(frozen=True)
@@ -89,7 +109,7 @@ class Router:
     def __init__(self, spec: ClusterSpec, workload: Workload, decider: Decider, *,
                  clock_scale: float, block_bytes: int, storage: tuple[str, int],
                  storage_root: str, host: str = "127.0.0.1", faults: Faults = Faults(),
-                 kill: Callable[[int], None] | None = None) -> None:
+                 kill: Callable[[int], None] | None = None, liveness_s: float = 5.0) -> None:
         self.spec = spec
         self.workload = workload
         self.decider = decider
@@ -100,19 +120,15 @@ class Router:
         self.host = host
         self.faults = faults
         self._kill = kill
+        self.liveness_s = liveness_s
         self.nodes: dict[int, NodeState] = {}
-        self.waiting: deque[Entry] = deque()
-        self.inflight: dict[int, Entry] = {}
+        self.waiting: WaitingQueue[Entry] = WaitingQueue()
+        self.entries: dict[int, Entry] = {}  # every admitted request, by id
+        self.open = 0  # admitted and not finished
         self.recorder = Recorder(False)
         self.counters: Counter[str] = Counter()
-        kvb = spec.model.kv_bytes_per_token
-        self._kvb = kvb
-        self._seq = [0] * spec.engines
-        self._tok = [0] * spec.engines
-        self._free = [spec.node.pe_hbm_kv_bytes if e < spec.prefill_engines
-                      else spec.node.de_hbm_kv_bytes for e in range(spec.engines)]
-        self._due = False
-        self._wait: WaitFor | None = None
+        self._kvb = spec.model.kv_bytes_per_token
+        self.ledger = Ledger(spec)
         self._wake_event = asyncio.Event()
         self._pending_arrivals = 0
         self._done = asyncio.Event()
@@ -154,7 +170,8 @@ class Router:
                 raise RunFailed(f"only {len(self.nodes)} of {self.spec.nodes} nodes came up "
                                 f"within {timeout_s:.0f} s") from None
             node = int(msg["node"])
-            self.nodes[node] = NodeState(channel, pid=int(msg.get("pid", 0)))
+            self.nodes[node] = NodeState(channel, pid=int(msg.get("pid", 0)),
+                                         heard=time.monotonic())
             regions.update(msg["regions"])
             peers[str(node)] = msg["peer"]
         self.storage = StorageClient(*self.storage_addr)
@@ -183,13 +200,16 @@ class Router:
             loop.call_at(self.clock.t0 + self.faults.kill_at_s * self.time_scale,
                          self._inject_kill)
         decide = asyncio.ensure_future(self._decide_loop())
+        watch = asyncio.ensure_future(self._watch_liveness())
         done = asyncio.ensure_future(self._done.wait())
         await asyncio.wait([decide, done], return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
         if decide.done():
             decide.result()  # raises the policy's or placement's error
         decide.cancel()
-        if self._error is not None:
-            raise RunFailed(self._error)
+        left = unfinished_message((rid, e.phase) for rid, e in self.entries.items())
+        if self._error is not None or left is not None:
+            raise RunFailed("; ".join(m for m in (self._error, left) if m))
 
     async def stop(self) -> list[dict[str, Any]]:
         """Ask every live node for its statistics and end the run."""
@@ -212,40 +232,54 @@ class Router:
 
     def _arrive(self, request: Request) -> None:
         self._pending_arrivals -= 1
-        job = Job(request)
+        if request.request_id in self.entries:
+            self._fail(f"request {request.request_id} was admitted twice")
+            return
+        entry = Entry(Job(request))
         self._advance()
         self.in_system += 1
-        self.recorder.arrive(job)
-        self.waiting.append(Entry(job))
-        self._wake(None)
+        self.open += 1
+        self.entries[request.request_id] = entry
+        self.recorder.arrive(entry.job)
+        self._queue(entry, self.waiting.arrive)
 
     def _advance(self) -> None:
         now = self.clock.now()
         self.time_in_system += self.in_system * max(0.0, now - self._t_last)
         self._t_last = max(self._t_last, now)
 
+    def _queue(self, entry: Entry, put: Callable[[Entry], None]) -> None:
+        """``entry`` waits (``put``: at the tail or back at the head); the loop wakes."""
+        entry.phase = WAITING
+        put(entry)
+        self._wake_event.set()
+
     def _wake(self, freed: WaitFor | None) -> None:
-        wait = self._wait
-        if wait is None or wait is WaitFor.ANY or wait is freed:
-            self._due = True
+        if self.waiting.wake(freed):
             self._wake_event.set()
 
     async def _decide_loop(self) -> None:
+        waiting = self.waiting
         while True:
             await self._wake_event.wait()
             self._wake_event.clear()
-            while self._due and self.waiting:
-                entry = self.waiting[0]
+            while waiting.ready:
+                entry = waiting.head
                 answer = await self.decider(entry.request, self.view())
+                if not waiting.items or waiting.head is not entry:
+                    continue  # the queue changed while the policy thought: ask about the head
+                if isinstance(answer, Decision):
+                    why = unavailable(answer, self._down)
+                    answer = answer if why is None else Defer(why, WaitFor.ANY)
                 if not isinstance(answer, Decision):
-                    self._due = False
-                    self._wait = answer.wait_for if answer is not None else WaitFor.ANY
+                    waiting.defer(answer)
                     break
-                self._wait = None
-                self._check(entry, answer)
-                self.waiting.popleft()
-                await self._place(entry, answer)
-            self._check_done()
+                self.ledger.check(entry.request, answer)
+                await self._place(waiting.take(), answer)
+
+    def _down(self, engine: int) -> str | None:
+        node = self.spec.node_of(engine)
+        return f"is on node {node}, which is down" if self.nodes[node].dead else None
 
     # -- the view -------------------------------------------------------------------
     def view(self) -> ClusterView:
@@ -254,10 +288,11 @@ class Router:
         engines = []
         for e in range(spec.engines):
             node = self.nodes[spec.node_of(e)]
-            seq, tok, free = self._seq[e], self._tok[e], self._free[e]
+            load = self.ledger.loads[e]
+            seq, tok, free = load.seq, load.tok, load.free_hbm
             if node.dead:
                 # An engine that is gone looks full: no HBM, a full batch and a backlog no
-                # load-aware policy picks. One that picks it anyway is refused in _check.
+                # load-aware policy picks. One that picks it anyway is deferred.
                 seq, tok, free = spec.decode_max_batch, DEAD_BACKLOG_TOKENS, 0.0
             engines.append(EngineView(e, spec.role_of(e), spec.node_of(e), spec.group_of(e),
                                       seq, tok, free, node.busy.get(e, 0.0)))
@@ -267,51 +302,36 @@ class Router:
             queued = state.read_q + sum(nbytes for _, nbytes in state.placed)
             nodes.append(NodeView(n, spec.role_of_node(n), queued / self._kvb,
                                   spec.snic_bytes_s_of(n), state.free_buffer))
-        tokens = sum(e.request.prompt_tokens for e in self.waiting)
-        return ClusterView(now, spec, tuple(engines), tuple(nodes),
-                           QueueView(len(self.waiting), tokens))
-
-    def _check(self, entry: Entry, d: Decision) -> None:
-        spec, rid = self.spec, entry.request.request_id
-        if not 0 <= d.prefill_engine < spec.prefill_engines:
-            raise ValueError(f"request {rid}: prefill_engine {d.prefill_engine} is not a "
-                             f"prefill engine (0..{spec.prefill_engines - 1})")
-        if not spec.prefill_engines <= d.decode_engine < spec.engines:
-            raise ValueError(f"request {rid}: decode_engine {d.decode_engine} is not a decode "
-                             f"engine ({spec.prefill_engines}..{spec.engines - 1})")
-        for engine in (d.prefill_engine, d.decode_engine):
-            if self.nodes[spec.node_of(engine)].dead:
-                raise ValueError(f"request {rid}: engine {engine} is on node "
-                                 f"{spec.node_of(engine)}, which is down")
-        need = entry.request.total_tokens * self._kvb
-        de = d.decode_engine
-        if self._free[de] < need or self._seq[de] >= spec.decode_max_batch:
-            raise ValueError(f"request {rid}: decode engine {de} has no room (needs {need:.0f} "
-                             f"B of HBM, has {self._free[de]:.0f} B free, "
-                             f"{self._seq[de]}/{spec.decode_max_batch} sequences)")
+        return ClusterView(now, spec, tuple(engines), tuple(nodes), self.waiting.view())
 
     # -- placing ----------------------------------------------------------------------
     async def _place(self, entry: Entry, d: Decision) -> None:
-        spec, req, job = self.spec, entry.request, entry.job
-        block = spec.block_tokens
-        pe_tokens, de_tokens = split_tokens(req.hit_tokens, d.decode_share, block)
-        names = self._names(req, 0, -(-req.hit_tokens // block))
+        """Reserve at once (the next decision sees it), make sure storage holds the hit
+        blocks, then send the placement, unless an engine's node died meanwhile."""
+        req, job = entry.request, entry.job
+        entry.phase = PLACING
+        entry.pe, entry.de = d.prefill_engine, d.decode_engine
+        job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
+        pe_tokens, de_tokens = self.ledger.reserve(req, d)
+        names = self._names(req, 0, -(-req.hit_tokens // self.spec.block_tokens))
         if names:
             self.counters["blocks_ensured"] += await self.storage.ensure(self.block_bytes, names)
             if self.counters["blocks_corrupted"] < self.faults.corrupt_blocks:
                 corrupt_block(self.storage_root, names[0])
                 self.counters["blocks_corrupted"] += 1
-        entry.pe, entry.de = d.prefill_engine, d.decode_engine
-        job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
+        if self._down(entry.pe) or self._down(entry.de):
+            self._reschedule(entry)  # a node went away while storage answered
+            return
         job.t_decision = self.clock.now()
-        self._seq[entry.pe] += 1
-        self._tok[entry.pe] += max(req.appended_tokens, 1)
-        self._seq[entry.de] += 1
-        self._tok[entry.de] += req.total_tokens
-        self._free[entry.de] -= req.total_tokens * self._kvb
         if entry.attempt == 0:
             self.hit_bytes += req.hit_tokens * self._kvb
-        self.inflight[req.request_id] = entry
+        entry.phase = LOADING_STORAGE if req.hit_tokens else PREFILLING  # ``loaded`` moves it on
+        self._send_place(entry, names, pe_tokens, de_tokens)
+
+    def _send_place(self, entry: Entry, names: list[str], pe_tokens: int,
+                    de_tokens: int) -> None:
+        spec, req = self.spec, entry.request
+        block = spec.block_tokens
         msg = {"t": "place", "rid": req.request_id, "attempt": entry.attempt,
                "agent": req.agent_id, "turn": req.turn, "hit": req.hit_tokens,
                "app": req.appended_tokens, "gen": req.gen_tokens, "arrival": req.arrival_s,
@@ -345,13 +365,16 @@ class Router:
     # -- reports ------------------------------------------------------------------------
     async def _serve_node(self, node: int, state: NodeState) -> None:
         while (msg := await state.channel.recv()) is not None:
+            state.heard = time.monotonic()
             kind = msg["t"]
             if kind == "state":
                 self._on_state(state, msg)
             elif kind == "batch":
-                self._tok[msg["engine"]] = max(0, self._tok[msg["engine"]] - msg["tokens"])
+                self.ledger.computed(msg["engine"], msg["tokens"])
             elif kind == "free":
                 self._wake(WaitFor.PREFILL)
+            elif kind == "loaded":
+                self._on_loaded(msg)
             elif kind == "first":
                 self._on_first(msg)
             elif kind == "fin":
@@ -371,51 +394,60 @@ class Router:
         state.busy = {int(e): t for e, t in msg["busy"].items()}
         state.placed = [(seq, b) for seq, b in state.placed if seq > state.ack]
 
-    def _current(self, msg: dict[str, Any]) -> Entry | None:
-        entry = self.inflight.get(msg["rid"])
+    def _current(self, msg: dict[str, Any], *phases: Phase) -> Entry | None:
+        """The entry a node's report is about if it is the current attempt, in one of
+        ``phases``; otherwise the report is stale (an old attempt) or a duplicate."""
+        entry = self.entries.get(msg["rid"])
         if entry is None or entry.attempt != msg["attempt"]:
             self.counters["stale_reports"] += 1
             return None
+        if entry.phase not in phases:
+            self.counters["out_of_order_reports"] += 1
+            return None
         return entry
 
+    def _on_loaded(self, msg: dict[str, Any]) -> None:
+        entry = self._current(msg, LOADING_STORAGE, PREFILLING)
+        if entry is not None:
+            entry.phase = PREFILLING
+
     def _on_first(self, msg: dict[str, Any]) -> None:
-        entry = self._current(msg)
+        entry = self._current(msg, LOADING_STORAGE, PREFILLING)
         if entry is None:
             return
-        entry.prefilled = True
+        entry.phase = DECODING
         entry.job.t_first_token = msg["at"]
-        self._seq[entry.pe] -= 1
+        self.ledger.prefilled(entry.pe)
 
     def _on_finish(self, msg: dict[str, Any]) -> None:
-        entry = self._current(msg)
+        entry = self.entries.get(msg["rid"])
+        if entry is not None and entry.attempt == msg["attempt"]:
+            entry.completions += 1
+            if entry.completions > 1:
+                self.counters["duplicated"] += 1
+        entry = self._current(msg, LOADING_STORAGE, PREFILLING, DECODING)
         if entry is None:
             return
         req, job = entry.request, entry.job
-        del self.inflight[req.request_id]
-        self._release_decode(entry)
+        if entry.phase is not DECODING:  # a single-token request finishes at its prefill
+            self.ledger.prefilled(entry.pe)
+        entry.phase = FINISHED
+        self.ledger.finished(req, entry.de)
         self._advance()
         job.t_finish = msg["at"]
         if math.isnan(job.t_first_token):
             job.t_first_token = job.t_finish
         self.finished += 1
         self.in_system -= 1
+        self.open -= 1
         self.recorder.done(job)
         if self.on_finish is not None:
             self.on_finish(job)
         for follow in self.workload.on_complete(req, job.t_finish):
             self._schedule_arrival(follow)
         self._wake(WaitFor.DECODE)
-        self._check_done()
-
-    def _check_done(self) -> None:
-        if not self.waiting and not self.inflight and self._pending_arrivals == 0:
+        if self.open == 0 and self._pending_arrivals == 0:
             self._done.set()
-
-    def _release_decode(self, entry: Entry) -> None:
-        req = entry.request
-        self._seq[entry.de] -= 1
-        self._tok[entry.de] -= req.total_tokens
-        self._free[entry.de] += req.total_tokens * self._kvb
 
     # -- faults -----------------------------------------------------------------------
     def _inject_kill(self) -> None:
@@ -426,12 +458,28 @@ class Router:
         if self._kill is not None:
             self._kill(node)
 
+    async def _watch_liveness(self) -> None:
+        """Fence a node silent for ``liveness_s`` (stopped, hung, cut off): kill it, so it
+        cannot act on work that is rescheduled elsewhere, and reschedule its requests."""
+        while True:
+            await asyncio.sleep(min(0.5, self.liveness_s / 4))
+            now = time.monotonic()
+            for node, state in self.nodes.items():
+                if not state.dead and state.stats is None and now - state.heard > self.liveness_s:
+                    print(f"[router] node {node} silent for {now - state.heard:.1f} s: fencing it",
+                          file=sys.stderr, flush=True)
+                    self.counters["fenced"] += 1
+                    if self._kill is not None:
+                        self._kill(node)
+                    self._node_lost(node)
+
     def _node_lost(self, node: int) -> None:
-        """Reschedule every request that touched ``node``; its engines take no more work."""
+        """Reschedule every placed request that touched ``node``; its engines take no more
+        work. (A request still placing is rescheduled when its placement resumes.)"""
         spec = self.spec
         self.nodes[node].dead = True
-        lost = [e for e in self.inflight.values()
-                if node in (spec.node_of(e.pe), spec.node_of(e.de))]
+        lost = [e for e in self.entries.values() if e.phase in _ON_NODES
+                and node in (spec.node_of(e.pe), spec.node_of(e.de))]
         print(f"[router] node {node} went away; rescheduling {len(lost)} request(s)",
               file=sys.stderr, flush=True)
         alive = [n for n, s in self.nodes.items() if not s.dead
@@ -440,21 +488,29 @@ class Router:
             self._fail(f"node {node} went away and no {spec.role_of_node(node)} node is left")
             return
         for entry in sorted(lost, key=lambda e: e.request.arrival_s, reverse=True):
-            rid = entry.request.request_id
-            del self.inflight[rid]
             for engine in (entry.pe, entry.de):
                 other = self.nodes[spec.node_of(engine)]
                 if not other.dead:
-                    other.channel.send({"t": "cancel", "rid": rid})
-            if not entry.prefilled:
-                self._seq[entry.pe] -= 1
-            self._release_decode(entry)
-            entry.attempt += 1
-            entry.prefilled = False
-            entry.job = Job(entry.request)  # a fresh record; the arrival stays
-            self.waiting.appendleft(entry)
-            self.counters["rescheduled"] += 1
-        self._wake(None)
+                    other.channel.send({"t": "cancel", "rid": entry.request.request_id})
+            self._reschedule(entry)
+
+    def _reschedule(self, entry: Entry) -> None:
+        """Undo ``entry``'s placement and put it back at the head under a new attempt."""
+        self.ledger.unplace(entry.request, entry.pe, entry.de,
+                            prefilled=entry.phase is DECODING)
+        entry.phase = RESCHEDULED
+        entry.attempt += 1
+        entry.completions = 0
+        entry.job = Job(entry.request)  # a fresh record; the arrival stays
+        self.counters["rescheduled"] += 1
+        self._queue(entry, self.waiting.put_back)
+
+    def outcome(self) -> dict[str, int]:
+        """Admitted, completed (exactly once), lost and duplicated requests of the run."""
+        completed = sum(e.phase is FINISHED for e in self.entries.values())
+        return {"admitted": len(self.entries), "completed": completed,
+                "lost": len(self.entries) - completed,
+                "duplicated": self.counters["duplicated"]}
 
     def _fail(self, message: str) -> None:
         if self._error is None:

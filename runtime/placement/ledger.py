@@ -57,7 +57,8 @@ class Ledger:
     def __init__(self, spec: ClusterSpec, loads: Sequence[EngineLoad] | None = None) -> None:
         self.spec = spec
         self.loads: list[EngineLoad] = list(loads) if loads is not None else [
-            EngineLoad(0.0 if e < spec.prefill_engines else spec.node.de_hbm_kv_bytes)
+            EngineLoad(spec.node.pe_hbm_kv_bytes if e < spec.prefill_engines
+                       else spec.node.de_hbm_kv_bytes)
             for e in range(spec.engines)]
         self._kvb = spec.model.kv_bytes_per_token
         self._npe = spec.prefill_engines

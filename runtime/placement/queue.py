@@ -64,10 +64,12 @@ class WaitingQueue(Generic[T]):
         self.wake(None)
 
     def put_back(self, item: T) -> None:
-        """A request whose placement was undone goes back to the head (it keeps its turn)."""
+        """A request whose placement was undone goes back to the head (it keeps its turn)
+        and is asked about at once: what the old head waited for does not hold for it."""
         self.items.appendleft(item)
         self.tokens += item.request.prompt_tokens
-        self.wake(None)
+        self._wait = None
+        self.due = True
 
     def defer(self, answer: Defer | None) -> None:
         """The policy deferred the head: wait for what it names (``None``: anything)."""
