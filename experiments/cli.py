@@ -269,6 +269,16 @@ def cmd_bench_grpc(args: argparse.Namespace) -> None:
     _emit(args, payload, render_grpc(payload))
 
 
+def cmd_bench_soak(args: argparse.Namespace) -> None:
+    from experiments.soak import render_soak, soak
+
+    payload = soak(minutes=args.minutes, clients=args.clients, swap_every_s=args.swap_every,
+                   deadline_ms=args.deadline_ms)
+    _emit(args, payload, render_soak(payload))
+    if not payload["ok"]:  # a failed call or swap fails the command, after the report
+        raise SystemExit(1)
+
+
 def _faults(args: argparse.Namespace) -> Any:
     from runtime.live.router import Faults
 
@@ -458,6 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-log", action="store_true", help="serve with the decision log off")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_grpc)
+    b = bench.add_parser("soak", help="the scheduler service under steady load for minutes, "
+                                      "its policy swapped; failures and server memory")
+    b.add_argument("--minutes", type=float, default=10.0, help="length of the load (0.2 ok)")
+    b.add_argument("--clients", type=int, default=4, help="concurrent client loops (threads)")
+    b.add_argument("--swap-every", type=float, default=30.0,
+                   help="seconds between SwapPolicy calls (dualpath <-> pretrained:paper-offline)")
+    b.add_argument("--deadline-ms", type=float, default=2000.0, help="deadline of every call")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_soak)
 
     p = sub.add_parser("serve", help="run the scheduler service (gRPC)")
     p.add_argument("--policy", default=None,
