@@ -15,6 +15,7 @@ from gymnasium import spaces
 from env.encoding import Encoder, Encoding, Tuning
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
+from runtime.executor import Executor
 from runtime.live.config import LiveOptions
 from runtime.live.session import LiveSession
 from runtime.policy import Policy
@@ -151,7 +152,7 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         self.observation_space = spaces.Box(0.0, OBS_HIGH, (self.encoding.obs_size,), np.float32)
         nvec = self.encoding.action_nvec if self.mode is Mode.ROUTE else self.tuning.action_nvec
         self.action_space = spaces.MultiDiscrete(np.array(nvec, dtype=np.int64))
-        self.sim: Simulator | LiveSession | None = None
+        self.sim: Executor | None = None
         self._point: tuple[Request, ClusterView] | None = None
         self._hint: Decision | None = None
         self._mask = np.ones(sum(nvec), dtype=bool)
@@ -239,7 +240,7 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
             self._hint, self._mask = hint, self.encoder.shared_action_mask(request, view)
             return
 
-    def _run_window(self, sim: Simulator, point: tuple[Request, ClusterView] | None,
+    def _run_window(self, sim: Executor, point: tuple[Request, ClusterView] | None,
                     policy: Policy) -> tuple[Request, ClusterView] | None:
         """Let ``policy`` decide for one window of simulated time; the next pending point."""
         end = sim.now + self.tuning.window_s

@@ -88,8 +88,8 @@ class NodeState:
     free_buffer: float = 0.0
     ack: int = -1
     busy: dict[int, float] = field(default_factory=dict)
-    placed: list[tuple[int, float]] = field(default_factory=list)  # (seq, modelled bytes)
-    seq: int = 0
+    placed: list[tuple[int, float]] = field(default_factory=list)  # (sent, modelled bytes)
+    sent: int = 0  # placements sent to it (a node acknowledges them by this number)
     dead: bool = False
     stats: dict[str, Any] | None = None
     heard: float = 0.0  # wall clock of its last message
@@ -344,10 +344,10 @@ class Router:
                                          -(-req.total_tokens // block)))}
         for engine, tokens in ((entry.pe, pe_tokens), (entry.de, de_tokens)):
             state = self.nodes[spec.node_of(engine)]
-            state.seq += 1
+            state.sent += 1
             if tokens:
-                state.placed.append((state.seq, tokens * self._kvb))
-            state.channel.send({**msg, "seq": state.seq})
+                state.placed.append((state.sent, tokens * self._kvb))
+            state.channel.send({**msg, "seq": state.sent})
 
     def _names(self, req: Request, first: int, end: int) -> list[str]:
         """Names of the cluster's blocks ``first .. end-1`` of ``req``'s context.

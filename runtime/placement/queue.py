@@ -9,6 +9,7 @@ This is the one place that decides when a deferred request is asked again.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from typing import Generic, Protocol, TypeVar
 
 from runtime.decision import Defer, WaitFor
@@ -45,7 +46,7 @@ class WaitingQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[T]:
         return iter(self.items)
 
     @property

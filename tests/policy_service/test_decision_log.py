@@ -21,9 +21,9 @@ from policy_service.decision_log import (
     export,
 )
 from runtime.decision import Decision, Defer, WaitFor
+from runtime.placement import reserve_view as reserve
 from runtime.preset import load_preset
 from runtime.request import Request
-from runtime.placement import reserve_view as reserve
 from runtime.sim import Simulator
 from runtime.view import ClusterView
 from runtime.workload.agentic import AgenticWorkload

@@ -14,8 +14,8 @@ from agents import resolve_policy
 from policy_service.codec import decision_from_pb, request_to_pb, view_to_pb
 from policy_service.proto import scheduler_pb2 as pb
 from runtime.decision import Decision, Defer
-from runtime.preset import load_preset
 from runtime.placement import reserve_view as reserve
+from runtime.preset import load_preset
 from tests.policy_service.conftest import Client, schedule_msg, sim_points
 
 SPEC = load_preset("ds27b-1p1d")

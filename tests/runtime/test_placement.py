@@ -6,8 +6,8 @@ import pytest
 
 from agents import resolve_policy
 from runtime.decision import Decision, split_tokens
+from runtime.placement import reserve_view as reserve
 from runtime.preset import load_preset
-from runtime.reservation import reserve
 from runtime.sim.simulator import Simulator
 from runtime.workload.agentic import AgenticWorkload
 
@@ -56,3 +56,70 @@ def test_reserve_leaves_the_view_unchanged():
 ])
 def test_split_tokens_rounds_to_whole_blocks(hit, share, block, expected):
     assert split_tokens(hit, share, block) == expected
+
+
+# -- the placement core's queue, ledger and lifecycle --------------------------------------
+
+def _item(rid: int, prompt: int = 100):
+    from types import SimpleNamespace
+
+    from tests.builders import make_request
+    return SimpleNamespace(request=make_request(0, prompt, request_id=rid))
+
+
+def test_a_deferred_head_is_asked_again_only_when_what_it_waits_for_frees():
+    from runtime.decision import Defer, WaitFor
+    from runtime.placement import WaitingQueue
+
+    q = WaitingQueue()
+    q.arrive(_item(1))
+    assert q.ready and q.view().requests == 1 and q.view().tokens == 100
+    q.defer(Defer("full", WaitFor.DECODE))
+    assert not q.ready
+    assert not q.wake(WaitFor.PREFILL) and not q.wake(None)  # an arrival does not either
+    assert q.wake(WaitFor.DECODE) and q.ready
+    q.defer(None)  # no reason given: anything wakes it
+    assert q.wake(None)
+
+
+def test_a_request_put_back_is_asked_about_at_once_and_keeps_its_turn():
+    from runtime.decision import Defer, WaitFor
+    from runtime.placement import WaitingQueue
+
+    q = WaitingQueue()
+    q.arrive(_item(1))
+    q.arrive(_item(2, 50))
+    first = q.take()
+    q.defer(Defer("full", WaitFor.DECODE))
+    q.put_back(first)
+    assert q.ready and q.head is first and q.tokens == 150
+
+
+def test_the_ledger_refuses_a_decision_without_room_and_undoes_exactly_what_it_took():
+    from runtime.decision import Decision
+    from runtime.placement import Ledger, PlacementError
+    from tests.builders import make_request, make_spec
+
+    spec = make_spec(1, 1, gpus=1, decode_max_batch=1)
+    ledger = Ledger(spec)
+    request = make_request(1000, 10, 5, request_id=7)
+    before = [(x.seq, x.tok, x.free_hbm) for x in ledger.loads]
+    with pytest.raises(PlacementError, match="not a prefill engine"):
+        ledger.check(request, Decision(1, 1, 0.0))
+    ledger.check(request, Decision(0, 1, 0.5))
+    ledger.reserve(request, Decision(0, 1, 0.5))
+    with pytest.raises(PlacementError, match="decode engine 1 has no room"):
+        ledger.check(request, Decision(0, 1, 0.0))
+    ledger.unplace(request, 0, 1, prefilled=False)
+    ledger.computed(0, 10)
+    assert [(x.seq, x.tok, x.free_hbm) for x in ledger.loads] == before
+
+
+def test_an_unfinished_run_names_its_requests_and_their_phases():
+    from runtime.placement import Phase, unfinished_message
+
+    assert unfinished_message([(1, Phase.FINISHED)]) is None
+    message = unfinished_message([(1, Phase.FINISHED), (2, Phase.PLACING), (3, Phase.DECODING)])
+    assert message is not None
+    assert "2 admitted request(s) did not finish" in message
+    assert "2 (placing)" in message and "3 (decoding)" in message
