@@ -279,6 +279,17 @@ def cmd_bench_soak(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_stress(args: argparse.Namespace) -> None:
+    from experiments.stress import StressConfig, parse_faults, render_stress, stress
+
+    cfg = StressConfig(count=args.count, faults=parse_faults(args.faults), agents=args.agents,
+                       hog=not args.no_hog)
+    payload = stress(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    _emit(args, payload, render_stress(payload))
+    if not payload["ok"]:  # a lost or duplicated request fails the command, after the report
+        raise SystemExit(1)
+
+
 def _faults(args: argparse.Namespace) -> Any:
     from runtime.live.router import Faults
 
@@ -477,6 +488,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--deadline-ms", type=float, default=2000.0, help="deadline of every call")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_soak)
+
+    p = sub.add_parser("stress", help="live clusters under each fault in turn while a CPU hog "
+                                      "keeps every core busy; every request exactly once")
+    p.add_argument("--count", type=int, default=1, help="runs of each fault")
+    p.add_argument("--faults", default=None,
+                   help="comma-separated subset of: kill-decode, kill-prefill, kill-storage, "
+                        "kill-scheduler, stop-2s, stop-10s, link-rate, corrupt-block (default all)")
+    p.add_argument("--agents", type=int, default=4, help="agents per run")
+    p.add_argument("--no-hog", action="store_true", help="run without the CPU hog")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stress)
 
     p = sub.add_parser("serve", help="run the scheduler service (gRPC)")
     p.add_argument("--policy", default=None,

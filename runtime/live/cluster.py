@@ -6,17 +6,25 @@ the nodes pace their NICs; with ``netns`` each node and the storage service
 run in their own network namespace on separate storage and compute networks
 shaped by ``tc``. Whatever happens, the processes are stopped, the storage
 directory is removed and the namespaces are torn down.
+
+The storage service is supervised while the workload runs: if it dies it is
+started again within :data:`STORAGE_POLL_S` plus its start-up time, on the same
+address, port and directory, so the clients' reconnection finds it and every
+block it acknowledged is still there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -33,6 +41,17 @@ from runtime.sim.link import Link
 from runtime.sim.metrics import summarize
 from runtime.view import ClusterView
 from runtime.workload.base import Workload
+
+log = logging.getLogger(__name__)
+
+#: How often the supervisor checks that the storage service is alive.
+STORAGE_POLL_S = 0.1
+#: How long a storage service may take to announce itself (a loaded machine is slow
+#: to start Python).
+STORAGE_START_S = 60.0
+#: Failed restarts in a row after which the supervisor gives up (the clients then
+#: fail with StorageUnavailable, and the run with them).
+STORAGE_RESTART_TRIES = 5
 
 
 def local_decider(policy: Policy) -> Decider:
@@ -52,6 +71,7 @@ class LiveCluster:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._stack = ExitStack()
         self.fabric: Any = None
+        self.storage_restarts = 0
 
     # -- processes ------------------------------------------------------------------------
     def _popen(self, name: str, argv: list[str], host: Any = None) -> subprocess.Popen[bytes]:
@@ -65,21 +85,62 @@ class LiveCluster:
 
     def _start_storage(self, root: str) -> tuple[tuple[str, int], tuple[str, int]]:
         """Start the storage service; returns (address for nodes, address for the router)."""
+        port = self._launch_storage(root, 0)
+        if self.fabric is None:
+            return ("127.0.0.1", port), ("127.0.0.1", port)
+        return (self.fabric.storage.storage_ip, port), (self.fabric.storage.mgmt_ip, port)
+
+    def _launch_storage(self, root: str, port: int) -> int:
+        """Start a storage service on ``port`` (0: any free one) serving ``root``; returns
+        the port it announced once it accepts connections."""
         argv = [sys.executable, "-m", "runtime.live.storage", "--root", root,
-                "--replicas", str(self.options.replicas)]
+                "--replicas", str(self.options.replicas), "--port", str(port)]
         if self.fabric is None:
             proc = self._popen("storage", argv)
         else:
             proc = self._popen("storage", [*argv, "--host", "0.0.0.0"], self.fabric.storage)
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode().strip()
+        line = _first_line(proc, STORAGE_START_S)
         if not line.startswith("storage listening on "):
+            if proc.poll() is None:
+                proc.kill()
             raise RuntimeError(f"storage service did not start (said {line!r}, "
                                f"exit code {proc.poll()})")
-        port = int(line.rsplit(":", 1)[1])
-        if self.fabric is None:
-            return ("127.0.0.1", port), ("127.0.0.1", port)
-        return (self.fabric.storage.storage_ip, port), (self.fabric.storage.mgmt_ip, port)
+        return int(line.rsplit(":", 1)[1])
+
+    def kill_storage(self) -> bool:
+        """SIGKILL the storage service (fault injection; callable from any thread).
+        While a run goes on the supervisor restarts it. Returns whether it was running."""
+        proc = self._procs.get("storage")
+        if proc is None or proc.poll() is not None:
+            return False
+        proc.send_signal(signal.SIGKILL)
+        return True
+
+    def _supervise_storage(self, root: str, port: int, stop: threading.Event) -> None:
+        """Restart the storage service on ``port`` whenever it dies, until ``stop`` is set.
+
+        Runs in its own thread: a restart blocks until the new process announces
+        itself, and the run's event loop must go on meanwhile.
+        """
+        failures = 0
+        while not stop.wait(STORAGE_POLL_S) and failures < STORAGE_RESTART_TRIES:
+            old = self._procs["storage"]
+            code = old.poll()
+            if code is None:
+                continue
+            if old.stdout is not None:
+                old.stdout.close()
+            try:
+                self._launch_storage(root, port)
+            except (OSError, RuntimeError) as exc:
+                failures += 1
+                log.error("storage service died (exit code %s); restart %d of %d failed: %s",
+                          code, failures, STORAGE_RESTART_TRIES, exc)
+                continue
+            failures = 0
+            self.storage_restarts += 1
+            log.warning("storage service died (exit code %s); restarted on port %d",
+                        code, port)
 
     def _start_nodes(self, router: tuple[str, int], storage: tuple[str, int]) -> None:
         options = self.options.__dict__
@@ -98,6 +159,20 @@ class LiveCluster:
         proc = self._procs.get(f"node{node}")
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
+
+    def signal_node(self, node: int, sig: int) -> None:
+        """Send ``sig`` to node ``node``'s process (a fault injector stops and resumes nodes)."""
+        proc = self._procs.get(f"node{node}")
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+
+    def set_snic_rate(self, node: int, model_bytes_s: float) -> None:
+        """Change node ``node``'s storage link to ``model_bytes_s`` (model bytes/s) mid-run;
+        needs network namespaces (the kernel shapes the link)."""
+        if self.fabric is None:
+            raise RuntimeError("changing a link's rate needs --netns (kernel-shaped links)")
+        scale = self.options.time_scale * self.options.bytes_scale
+        self.fabric.set_snic_rate(node, model_bytes_s / scale)
 
     def _build_fabric(self) -> None:
         from runtime.live.netns import Fabric, NodeLinks
@@ -147,10 +222,31 @@ class LiveCluster:
     async def _run(self, root: str, workload: Workload, decider: Decider, faults: Faults,
                    router_hook: Any) -> dict[str, Any]:
         for_nodes, for_router = self._start_storage(root)
+        stop = threading.Event()
+        supervisor = threading.Thread(target=self._supervise_storage, name="storage-supervisor",
+                                      args=(root, for_nodes[1], stop), daemon=True)
+        supervisor.start()
+        try:
+            router, wall = await self._replay(for_nodes, for_router, root, workload, decider,
+                                              faults, router_hook)
+        finally:
+            # The workload is done (or failed): from here on a dead storage stays dead. A
+            # restart under way finishes first, so close() stops what it started.
+            stop.set()
+            await asyncio.get_running_loop().run_in_executor(None, supervisor.join)
+        stats = await router.stop()
+        return self._metrics(router, stats, wall)
+
+    async def _replay(self, for_nodes: tuple[str, int], for_router: tuple[str, int], root: str,
+                      workload: Workload, decider: Decider, faults: Faults, router_hook: Any
+                      ) -> tuple[Router, float]:
+        """Start the router and the nodes and replay ``workload``; returns the router
+        and the replay's wall time."""
         host = "0.0.0.0" if self.fabric is not None else "127.0.0.1"
         router = Router(self.spec, workload, decider, clock_scale=self.options.time_scale,
                         block_bytes=self.block_bytes, storage=for_router, storage_root=root,
-                        host=host, faults=faults, kill=self.kill_node)
+                        host=host, faults=faults, kill=self.kill_node,
+                        liveness_s=self.options.liveness_s)
         port = await router.listen()
         router_ip = self.fabric.router_ip if self.fabric is not None else "127.0.0.1"
         self._start_nodes((router_ip, port), for_nodes)
@@ -159,9 +255,7 @@ class LiveCluster:
             router_hook(router)
         wall = time.perf_counter()
         await router.run()
-        wall = time.perf_counter() - wall
-        stats = await router.stop()
-        return self._metrics(router, stats, wall)
+        return router, time.perf_counter() - wall
 
     def _metrics(self, router: Router, stats: list[dict[str, Any]], wall_s: float
                  ) -> dict[str, Any]:
@@ -184,6 +278,16 @@ class LiveCluster:
             "preset": spec.name, "transport": self.options.transport,
             "netns": self.options.netns, "time_scale": self.options.time_scale,
             "bytes_scale": self.options.bytes_scale, "layerwise": self.options.layerwise,
-            "oracle": self.options.oracle, "live": dict(sorted(counters.items())),
+            "oracle": self.options.oracle,
+            "live": dict(sorted({**counters, "storage_restarts": self.storage_restarts}.items())),
+            **router.outcome(),
         })
         return metrics
+
+
+def _first_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
+    """The first line ``proc`` prints, or what it printed by ``timeout_s`` (never blocks
+    longer, so a hung process can't hang the launcher)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    return proc.stdout.readline().decode().strip() if ready else ""

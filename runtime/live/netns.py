@@ -646,6 +646,15 @@ class Fabric:
             out[self._nodes[k].netns] = node
         return out
 
+    def set_snic_rate(self, node_id: int, payload_bytes_s: float) -> None:
+        """Change node ``node_id``'s storage link to ``payload_bytes_s`` mid-run (both ends'
+        ``tbf``, replaced in place: open connections stay up and slow down)."""
+        self._require_built()
+        if not _is_rate(payload_bytes_s):
+            raise ValueError(f"rate must be a finite number > 0, got {payload_bytes_s!r}")
+        _batch(["tc", "-n", self._nodes[node_id].netns], [_tbf("snic", payload_bytes_s)])
+        _batch(["tc", "-n", f"{self._run_id}-fab"], [_tbf(f"s{node_id}", payload_bytes_s)])
+
     # -- teardown
 
     def _teardown(self) -> list[str]:

@@ -59,7 +59,12 @@ Decider = Callable[[Request, ClusterView], Awaitable[Decision | Defer | None]]
 
 
 class RunFailed(RuntimeError):
-    """A node reported a fatal error, or the run cannot make progress."""
+    """A node reported a fatal error, or the run cannot make progress; ``outcome`` holds
+    the run's admitted/completed/lost/duplicated counts where the router had started."""
+
+    def __init__(self, message: str, outcome: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 @dataclass
@@ -209,7 +214,7 @@ class Router:
         decide.cancel()
         left = unfinished_message((rid, e.phase) for rid, e in self.entries.items())
         if self._error is not None or left is not None:
-            raise RunFailed("; ".join(m for m in (self._error, left) if m))
+            raise RunFailed("; ".join(m for m in (self._error, left) if m), self.outcome())
 
     async def stop(self) -> list[dict[str, Any]]:
         """Ask every live node for its statistics and end the run."""
@@ -477,7 +482,10 @@ class Router:
         """Reschedule every placed request that touched ``node``; its engines take no more
         work. (A request still placing is rescheduled when its placement resumes.)"""
         spec = self.spec
+        if self.nodes[node].dead:
+            return
         self.nodes[node].dead = True
+        self.counters["node_lost"] += 1
         lost = [e for e in self.entries.values() if e.phase in _ON_NODES
                 and node in (spec.node_of(e.pe), spec.node_of(e.de))]
         print(f"[router] node {node} went away; rescheduling {len(lost)} request(s)",

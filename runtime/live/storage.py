@@ -26,6 +26,12 @@ the connection stays open.
 
 Run a server with ``python -m runtime.live.storage --root DIR``; it prints
 ``storage listening on HOST:PORT`` once it accepts connections.
+
+Surviving a server's death: a block is acknowledged only once its files are
+renamed into place, so a server restarted on the same ``--root`` serves every
+acknowledged block (and clears the temporaries the dead one left). Restarted
+on the same ``--port``, it is found again by the clients, which reconnect and
+resend the call they had in flight (see :class:`StorageClient`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +74,7 @@ ENSURE_BATCH = 65536
 _NAME_RE = re.compile(r"[0-9a-f]{8,64}")
 _CHECKSUM_RE = re.compile(rb"[0-9a-f]{32}")
 _CHECKSUM_STR_RE = re.compile(r"[0-9a-f]{32}")
+_TMP_RE = re.compile(r"[0-9a-f]{8,64}\.(\d+)\.\d+\.tmp")
 
 # --------------------------------------------------------------------------- errors
 
@@ -85,6 +93,14 @@ class StorageProtocolError(StorageError):
 
 class ChecksumMismatch(StorageError):
     """A payload does not match the checksum it came with."""
+
+
+class StorageConnectionLost(StorageProtocolError):
+    """The connection dropped before a reply was complete: clients reconnect and retry."""
+
+
+class StorageUnavailable(StorageError):
+    """The storage service stayed unreachable for a client's whole retry budget."""
 
 
 def validate_name(name: str) -> str:
@@ -150,14 +166,25 @@ def _open_block(path: Path, name: str, replica: int) -> tuple[BinaryIO, int, str
 
 
 def _write_file(path: Path, payload: bytes | memoryview, digest: str, fsync: bool) -> None:
-    """Replace ``path`` atomically by a block file: readers see the old file or the new."""
+    """Replace ``path`` atomically by a block file: readers see the old file or the new.
+
+    When this returns the file is written and renamed into place, so a PUT
+    acknowledged after it survives the death of the server process (the page
+    cache holds the data). With ``fsync`` the data and every directory entry
+    on the way to it are on disk first, so it survives a crash of the machine.
+    The temporary is ``<name>.<pid>.<n>.tmp``: never a block name (those are
+    hex), so no lookup finds it; :meth:`BlockStore.remove_temporaries` deletes
+    those a killed writer left.
+    """
     header = FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION, 0, len(payload), digest.encode("ascii"))
-    # Hex names never end in ".tmp", so a temporary can't shadow a block.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{next(_TMP_IDS)}.tmp")
     try:
         f = open(tmp, "wb")  # noqa: SIM115 - closed below; the retry needs the bare open
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if fsync:  # the new directories' own entries must be durable too
+            _fsync_dir(path.parent.parent)
+            _fsync_dir(path.parent.parent.parent)
         f = open(tmp, "wb")  # noqa: SIM115
     try:
         with f:
@@ -171,11 +198,35 @@ def _write_file(path: Path, payload: bytes | memoryview, digest: str, fsync: boo
         tmp.unlink(missing_ok=True)
         raise
     if fsync:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _writer_alive(tmp_name: str) -> bool | None:
+    """Whether the process that wrote temporary ``tmp_name`` still runs; None if the
+    name is not one of :func:`_write_file`'s temporaries."""
+    match = _TMP_RE.fullmatch(tmp_name)
+    if match is None:
+        return None
+    pid = int(match[1])
+    if pid == os.getpid():
+        return True
+    if pid <= 0:  # no writer has it; and kill(0, ...) would signal our own group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
 
 
 def corrupt_block(root: str | os.PathLike[str], name: str, replica: int = 0,
@@ -316,6 +367,17 @@ class BlockStore:
             raise StorageError(f"block {name}: no replica matches its checksum ({detail})")
         bad = [r for r, s in enumerate(states) if s != "good"]
         return self.write(name, good[0], good[1], bad)
+
+    def remove_temporaries(self) -> int:
+        """Delete the temporary files of writers that no longer run (a server killed
+        mid-write); returns how many. A live writer's are left: it may still rename
+        them into place. Temporaries are never read as blocks either way."""
+        removed = 0
+        for tmp in self.root.glob("r*/*/*.tmp"):
+            if _writer_alive(tmp.name) is False:
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def _check_replica(self, replica: int) -> None:
         if isinstance(replica, bool) or not isinstance(replica, int) \
@@ -475,9 +537,14 @@ class StorageServer:
         if self._server is not None:
             raise RuntimeError("storage server already started")
         self.store.root.mkdir(parents=True, exist_ok=True)
+        removed = self.store.remove_temporaries()
+        if removed:
+            log.warning("storage: removed %d temporary files a killed writer left", removed)
         # A read buffer of 1 MiB lets a whole PUT payload arrive without pausing reads.
+        # SO_REUSEADDR: a server restarted on the port of a killed one binds at once,
+        # though the dead one's connections linger in TIME_WAIT.
         self._server = await asyncio.start_server(self._serve, self._host, self._port,
-                                                  limit=1 << 20)
+                                                  limit=1 << 20, reuse_address=True)
 
     async def close(self) -> None:
         """Stop accepting, drop open connections and wait for their handlers."""
@@ -625,6 +692,54 @@ class StorageServer:
         await self._reply(writer, status, body=message.encode("utf-8", "replace"))
 
 
+# ---------------------------------------------------------------------- reconnection
+
+#: How long a client keeps reconnecting to retry one call, from the call's first failure.
+RETRY_S = 10.0
+#: The first and the longest pause between two attempts of a call (it doubles).
+BACKOFF_S = (0.05, 0.2)
+#: Longest wait for one connection to open.
+CONNECT_TIMEOUT_S = 5.0
+#: Failures after which a call is sent again on a new connection. A reply the
+#: server gave, an error included, is final; so is a malformed one (a bug, not
+#: an outage).
+_RETRYABLE: tuple[type[Exception], ...] = (StorageConnectionLost, OSError)
+
+
+class _Retry:
+    """The retry budget of one call.
+
+    Every operation is safe to send twice: GET and STATS change nothing,
+    ENSURE and REPAIR converge to the same files, and a PUT stores a
+    content-addressed block, so a repeat writes the same bytes under the same
+    name. (A repeated ENSURE or REPAIR may report fewer files created than
+    the first attempt made.)
+    """
+
+    def __init__(self, where: str, what: str, budget_s: float) -> None:
+        self.where = where
+        self.what = what
+        self.budget_s = budget_s
+        self.failures = 0
+        self._deadline: float | None = None
+        self._pause = BACKOFF_S[0]
+
+    def pause(self, exc: Exception) -> float:
+        """Seconds to wait before the next attempt after ``exc``; raises
+        :class:`StorageUnavailable` once the budget is spent."""
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self.budget_s
+        self.failures += 1
+        left = self._deadline - now
+        if left <= 0:
+            raise StorageUnavailable(
+                f"storage at {self.where}: {self.what} failed {self.failures} times over "
+                f"{self.budget_s:g} s; giving up (last error: {exc})") from exc
+        pause, self._pause = self._pause, min(2 * self._pause, BACKOFF_S[1])
+        return min(pause, left)
+
+
 # ---------------------------------------------------------------------- async client
 
 
@@ -674,9 +789,15 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         else:
             self._finish()
 
+    @property
+    def usable(self) -> bool:
+        """Whether a request can be sent on this connection."""
+        return self.lost is None and self.transport is not None \
+            and not self.transport.is_closing()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = self.lost or f"connection to storage lost: {exc or 'closed by the server'}"
-        self._settle(StorageProtocolError(self.lost))
+        self._settle(StorageConnectionLost(self.lost))
 
     def abort(self, why: str) -> None:
         """Close the connection; the pending request, if any, fails with ``why``."""
@@ -730,35 +851,45 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 
 
 class StorageClient:
-    """An asyncio client of one :class:`StorageServer` connection.
+    """An asyncio client of a :class:`StorageServer`, over one connection at a time.
 
     Requests on one client are serialised: one is in flight at a time and
     concurrent calls queue for it. For parallel transfers open several
-    clients. A call cancelled mid-reply closes the connection (the rest of the
-    reply can't be told from the next), after which every call fails with
-    :class:`StorageProtocolError`.
+    clients.
+
+    When the connection drops (the server died, or restarts) a call opens a
+    new one and is sent again from scratch, a GET into a caller's buffer
+    included, pausing :data:`BACKOFF_S` between attempts, for up to
+    ``retry_s`` after its first failure; then it raises
+    :class:`StorageUnavailable` naming the address and the operation. A call
+    cancelled mid-reply closes the connection (the rest of the reply can't be
+    told from the next); the next call opens a new one.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, retry_s: float = RETRY_S) -> None:
         self.host = host
         self.port = port
+        self.retry_s = retry_s
+        self.reconnects = 0  # connections opened after the first
         self._protocol: _ClientProtocol | None = None
+        self._open = False
         self._lock = asyncio.Lock()
 
     async def connect(self) -> None:
-        """Open the connection (TCP_NODELAY, as asyncio sets for TCP)."""
-        if self._protocol is not None:
+        """Open the connection (TCP_NODELAY, as asyncio sets for TCP). Not retried:
+        a service that is not there at the start is a setup error."""
+        if self._open:
             raise RuntimeError("storage client already connected")
-        loop = asyncio.get_running_loop()
         try:
-            _, protocol = await loop.create_connection(_ClientProtocol, self.host, self.port)
+            self._protocol = await self._dial()
         except OSError as exc:
             raise StorageError(f"cannot connect to storage at {self.host}:{self.port}: {exc}") \
                 from exc
-        self._protocol = protocol
+        self._open = True
 
     async def close(self) -> None:
-        """Close the connection; a pending request fails."""
+        """Close the connection; a pending request fails, and later ones."""
+        self._open = False
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
@@ -773,7 +904,8 @@ class StorageClient:
     async def get(self, name: str, replica: int = 0) -> tuple[bytes, str]:
         """``(payload, stored checksum)`` of a replica, as stored: verify it with :func:`verify`."""
         validate_name(name)
-        reply = await self._call(_encode_request(Op.GET, name, replica=replica))
+        reply = await self._call(f"GET {name} replica {replica}",
+                                 _encode_request(Op.GET, name, replica=replica))
         return bytes(reply.body or b""), reply.head.checksum
 
     async def get_into(self, name: str, buf: memoryview | bytearray, replica: int = 0) -> str:
@@ -781,7 +913,8 @@ class StorageClient:
         long; returns the stored checksum (the bytes are not verified)."""
         validate_name(name)
         view = _check_get_into(buf)
-        reply = await self._call(_encode_request(Op.GET, name, replica=replica), into=view)
+        reply = await self._call(f"GET {name} replica {replica}",
+                                 _encode_request(Op.GET, name, replica=replica), into=view)
         if reply.body is not None:
             raise StorageError(f"block {name} holds {reply.head.body_len} bytes, "
                                f"the buffer {view.nbytes}")
@@ -796,7 +929,7 @@ class StorageClient:
         view = memoryview(data).cast("B")
         digest = checksum(view) if digest is None else digest
         head = _encode_request(Op.PUT, name, digest=digest, body_len=view.nbytes)
-        return (await self._call(head, view)).head.value
+        return (await self._call(f"PUT {name}", head, view)).head.value
 
     async def ensure(self, size: int, names: Sequence[str]) -> int:
         """Create the missing ones among ``names`` as :func:`block_content` of ``size``
@@ -804,40 +937,75 @@ class StorageClient:
         created = 0
         for body in _ensure_batches(names):
             head = _encode_request(Op.ENSURE, arg=size, body_len=len(body))
-            created += (await self._call(head, body)).head.value
+            created += (await self._call(f"ENSURE of {len(names)} blocks", head, body)).head.value
         return created
 
     async def repair(self, name: str) -> int:
         """Rewrite the bad replicas of ``name`` from a good one; returns how many."""
         validate_name(name)
-        return (await self._call(_encode_request(Op.REPAIR, name))).head.value
+        return (await self._call(f"REPAIR {name}", _encode_request(Op.REPAIR, name))).head.value
 
     async def stats(self) -> dict[str, int]:
         """The server's counters (see :attr:`StorageServer.stats`)."""
-        reply = await self._call(_encode_request(Op.STATS))
+        reply = await self._call("STATS", _encode_request(Op.STATS))
         return dict(json.loads(bytes(reply.body or b"{}")))
 
-    async def _call(self, head: bytes, body: bytes | bytearray | memoryview | None = None,
+    async def _call(self, what: str, head: bytes,
+                    body: bytes | bytearray | memoryview | None = None,
                     into: memoryview | None = None) -> _Reply:
+        """Send a request until a reply comes back (see the class: reconnection)."""
         async with self._lock:
-            protocol = self._protocol
-            if protocol is None:
-                raise StorageError("storage client is not connected")
-            if protocol.lost is not None or protocol.transport is None \
-                    or protocol.transport.is_closing():
-                raise StorageProtocolError(protocol.lost or "storage connection is closed")
-            waiter = protocol.expect(into)
-            protocol.transport.write(head)
-            if body is not None:
-                protocol.transport.write(body)
-            try:
-                reply = await waiter
-            except asyncio.CancelledError:
-                protocol.abort("a request was cancelled mid-reply; connection closed")
-                raise
+            retry = _Retry(f"{self.host}:{self.port}", what, self.retry_s)
+            while True:
+                try:
+                    reply = await self._attempt(head, body, into)
+                    break
+                except _RETRYABLE as exc:
+                    await asyncio.sleep(retry.pause(exc))
         if reply.head.status != Status.OK:
             raise _reply_error(reply.head, reply.body)
         return reply
+
+    async def _attempt(self, head: bytes, body: bytes | bytearray | memoryview | None,
+                       into: memoryview | None) -> _Reply:
+        protocol = await self._connection()
+        assert protocol.transport is not None
+        # A fresh expect() per attempt: the reply, and any payload into the caller's
+        # buffer, is read from its first byte, whatever a lost attempt had written.
+        waiter = protocol.expect(into)
+        protocol.transport.write(head)
+        if body is not None:
+            protocol.transport.write(body)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            protocol.abort("a request was cancelled mid-reply; connection closed")
+            raise
+
+    async def _connection(self) -> _ClientProtocol:
+        """The open connection, or a new one if it was lost."""
+        if not self._open:
+            raise StorageError("storage client is not connected")
+        protocol = self._protocol
+        if protocol is not None and protocol.usable:
+            return protocol
+        if protocol is not None:
+            protocol.abort(protocol.lost or "connection to storage closed")
+        self._protocol = None
+        protocol = await self._dial()
+        if not self._open:  # closed while dialling
+            assert protocol.transport is not None
+            protocol.transport.close()
+            raise StorageError("storage client is not connected")
+        self._protocol = protocol
+        self.reconnects += 1
+        return protocol
+
+    async def _dial(self) -> _ClientProtocol:
+        loop = asyncio.get_running_loop()
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(_ClientProtocol, self.host, self.port), CONNECT_TIMEOUT_S)
+        return protocol
 
 
 # ----------------------------------------------------------------------- sync client
@@ -846,20 +1014,28 @@ class StorageClient:
 class SyncStorageClient:
     """A blocking client over a plain socket, for setup, tools and tests.
 
-    Same operations and errors as :class:`StorageClient`; not thread-safe.
+    Same operations, errors and reconnection as :class:`StorageClient`; not
+    thread-safe.
     """
 
-    def __init__(self, host: str, port: int, timeout: float | None = 30.0) -> None:
+    def __init__(self, host: str, port: int, timeout: float | None = 30.0,
+                 retry_s: float = RETRY_S) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.retry_s = retry_s
+        self.reconnects = 0  # connections opened after the first
         try:
-            self._sock = socket.create_connection((host, port), timeout=timeout)
+            self._sock: socket.socket | None = self._dial()
         except OSError as exc:
             raise StorageError(f"cannot connect to storage at {host}:{port}: {exc}") from exc
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._closed = False
         self._head = bytearray(RESPONSE.size)
 
     def close(self) -> None:
-        """Close the connection."""
-        self._sock.close()
+        """Close the connection; later calls fail."""
+        self._closed = True
+        self._drop()
 
     def __enter__(self) -> SyncStorageClient:
         return self
@@ -870,14 +1046,16 @@ class SyncStorageClient:
     def get(self, name: str, replica: int = 0) -> tuple[bytes, str]:
         """``(payload, stored checksum)`` of a replica, unverified."""
         validate_name(name)
-        reply = self._call(_encode_request(Op.GET, name, replica=replica))
+        reply = self._call(f"GET {name} replica {replica}",
+                           _encode_request(Op.GET, name, replica=replica))
         return bytes(reply.body or b""), reply.head.checksum
 
     def get_into(self, name: str, buf: memoryview | bytearray, replica: int = 0) -> str:
         """Read a replica's payload into ``buf`` (exactly as long); returns its stored checksum."""
         validate_name(name)
         view = _check_get_into(buf)
-        reply = self._call(_encode_request(Op.GET, name, replica=replica), into=view)
+        reply = self._call(f"GET {name} replica {replica}",
+                           _encode_request(Op.GET, name, replica=replica), into=view)
         if reply.body is not None:
             raise StorageError(f"block {name} holds {reply.head.body_len} bytes, "
                                f"the buffer {view.nbytes}")
@@ -890,49 +1068,89 @@ class SyncStorageClient:
         view = memoryview(data).cast("B")
         digest = checksum(view) if digest is None else digest
         head = _encode_request(Op.PUT, name, digest=digest, body_len=view.nbytes)
-        return self._call(head, view).head.value
+        return self._call(f"PUT {name}", head, view).head.value
 
     def ensure(self, size: int, names: Sequence[str]) -> int:
         """Create the missing ones among ``names``; returns how many were created."""
         created = 0
         for body in _ensure_batches(names):
-            created += self._call(_encode_request(Op.ENSURE, arg=size, body_len=len(body)),
-                                  body).head.value
+            head = _encode_request(Op.ENSURE, arg=size, body_len=len(body))
+            created += self._call(f"ENSURE of {len(names)} blocks", head, body).head.value
         return created
 
     def repair(self, name: str) -> int:
         """Rewrite the bad replicas of ``name`` from a good one; returns how many."""
         validate_name(name)
-        return self._call(_encode_request(Op.REPAIR, name)).head.value
+        return self._call(f"REPAIR {name}", _encode_request(Op.REPAIR, name)).head.value
 
     def stats(self) -> dict[str, int]:
         """The server's counters."""
-        return dict(json.loads(bytes(self._call(_encode_request(Op.STATS)).body or b"{}")))
+        reply = self._call("STATS", _encode_request(Op.STATS))
+        return dict(json.loads(bytes(reply.body or b"{}")))
 
-    def _call(self, head: bytes, body: bytes | bytearray | memoryview | None = None,
+    def _call(self, what: str, head: bytes,
+              body: bytes | bytearray | memoryview | None = None,
               into: memoryview | None = None) -> _Reply:
-        self._sock.sendall(head)
-        if body is not None:
-            self._sock.sendall(body)
-        self._recv_into(memoryview(self._head))
-        reply = _decode_reply(self._head)
-        data: bytearray | None = None
-        if reply.body_len:
-            if reply.status == Status.OK and into is not None and into.nbytes == reply.body_len:
-                self._recv_into(into)
-            else:
-                data = bytearray(reply.body_len)
-                self._recv_into(memoryview(data))
+        """Send a request until a reply comes back (see :class:`StorageClient`)."""
+        retry = _Retry(f"{self.host}:{self.port}", what, self.retry_s)
+        while True:
+            try:
+                reply, data = self._attempt(head, body, into)
+                break
+            except _RETRYABLE as exc:
+                self._drop()  # where the stream stands is unknown: never reuse it
+                time.sleep(retry.pause(exc))
+            except BaseException:
+                self._drop()
+                raise
         if reply.status != Status.OK:
             raise _reply_error(reply, data)
         return _Reply(reply, data)
 
-    def _recv_into(self, view: memoryview) -> None:
+    def _attempt(self, head: bytes, body: bytes | bytearray | memoryview | None,
+                 into: memoryview | None) -> tuple[_ReplyHead, bytearray | None]:
+        sock = self._connection()
+        sock.sendall(head)
+        if body is not None:
+            sock.sendall(body)
+        self._recv_into(sock, memoryview(self._head))
+        reply = _decode_reply(self._head)
+        data: bytearray | None = None
+        if reply.body_len:
+            if reply.status == Status.OK and into is not None and into.nbytes == reply.body_len:
+                self._recv_into(sock, into)
+            else:
+                data = bytearray(reply.body_len)
+                self._recv_into(sock, memoryview(data))
+        return reply, data
+
+    def _connection(self) -> socket.socket:
+        if self._sock is None:
+            if self._closed:
+                raise StorageError("storage client is closed")
+            self._sock = self._dial()
+            self.reconnects += 1
+        return self._sock
+
+    def _dial(self) -> socket.socket:
+        timeout = CONNECT_TIMEOUT_S if self.timeout is None else self.timeout
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        sock.settimeout(self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    @staticmethod
+    def _recv_into(sock: socket.socket, view: memoryview) -> None:
         got = 0
         while got < len(view):
-            n = self._sock.recv_into(view[got:])
+            n = sock.recv_into(view[got:])
             if n == 0:
-                raise StorageProtocolError("connection to storage lost: closed by the server")
+                raise StorageConnectionLost("connection to storage lost: closed by the server")
             got += n
 
 

@@ -1,4 +1,5 @@
-"""The KV block names, contents and checksums, and the storage service run as its own process."""
+"""The KV block names, contents and checksums, and the storage service run as its own process,
+killed and restarted under its clients and under a live run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agents import resolve_policy
 from runtime.live.blocks import (
     Checksummer,
     block_content,
@@ -25,21 +28,29 @@ from runtime.live.blocks import (
     hashed_block_name,
     layer_slices,
 )
+from runtime.live.cluster import LiveCluster, local_decider
+from runtime.live.config import LiveOptions
 from runtime.live.storage import (
     FILE_HEADER,
     REQUEST,
     REQUEST_MAGIC,
+    RESPONSE,
+    RESPONSE_MAGIC,
     BlockNotFound,
     BlockStore,
     ChecksumMismatch,
     StorageClient,
     StorageError,
     StorageProtocolError,
+    StorageUnavailable,
     SyncStorageClient,
     block_path,
     corrupt_block,
     verify,
 )
+from runtime.preset import load_preset
+from runtime.sim import Simulator
+from runtime.workload.agentic import AgenticWorkload
 
 REPO = Path(__file__).resolve().parents[3]
 KIB = 1024
@@ -313,16 +324,248 @@ def test_async_client_errors(server: tuple[Path, int]) -> None:
         assert await c.get(name) == (b"x" * 100, checksum(b"x" * 100))
         with pytest.raises(StorageError, match="ENSURE asked for 1000"):
             await c.ensure(1000, [name])
-        # Cancelled while waiting for its reply: the connection can't be trusted after.
+        # Cancelled while waiting for its reply: that connection can't be trusted
+        # after, so the next call opens another.
         task = asyncio.create_task(c.get(name))
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        with pytest.raises(StorageProtocolError, match="cancelled"):
-            await c.stats()
+        assert (await c.stats())["puts"] >= 1
+        assert c.reconnects == 1
         await c.close()
+        with pytest.raises(StorageError, match="not connected"):
+            await c.stats()
         with pytest.raises(StorageError, match="cannot connect"):
             await StorageClient("127.0.0.1", 1).connect()
 
     asyncio.run(go())
+
+
+# ------------------------------------------------------------------- killed and restarted
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def test_a_server_killed_mid_writes_and_restarted_keeps_every_acknowledged_block(
+        tmp_path: Path) -> None:
+    proc, port = _start_server(tmp_path)
+    size, total = 64 * KIB, 60
+    acked: list[str] = []
+    dead_pid = proc.pid
+    leftover = block_path(tmp_path, block_name(401, 0), 0).with_suffix(f".{dead_pid}.0.tmp")
+
+    async def go() -> None:
+        nonlocal proc
+        sync = SyncStorageClient("127.0.0.1", port)  # connected before the kill, idle through it
+        async with StorageClient("127.0.0.1", port) as writer, \
+                StorageClient("127.0.0.1", port) as reader:
+            some_acked = asyncio.Event()
+
+            async def put_all() -> None:
+                for i in range(total):
+                    name = block_name(400, i)
+                    assert await writer.put(name, block_content(name, size)) == 2
+                    acked.append(name)
+                    if len(acked) == total // 3:
+                        some_acked.set()
+
+            putter = asyncio.create_task(put_all())
+            await some_acked.wait()
+            # SIGKILL while the writer keeps putting: a PUT is in flight or about to be.
+            await asyncio.to_thread(_kill, proc)
+            # What a server killed mid-write leaves: a temporary of a dead process.
+            leftover.parent.mkdir(parents=True, exist_ok=True)
+            leftover.write_bytes(b"half a block")
+            proc, again = await asyncio.to_thread(_start_server, tmp_path, "--port", str(port))
+            assert again == port
+            await putter  # the writer reconnected and went on
+            assert acked == [block_name(400, i) for i in range(total)]
+            assert writer.reconnects >= 1
+            for name in acked:
+                for replica in (0, 1):
+                    data, stored = await reader.get(name, replica)
+                    verify(name, data, stored)
+                    assert data == block_content(name, size)
+            assert reader.reconnects >= 1
+        name = acked[-1]
+        assert sync.get(name, 1) == (block_content(name, size), checksum(block_content(name, size)))
+        assert sync.put(block_name(400, total), b"after the restart") == 2
+        assert sync.reconnects >= 1
+        sync.close()
+
+    try:
+        asyncio.run(go())
+        assert not leftover.exists(), "the restarted server left a dead writer's temporary"
+        assert not list(tmp_path.rglob("*.tmp"))
+        # A temporary is never taken for a block.
+        with SyncStorageClient("127.0.0.1", port) as c, pytest.raises(BlockNotFound):
+            c.get(block_name(401, 0))
+    finally:
+        assert _stop(proc) == 0
+
+
+def test_a_live_writers_temporaries_are_left_alone(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    name = block_name(402, 0)
+    store.put(name, b"x" * 100, checksum(b"x" * 100))
+    mine = store.path(name, 0).with_suffix(f".{os.getpid()}.7.tmp")
+    foreign = store.path(name, 0).with_name("notes.tmp")  # not a temporary of ours
+    mine.write_bytes(b"being written")
+    foreign.write_bytes(b"someone else's")
+    assert store.remove_temporaries() == 0
+    assert mine.exists() and foreign.exists()
+
+
+class _CutFirstReply:
+    """A fake storage server that answers one GET per connection with ``payload``;
+    on the first connection it dies halfway through the payload."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.connections = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(None)
+                self.connections += 1
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        head = _recv_exact(conn, REQUEST.size)
+        _recv_exact(conn, REQUEST.unpack(head)[3])
+        n = len(self.payload)
+        conn.sendall(RESPONSE.pack(RESPONSE_MAGIC, 0, n, checksum(self.payload).encode(), n))
+        if self.connections == 1:
+            conn.sendall(b"\xaa" * (n // 2))  # garbage where the payload begins, then gone
+            return
+        conn.sendall(self.payload)
+        conn.recv(1)  # until the client hangs up
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        assert chunk, "the client hung up mid-request"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_call_cut_mid_reply_is_sent_again_from_scratch(kind: str) -> None:
+    name = block_name(403, 0)
+    data = block_content(name, 64 * KIB)
+    server = _CutFirstReply(data)
+    buf = bytearray(len(data))
+    try:
+        if kind == "async":
+            async def go() -> tuple[str, int]:
+                async with StorageClient("127.0.0.1", server.port) as c:
+                    return await c.get_into(name, buf), c.reconnects
+            stored, reconnects = asyncio.run(go())
+        else:
+            with SyncStorageClient("127.0.0.1", server.port) as c:
+                stored, reconnects = c.get_into(name, buf), c.reconnects
+    finally:
+        server.close()
+    assert stored == checksum(data) and bytes(buf) == data
+    assert server.connections == 2 and reconnects == 1
+
+
+def test_a_client_gives_up_after_its_budget_naming_the_address_and_the_call(
+        tmp_path: Path) -> None:
+    proc, port = _start_server(tmp_path)
+    name = block_name(404, 0)
+    where = rf"storage at 127\.0\.0\.1:{port}"
+
+    async def go() -> None:
+        async with StorageClient("127.0.0.1", port, retry_s=0.3) as c:
+            await c.stats()
+            sync = SyncStorageClient("127.0.0.1", port, retry_s=0.3)
+            _kill(proc)
+            with pytest.raises(StorageUnavailable, match=rf"{where}: GET {name} replica 1 failed"):
+                await c.get(name, 1)
+            with pytest.raises(StorageUnavailable, match=rf"{where}: PUT {name} failed"):
+                sync.put(name, b"payload")
+            sync.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        if proc.poll() is None:
+            _kill(proc)
+
+
+# ------------------------------------------------------------- killed under a live run
+
+
+def _run_with_storage_killed(options: LiveOptions, after_s: float) -> tuple[dict, list[bool]]:
+    """A live run (tiny preset, 2 agents) whose storage service is SIGKILLed ``after_s``
+    wall seconds into the replay; returns its metrics and what each kill found."""
+    spec = load_preset("tiny", ("block_tokens=1024",))
+    cluster = LiveCluster(spec, options)
+    killed: list[bool] = []
+    timers: list[threading.Timer] = []
+
+    def arm(router: object) -> None:  # every node is up: the replay starts now
+        timer = threading.Timer(after_s, lambda: killed.append(cluster.kill_storage()))
+        timers.append(timer)
+        timer.start()
+
+    decider = local_decider(resolve_policy("dualpath", spec).policy)
+    try:
+        metrics = cluster.run(AgenticWorkload(2, "32k", 0), decider, router_hook=arm)
+    finally:
+        for timer in timers:
+            timer.cancel()
+    sim = Simulator(spec, AgenticWorkload(2, "32k", 0))
+    metrics["sim_requests"] = sim.run(resolve_policy("dualpath", spec).policy).metrics["requests"]
+    return metrics, killed
+
+
+def _assert_survived(metrics: dict, killed: list[bool]) -> None:
+    live = metrics["live"]
+    assert killed == [True]
+    assert live["storage_restarts"] == 1
+    assert metrics["requests"] == metrics["sim_requests"]
+    assert live["blocks_verified"] > 100
+    assert live.get("checksum_failures", 0) == 0
+
+
+def test_a_live_run_survives_its_storage_service_being_killed() -> None:
+    metrics, killed = _run_with_storage_killed(LiveOptions(time_scale=0.25), after_s=1.0)
+    _assert_survived(metrics, killed)
+
+
+def test_a_live_run_in_namespaces_survives_its_storage_service_being_killed() -> None:
+    from runtime.live.netns import netns_available
+
+    reason = netns_available()
+    if reason is not None:
+        pytest.skip(f"network namespaces unusable here: {reason}")
+    options = LiveOptions(time_scale=0.5, transport="tcp", netns=True)
+    metrics, killed = _run_with_storage_killed(options, after_s=2.0)
+    _assert_survived(metrics, killed)
