@@ -431,8 +431,10 @@ class LiveDecode:
             return
         job.fetched = fut.result()
         job.de_loaded.set_result(None)
+        rid = job.request.request_id
+        self.node.to_router({"t": "rdma", "rid": rid, "attempt": job.attempt})
         self.node.to_peer(self.node.node_of(job.pe), {
-            "t": "de_loaded", "rid": job.request.request_id, "attempt": job.attempt,
+            "t": "de_loaded", "rid": rid, "attempt": job.attempt,
             "checksums": job.fetched.checksums})
 
     async def push(self, job: LiveJob, msg: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ from runtime.placement import Ledger, Phase, WaitingQueue, unavailable, unfinish
 from runtime.placement.lifecycle import (
     DECODING,
     FINISHED,
+    LOADING_RDMA,
     LOADING_STORAGE,
     PLACING,
     PREFILLING,
@@ -53,7 +54,7 @@ from runtime.workload.base import Workload
 #: The unfinished tokens a dead engine shows in the view (far above any real backlog).
 DEAD_BACKLOG_TOKENS = 10**12
 #: Phases in which a request's work sits on its engines' nodes.
-_ON_NODES = frozenset({LOADING_STORAGE, PREFILLING, DECODING})
+_ON_NODES = frozenset({LOADING_STORAGE, LOADING_RDMA, PREFILLING, DECODING})
 
 Decider = Callable[[Request, ClusterView], Awaitable[Decision | Defer | None]]
 
@@ -378,6 +379,8 @@ class Router:
                 self.ledger.computed(msg["engine"], msg["tokens"])
             elif kind == "free":
                 self._wake(WaitFor.PREFILL)
+            elif kind == "rdma":
+                self._on_rdma(msg)
             elif kind == "loaded":
                 self._on_loaded(msg)
             elif kind == "first":
@@ -411,13 +414,18 @@ class Router:
             return None
         return entry
 
+    def _on_rdma(self, msg: dict[str, Any]) -> None:
+        entry = self._current(msg, LOADING_STORAGE)
+        if entry is not None:  # the decode side read its blocks; they go over RDMA now
+            entry.phase = LOADING_RDMA
+
     def _on_loaded(self, msg: dict[str, Any]) -> None:
-        entry = self._current(msg, LOADING_STORAGE, PREFILLING)
+        entry = self._current(msg, LOADING_STORAGE, LOADING_RDMA, PREFILLING)
         if entry is not None:
             entry.phase = PREFILLING
 
     def _on_first(self, msg: dict[str, Any]) -> None:
-        entry = self._current(msg, LOADING_STORAGE, PREFILLING)
+        entry = self._current(msg, LOADING_STORAGE, LOADING_RDMA, PREFILLING)
         if entry is None:
             return
         entry.phase = DECODING
@@ -430,7 +438,7 @@ class Router:
             entry.completions += 1
             if entry.completions > 1:
                 self.counters["duplicated"] += 1
-        entry = self._current(msg, LOADING_STORAGE, PREFILLING, DECODING)
+        entry = self._current(msg, LOADING_STORAGE, LOADING_RDMA, PREFILLING, DECODING)
         if entry is None:
             return
         req, job = entry.request, entry.job

@@ -23,6 +23,8 @@ def test_cluster_prints_the_simulators_metrics_and_the_live_counters(capsys):
     assert set(sim) - {"sim_requests_per_s"} <= set(out)
     assert out["live"]["checksum_failures"] == out["live"]["blocks_reread"] == 1
     assert out["transport"] == "shm" and out["time_scale"] == 0.25
+    assert out["admitted"] == out["completed"] == out["requests"]
+    assert out["lost"] == 0 and out["duplicated"] == 0
 
 
 def test_doctor_answers_for_every_transport(capsys):
