@@ -474,9 +474,18 @@ class Router:
     async def _watch_liveness(self) -> None:
         """Fence a node silent for ``liveness_s`` (stopped, hung, cut off): kill it, so it
         cannot act on work that is rescheduled elsewhere, and reschedule its requests."""
+        period = min(0.5, self.liveness_s / 4)
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(min(0.5, self.liveness_s / 4))
+            await asyncio.sleep(period)
             now = time.monotonic()
+            late, last = now - last - period, now
+            if late > 1.0:
+                # The router itself was stalled (a blocking policy call, a starved process):
+                # the nodes' reports wait unread in its sockets, so silence proves nothing.
+                for state in self.nodes.values():
+                    state.heard = max(state.heard, now)
+                continue
             for node, state in self.nodes.items():
                 if not state.dead and state.stats is None and now - state.heard > self.liveness_s:
                     print(f"[router] node {node} silent for {now - state.heard:.1f} s: fencing it",
