@@ -280,8 +280,8 @@ class Router:
                 if not isinstance(answer, Decision):
                     waiting.defer(answer)
                     break
-                self.ledger.check(entry.request, answer)
-                await self._place(waiting.take(), answer)
+                split = self.ledger.place(entry.request, answer)
+                await self._place(waiting.take(), answer, split)
 
     def _down(self, engine: int) -> str | None:
         node = self.spec.node_of(engine)
@@ -311,14 +311,14 @@ class Router:
         return ClusterView(now, spec, tuple(engines), tuple(nodes), self.waiting.view())
 
     # -- placing ----------------------------------------------------------------------
-    async def _place(self, entry: Entry, d: Decision) -> None:
-        """Reserve at once (the next decision sees it), make sure storage holds the hit
-        blocks, then send the placement, unless an engine's node died meanwhile."""
+    async def _place(self, entry: Entry, d: Decision, split: tuple[int, int]) -> None:
+        """With its capacity reserved (the next decision sees it), make sure storage holds
+        the hit blocks, then send the placement, unless an engine's node died meanwhile."""
         req, job = entry.request, entry.job
         entry.phase = PLACING
         entry.pe, entry.de = d.prefill_engine, d.decode_engine
         job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
-        pe_tokens, de_tokens = self.ledger.reserve(req, d)
+        pe_tokens, de_tokens = split
         names = self._names(req, 0, -(-req.hit_tokens // self.spec.block_tokens))
         if names:
             self.counters["blocks_ensured"] += await self.storage.ensure(self.block_bytes, names)

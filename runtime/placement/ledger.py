@@ -52,7 +52,9 @@ def unavailable(d: Decision, down: Callable[[int], str | None]) -> str | None:
 class Ledger:
     """The reservations of every engine of a cluster (``loads[e]`` for engine ``e``)."""
 
-    __slots__ = ("spec", "loads", "_kvb", "_npe", "_block", "_max_batch")
+    # The simulator calls place and finished once per request: they change the
+    # loads' fields directly rather than through EngineLoad's methods (same arithmetic).
+    __slots__ = ("spec", "loads", "_kvb", "_npe", "_engines", "_block", "_max_batch")
 
     def __init__(self, spec: ClusterSpec, loads: Sequence[EngineLoad] | None = None) -> None:
         self.spec = spec
@@ -62,26 +64,31 @@ class Ledger:
             for e in range(spec.engines)]
         self._kvb = spec.model.kv_bytes_per_token
         self._npe = spec.prefill_engines
+        self._engines = spec.engines
         self._block = spec.block_tokens
         self._max_batch = spec.decode_max_batch
 
-    def check(self, request: Request, d: Decision) -> None:
-        """Raise :class:`PlacementError` unless ``d`` can be applied now."""
-        check_engines(self.spec, request, d)
+    def place(self, request: Request, d: Decision) -> tuple[int, int]:
+        """Check ``d`` and take its capacity; returns the hit tokens read on the (PE, DE)
+        side. Raises :class:`PlacementError` (taking nothing) unless ``d`` names a prefill
+        and a decode engine and the decode engine has HBM and a batch slot for it."""
+        if not (0 <= d.prefill_engine < self._npe <= d.decode_engine < self._engines):
+            check_engines(self.spec, request, d)  # raises, naming the wrong engine
+        total = request.total_tokens
+        need = total * self._kvb
         de = self.loads[d.decode_engine]
-        need = request.total_tokens * self._kvb
         if de.free_hbm < need or de.seq >= self._max_batch:
             raise PlacementError(
                 f"request {request.request_id}: decode engine {d.decode_engine} has no room "
                 f"(needs {need:.0f} B of HBM, has {de.free_hbm:.0f} B free, "
                 f"{de.seq}/{self._max_batch} sequences)")
-
-    def reserve(self, request: Request, d: Decision) -> tuple[int, int]:
-        """Take ``d``'s capacity; returns the hit tokens read on the (PE, DE) side."""
-        total = request.total_tokens
-        loads = self.loads
-        loads[d.prefill_engine].admit(prefill_tokens(request))
-        loads[d.decode_engine].admit(total, total * self._kvb)
+        de.seq += 1
+        de.tok += total
+        de.free_hbm -= need
+        pe = self.loads[d.prefill_engine]
+        pe.seq += 1
+        appended = request.appended_tokens
+        pe.tok += appended if appended > 1 else 1  # prefill_tokens(request), inlined
         return split_tokens(request.hit_tokens, d.decode_share, self._block)
 
     def prefilled(self, pe: int) -> None:
@@ -95,7 +102,10 @@ class Ledger:
     def finished(self, request: Request, de: int) -> None:
         """The request finished decoding: its decode engine's reservation is given back."""
         total = request.total_tokens
-        self.loads[de].release(total, total * self._kvb)
+        load = self.loads[de]
+        load.seq -= 1
+        load.tok -= total
+        load.free_hbm += total * self._kvb
 
     def unplace(self, request: Request, pe: int, de: int, prefilled: bool) -> None:
         """Undo a placement (its request waits again): the decode reservation, and the

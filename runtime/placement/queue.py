@@ -62,7 +62,9 @@ class WaitingQueue(Generic[T]):
         """A new request joins at the tail; the head is asked again."""
         self.items.append(item)
         self.tokens += item.request.prompt_tokens
-        self.wake(None)
+        wait = self._wait  # wake(None), inlined: once per arrival
+        if wait is None or wait is _ANY:
+            self.due = True
 
     def put_back(self, item: T) -> None:
         """A request whose placement was undone goes back to the head (it keeps its turn)

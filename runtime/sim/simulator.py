@@ -169,8 +169,8 @@ class Simulator:
         if not isinstance(decision, Decision):
             waiting.defer(decision)
             return
-        self.ledger.check(waiting.head.request, decision)
-        self._place(waiting.take(), decision)
+        split = self.ledger.place(waiting.items[0].request, decision)
+        self._place(waiting.take(), decision, split)
 
     def result(self, wall_s: float) -> SimResult:
         metrics = compute_metrics(self, wall_s)
@@ -218,14 +218,14 @@ class Simulator:
                           de.free_hbm, busy)
 
     # -- decisions ----------------------------------------------------------
-    def _place(self, job: Job, d: Decision) -> None:
+    def _place(self, job: Job, d: Decision, split: tuple[int, int]) -> None:
         kvb = self._kvb
         hit = job.request.hit_tokens
         pe = self.pes[d.prefill_engine]
         de = self.des[d.decode_engine - self._npe]
         job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
         job.t_decision = self.now
-        pe_tokens, de_tokens = self.ledger.reserve(job.request, d)
+        pe_tokens, de_tokens = split
         job.de_bytes = de_bytes = de_tokens * kvb
         job.pe_bytes = pe_bytes = pe_tokens * kvb
         self.hit_bytes += hit * kvb
@@ -312,14 +312,16 @@ class Simulator:
         return self.des[engine_id - self._npe].cnic_out
 
     def _on_prefill_done(self, pe: PrefillEngine) -> None:
+        computed = 0
         for job, tokens in pe.batch:
             job.remaining -= tokens
             job.context += tokens
-            pe.computed(tokens)
+            computed += tokens
             if not job.loaded:
                 self._consume_buffers(job)
             if job.remaining == 0:
                 self._prefilled(pe, job)
+        pe.computed(computed)
         pe.batch = []
         self._stale.add(pe.engine_id)
         if pe.release_at > self.now:

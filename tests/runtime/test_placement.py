@@ -105,11 +105,11 @@ def test_the_ledger_refuses_a_decision_without_room_and_undoes_exactly_what_it_t
     request = make_request(1000, 10, 5, request_id=7)
     before = [(x.seq, x.tok, x.free_hbm) for x in ledger.loads]
     with pytest.raises(PlacementError, match="not a prefill engine"):
-        ledger.check(request, Decision(1, 1, 0.0))
-    ledger.check(request, Decision(0, 1, 0.5))
-    ledger.reserve(request, Decision(0, 1, 0.5))
+        ledger.place(request, Decision(1, 1, 0.0))
+    assert [(x.seq, x.tok, x.free_hbm) for x in ledger.loads] == before  # took nothing
+    assert ledger.place(request, Decision(0, 1, 0.5)) == (488, 512)  # whole 64-token blocks
     with pytest.raises(PlacementError, match="decode engine 1 has no room"):
-        ledger.check(request, Decision(0, 1, 0.0))
+        ledger.place(request, Decision(0, 1, 0.0))
     ledger.unplace(request, 0, 1, prefilled=False)
     ledger.computed(0, 10)
     assert [(x.seq, x.tok, x.free_hbm) for x in ledger.loads] == before
