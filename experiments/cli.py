@@ -315,7 +315,9 @@ def cmd_cluster(args: argparse.Namespace) -> None:
     try:
         result = run_cluster(cfg)
     except RunFailed as exc:  # a node died with no replacement, or reported a fatal error
-        print(f"dualpath cluster: the run failed: {exc}", file=sys.stderr)
+        counts = "" if exc.outcome is None else " (" + ", ".join(
+            f"{k} {v}" for k, v in exc.outcome.items()) + ")"
+        print(f"dualpath cluster: the run failed{counts}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     live = result["live"]
     keys = [k for k in SUMMARY if k != "policy"] + ["requests", "wall_s", "transport",
