@@ -35,6 +35,7 @@ from typing import Any
 FAULTS = ("kill-decode", "kill-prefill", "kill-storage", "kill-scheduler", "stop-2s",
           "stop-10s", "link-rate", "corrupt-block")
 CLUSTER = ("block_tokens=1024", "prefill_nodes=2", "decode_nodes=2")
+STALL_S = 60.0  # a run whose requests stop progressing this long fails, naming them
 #: What each fault's run must show to count as injected (a live counter and its minimum).
 _EVIDENCE = {"kill-decode": "node_lost", "kill-prefill": "node_lost",
              "kill-storage": "storage_restarts", "kill-scheduler": "service_restarts",
@@ -144,7 +145,7 @@ def run_fault(fault: str, cfg: StressConfig, seed: int = 0) -> dict[str, Any]:
     spec = load_preset("tiny", CLUSTER)
     netns = fault == "link-rate"
     options = LiveOptions(time_scale=cfg.time_scale, netns=netns,
-                          transport="tcp" if netns else "shm")
+                          transport="tcp" if netns else "shm", stall_s=STALL_S)
     cluster = LiveCluster(spec, options)
     injector = _Injector()
     delay = cfg.fault_at_s * cfg.time_scale

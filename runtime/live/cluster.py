@@ -246,7 +246,7 @@ class LiveCluster:
         router = Router(self.spec, workload, decider, clock_scale=self.options.time_scale,
                         block_bytes=self.block_bytes, storage=for_router, storage_root=root,
                         host=host, faults=faults, kill=self.kill_node,
-                        liveness_s=self.options.liveness_s)
+                        liveness_s=self.options.liveness_s, stall_s=self.options.stall_s)
         port = await router.listen()
         router_ip = self.fabric.router_ip if self.fabric is not None else "127.0.0.1"
         self._start_nodes((router_ip, port), for_nodes)

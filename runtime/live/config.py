@@ -45,6 +45,9 @@ class LiveOptions:
     # far enough apart that a node starved of CPU by a loaded host is not fenced.
     heartbeat_s: float = 0.25
     liveness_s: float = 5.0
+    # Wall seconds with requests open and no report about any of them after which the run
+    # fails naming them and their phases (a hang becomes an error, not a wait forever).
+    stall_s: float = 120.0
 
     def __post_init__(self) -> None:
         if not self.time_scale > 0:
@@ -61,6 +64,8 @@ class LiveOptions:
         if not 0 < self.heartbeat_s < self.liveness_s:
             raise ValueError(f"need 0 < heartbeat_s < liveness_s, got {self.heartbeat_s} and "
                              f"{self.liveness_s}")
+        if not self.stall_s > 0:
+            raise ValueError(f"stall_s must be > 0, got {self.stall_s}")
         if self.storage_clients < 1:
             raise ValueError(f"storage_clients must be >= 1, got {self.storage_clients}")
 

@@ -115,7 +115,8 @@ class Router:
     def __init__(self, spec: ClusterSpec, workload: Workload, decider: Decider, *,
                  clock_scale: float, block_bytes: int, storage: tuple[str, int],
                  storage_root: str, host: str = "127.0.0.1", faults: Faults = Faults(),
-                 kill: Callable[[int], None] | None = None, liveness_s: float = 5.0) -> None:
+                 kill: Callable[[int], None] | None = None, liveness_s: float = 5.0,
+                 stall_s: float = 120.0) -> None:
         self.spec = spec
         self.workload = workload
         self.decider = decider
@@ -127,6 +128,8 @@ class Router:
         self.faults = faults
         self._kill = kill
         self.liveness_s = liveness_s
+        self.stall_s = stall_s
+        self._progress_at = time.monotonic()  # wall clock of the last report about a request
         self.nodes: dict[int, NodeState] = {}
         self.waiting: WaitingQueue[Entry] = WaitingQueue()
         self.entries: dict[int, Entry] = {}  # every admitted request, by id
@@ -206,7 +209,7 @@ class Router:
             loop.call_at(self.clock.t0 + self.faults.kill_at_s * self.time_scale,
                          self._inject_kill)
         decide = asyncio.ensure_future(self._decide_loop())
-        watch = asyncio.ensure_future(self._watch_liveness())
+        watch = asyncio.ensure_future(self._watch())
         done = asyncio.ensure_future(self._done.wait())
         await asyncio.wait([decide, done], return_when=asyncio.FIRST_COMPLETED)
         watch.cancel()
@@ -373,6 +376,8 @@ class Router:
         while (msg := await state.channel.recv()) is not None:
             state.heard = time.monotonic()
             kind = msg["t"]
+            if kind != "state":
+                self._progress_at = state.heard
             if kind == "state":
                 self._on_state(state, msg)
             elif kind == "batch":
@@ -471,9 +476,10 @@ class Router:
         if self._kill is not None:
             self._kill(node)
 
-    async def _watch_liveness(self) -> None:
+    async def _watch(self) -> None:
         """Fence a node silent for ``liveness_s`` (stopped, hung, cut off): kill it, so it
-        cannot act on work that is rescheduled elsewhere, and reschedule its requests."""
+        cannot act on work that is rescheduled elsewhere, and reschedule its requests.
+        Fail the run, naming what is open, if nothing progressed for ``stall_s``."""
         period = min(0.5, self.liveness_s / 4)
         last = time.monotonic()
         while True:
@@ -485,7 +491,12 @@ class Router:
                 # the nodes' reports wait unread in its sockets, so silence proves nothing.
                 for state in self.nodes.values():
                     state.heard = max(state.heard, now)
+                self._progress_at = max(self._progress_at, now)
                 continue
+            if self.open and now - self._progress_at > self.stall_s:
+                left = unfinished_message((rid, e.phase) for rid, e in self.entries.items())
+                self._fail(f"no request progressed for {self.stall_s:g} s: {left}")
+                return
             for node, state in self.nodes.items():
                 if not state.dead and state.stats is None and now - state.heard > self.liveness_s:
                     print(f"[router] node {node} silent for {now - state.heard:.1f} s: fencing it",
