@@ -193,7 +193,7 @@ class Node:
             if kind == "place":
                 self._place(msg)
             elif kind == "cancel":
-                self._cancel(msg["rid"])
+                self._cancel(msg["rid"], msg["attempt"])
             elif kind == "stop":
                 self.router.send(self._stats())
                 await self.router.drain()
@@ -248,11 +248,17 @@ class Node:
             self._on_peer(early)
         self.mark_dirty()
 
-    def _cancel(self, rid: int) -> None:
-        job = self.jobs.pop(rid, None)
-        self._early.pop(rid, None)
-        if job is None:
+    def _cancel(self, rid: int, attempt: int) -> None:
+        """Drop attempt ``attempt`` of request ``rid``. Peer messages of a later attempt
+        may already wait for that attempt's placement (its new decode node answered
+        first): they are kept, or the new attempt would wait for them forever."""
+        early = [m for m in self._early.pop(rid, []) if m["attempt"] > attempt]
+        if early:
+            self._early[rid] = early
+        job = self.jobs.get(rid)
+        if job is None or job.attempt > attempt:
             return
+        del self.jobs[rid]
         self.counters["cancelled"] += 1
         if job.pe in self.prefill:
             self.prefill[job.pe].cancel(job)

@@ -494,8 +494,7 @@ class Router:
                 self._progress_at = max(self._progress_at, now)
                 continue
             if self.open and now - self._progress_at > self.stall_s:
-                left = unfinished_message((rid, e.phase) for rid, e in self.entries.items())
-                self._fail(f"no request progressed for {self.stall_s:g} s: {left}")
+                self._fail(f"no request progressed for {self.stall_s:g} s")  # run() names them
                 return
             for node, state in self.nodes.items():
                 if not state.dead and state.stats is None and now - state.heard > self.liveness_s:
@@ -527,7 +526,8 @@ class Router:
             for engine in (entry.pe, entry.de):
                 other = self.nodes[spec.node_of(engine)]
                 if not other.dead:
-                    other.channel.send({"t": "cancel", "rid": entry.request.request_id})
+                    other.channel.send({"t": "cancel", "rid": entry.request.request_id,
+                                        "attempt": entry.attempt})
             self._reschedule(entry)
 
     def _reschedule(self, entry: Entry) -> None:
