@@ -148,12 +148,13 @@ class LivePrefill:
     def cancel(self, job: LiveJob) -> None:
         """Drop ``job`` (its decode node died): unblock whatever waits on it.
 
-        A request in the running batch is dropped when the batch ends; any other now.
+        A request in the running batch is dropped when the batch ends; one whose prefill
+        is done only has its P→D send stopped (the send frees its range); any other now.
         """
         job.cancelled = True
         if job in self.core.ready:
             self.core.ready.remove(job)
-        if not any(j is job for j, _ in self.core.batch):
+        if job.remaining > 0 and not any(j is job for j, _ in self.core.batch):
             self._drop(job)
         futures: list[asyncio.Future[Any]] = [*job.de_layers, job.de_loaded, job.de_offset]
         for fut in futures:
@@ -343,10 +344,10 @@ class LivePrefill:
             start = clock.now()
         try:
             dst_offset = await job.de_offset
-        except asyncio.CancelledError:
-            return clock.now()
+        except asyncio.CancelledError:  # its decode node died before it said where
+            return self._sent(job, clock.now())
         if job.cancelled:
-            return clock.now()
+            return self._sent(job, clock.now())
         ok = await node.write(self.transport, self.region, job.offset,
                               node.remote(self.engine_id, job.de), dst_offset, job.nbytes_real)
         if node.paced_cnic:
@@ -356,12 +357,19 @@ class LivePrefill:
             record_transfer(self.core.cnic_out, start, end, nbytes)
         done = max(end, await finished)
         await clock.sleep_until(done)
-        self._free(job)
         if ok and not job.cancelled:
             node.to_peer(node.node_of(job.de), {
                 "t": "kv_in", "rid": job.request.request_id, "attempt": job.attempt,
                 "start": start, "at": done})
-        return done
+        return self._sent(job, done)
+
+    def _sent(self, job: LiveJob, at: float) -> float:
+        """The P→D send of ``job`` is over (or stopped): this node is done with it. Until
+        now a cancel must still find it, to stop a send waiting on a lost decode node."""
+        self._free(job)
+        if self.node.jobs.get(job.request.request_id) is job:
+            del self.node.jobs[job.request.request_id]
+        return at
 
     def _batch_done(self, batch: list[tuple[LiveJob, int]], now: float) -> None:
         node = self.node
@@ -384,7 +392,6 @@ class LivePrefill:
                 self.core.left()
                 rid = job.request.request_id
                 node.to_router({"t": "first", "rid": rid, "attempt": job.attempt, "at": now})
-                node.jobs.pop(rid, None)
                 asyncio.ensure_future(node.write_back(
                     job.request.appended_tokens, job.writes))
         self.core.computed(tokens)
