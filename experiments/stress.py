@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,8 +232,9 @@ def _hook(fault: str, cluster: Any, injector: _Injector, delay: float
 
     def hook(router: Any) -> None:
         action = actions.get(fault)
-        if action is None:  # injected by the router (kills, corruption) or the decider
-            injector.counters["injected"] += fault != "kill-scheduler"
+        if action is None:  # the router injects kills and corruption; the decider its own
+            if fault != "kill-scheduler":
+                injector.counters["injected"] += 1
             return
 
         def fire() -> None:
@@ -292,7 +293,3 @@ def render_stress(payload: dict[str, Any]) -> str:
 
 def parse_faults(text: str | None) -> tuple[str, ...]:
     return FAULTS if not text else tuple(f.strip() for f in text.split(",") if f.strip())
-
-
-__all__: Sequence[str] = ("FAULTS", "StressConfig", "cpu_hog", "parse_faults", "render_stress",
-                          "run_fault", "stress")
