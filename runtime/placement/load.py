@@ -34,9 +34,3 @@ class EngineLoad:
     def left(self) -> None:
         """A sequence left the engine (its last prefill chunk is done, or it was dropped)."""
         self.seq -= 1
-
-    def release(self, tokens: int, hbm_bytes: float = 0.0) -> None:
-        """A sequence leaves with its ``tokens`` and ``hbm_bytes`` (a decode finishes)."""
-        self.seq -= 1
-        self.tok -= tokens
-        self.free_hbm += hbm_bytes
