@@ -24,9 +24,6 @@ from runtime.workload import (
 )
 from runtime.workload.agentic import PAPER_HIT_RATE_64K, generate_set
 
-# The shared data folder sits beside the repository checkout.
-SHARED_TRACE = Path(__file__).resolve().parents[3] / "shared/data/mooncake/synthetic_trace.jsonl"
-
 
 def drive(workload: Workload, service_s: float = 0.5) -> list[tuple[Request, float]]:
     """Run a workload on an ideal server of fixed service time; (request, finish) in order."""
@@ -409,18 +406,34 @@ def test_mooncake_empty_trace_and_bad_options(tmp_path: Path) -> None:
         MooncakeTrace(good, limit=0)
 
 
-@pytest.mark.skipif(not SHARED_TRACE.exists(), reason="shared Mooncake trace not present")
-def test_shared_mooncake_trace_loads() -> None:
-    trace = MooncakeTrace(SHARED_TRACE)
-    stats = trace.stats()
-    assert stats["requests"] == 3993
-    assert stats["mean_input"] == pytest.approx(15_325, rel=0.01)
-    assert stats["block_reuse"] == pytest.approx(0.64, abs=0.02)
-    assert stats["duration_s"] == pytest.approx(1022, rel=0.01)
-    reqs = trace.initial_requests()
-    assert all(r.appended_tokens >= 1 for r in reqs)
-    bounded = MooncakeTrace(SHARED_TRACE, storage_capacity_blocks=2000).stats()
-    assert bounded["block_reuse"] < stats["block_reuse"]
+def generated_trace(path: Path, n: int = 200) -> Path:
+    """``n`` requests of 4 blocks, one every 0.5 s; every other request repeats the
+    previous one's first 3 blocks, so 3 of every 8 blocks are a stored leading prefix."""
+    lines: list[dict[str, object]] = []
+    next_id = 0
+    for i in range(n):
+        if i % 2:
+            ids = [*lines[-1]["hash_ids"][:3], next_id]  # type: ignore[index]
+            next_id += 1
+        else:
+            ids = list(range(next_id, next_id + 4))
+            next_id += 4
+        lines.append({"timestamp": 500 * i, "input_length": 2000, "output_length": 10,
+                      "hash_ids": ids})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_a_generated_mooncake_trace_loads_with_the_stats_it_was_built_with(tmp_path) -> None:
+    path = generated_trace(tmp_path / "trace.jsonl")
+    stats = MooncakeTrace(path).stats()
+    assert stats["requests"] == 200
+    assert stats["mean_input"] == 2000 and stats["mean_output"] == 10
+    assert stats["duration_s"] == pytest.approx(99.5)
+    assert stats["block_reuse"] == pytest.approx(3 / 8)
+    assert all(r.appended_tokens >= 1 for r in MooncakeTrace(path).initial_requests())
+    # A store of one block keeps no 3-block prefix: less reuse.
+    assert MooncakeTrace(path, storage_capacity_blocks=1).stats()["block_reuse"] < 3 / 8
 
 
 # --- mixed workloads -------------------------------------------------------------
@@ -516,10 +529,10 @@ def test_mixed_needs_workloads() -> None:
         MixedWorkload([AgenticWorkload(1), object()])  # type: ignore[list-item]
 
 
-@pytest.mark.skipif(not SHARED_TRACE.exists(), reason="shared Mooncake trace not present")
-def test_mixed_agents_with_the_shared_trace() -> None:
+def test_mixed_agents_with_a_trace(tmp_path) -> None:
     agents = AgenticWorkload(None, "64k", seed=0, online=True, aps=0.5, duration_s=200.0)
-    trace = MooncakeTrace(SHARED_TRACE, limit=400, time_scale=0.5)
+    trace = MooncakeTrace(generated_trace(tmp_path / "trace.jsonl", 600), limit=400,
+                          time_scale=0.5)
     mixed = MixedWorkload([agents, trace])
     assert mixed.name.startswith("mixed(agentic-64k-online") and "+mooncake-" in mixed.name
     firsts = mixed.initial_requests()
