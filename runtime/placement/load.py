@@ -20,11 +20,10 @@ class EngineLoad:
         self.tok = 0
         self.free_hbm = free_hbm
 
-    def admit(self, tokens: int, hbm_bytes: float = 0.0) -> None:
-        """A sequence arrives with ``tokens`` to process and ``hbm_bytes`` of decode HBM."""
+    def admit(self, tokens: int) -> None:
+        """A sequence arrives with ``tokens`` to process (a live node's own engine count)."""
         self.seq += 1
         self.tok += tokens
-        self.free_hbm -= hbm_bytes
 
     def computed(self, tokens: int) -> None:
         """``tokens`` of the engine's work are done (never below zero: reports may race)."""
