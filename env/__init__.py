@@ -3,7 +3,8 @@
 from gymnasium.envs.registration import register, registry
 
 from env.dualpath_env import DualPathEnv, Mode
-from env.encoding import ENCODING_VERSION, Encoder, Encoding, Tuning
+from env.encoding import ENCODING_VERSION, Encoder, Encoding
+from env.tuning import Tuning
 
 ENV_ID = "DualPath-v0"
 #: Default episodes (16 agents, 32K set) take a few thousand steps; the limit only

@@ -12,17 +12,18 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from env.encoding import Encoder, Encoding, Tuning
+from env.encoding import Encoder, Encoding
+from env.tuning import Tuning
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
-from runtime.executor import Executor
+from runtime.execution.executor import Executor
+from runtime.execution.job import Job
 from runtime.live.config import LiveOptions
 from runtime.live.session import LiveSession
 from runtime.policy import Policy
 from runtime.preset import load_preset
 from runtime.request import Request
 from runtime.sim import SimOptions, Simulator
-from runtime.sim.job import Job
 from runtime.view import ClusterView
 from runtime.workload.agentic import AgenticWorkload
 from runtime.workload.base import Workload

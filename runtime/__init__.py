@@ -1,4 +1,8 @@
-"""The cluster: domain types, cost model, workloads, simulator (and later the live runtime).
+"""The cluster: domain types, cost model, workloads, and its two executions.
+
+The executions are the discrete-event simulator (:mod:`runtime.sim`) and the live
+runtime of real processes (:mod:`runtime.live`); what both run on (jobs, links,
+batch formers, metrics, the ``Executor`` protocol) is in :mod:`runtime.execution`.
 
 ``runtime`` imports nothing else of ours.
 """

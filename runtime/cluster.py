@@ -8,7 +8,7 @@ from functools import cached_property
 from runtime.errors import require
 from runtime.model import ModelSpec
 from runtime.node import NodeSpec
-from runtime.view import Role
+from runtime.role import Role
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,6 @@ class CostModel:
         """All prefill FLOPs of ``tokens`` new tokens after ``context`` tokens of prefix."""
         return tokens * self.model.dense_flops_per_token + self.attention_flops(tokens, context)
 
-    def chunk_attention_flops(self, chunk: Chunk) -> float:
-        return self.attention_flops(chunk.tokens, chunk.context)
-
-    def chunk_flops(self, chunk: Chunk) -> float:
-        return self.flops(chunk.tokens, chunk.context)
-
     def _seconds(self, flops: float, batch_tokens: int) -> float:
         return flops / (self._flops * self.model.efficiency(batch_tokens))
 

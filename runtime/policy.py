@@ -1,12 +1,27 @@
-"""The one protocol every scheduler implements."""
+"""The one protocol every scheduler implements, and the optional capabilities.
+
+A policy is anything with a ``name`` and ``decide``. Some policies can do more;
+each extra capability is a protocol of its own, checked with ``isinstance``
+(never by probing attribute names), so every execution treats them alike:
+
+- :class:`LearnsOnline`: told each request's outcome when it finishes;
+- :class:`HoldsResources`: holds a channel, a thread or a file, released by ``close``;
+- :class:`FallsBack`: answers through someone else (the service) and decides
+  locally when that fails, counting both.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 from runtime.decision import Decision, Defer
 from runtime.request import Request
 from runtime.view import ClusterView
+
+#: What a learning policy is told about a finished request: ``ttft_s`` and
+#: ``latency_s`` (arrival to last token), in seconds.
+Outcome = Mapping[str, float]
 
 
 @runtime_checkable
@@ -17,10 +32,45 @@ class Policy(Protocol):
     :class:`Defer` (or ``None``) when no engine can take the request now; the
     request then waits at the head of the FIFO queue.
     The executor applies the decision (reserving capacity) before asking about
-    the next request. A policy that learns from outcomes may also define
-    ``complete(request_id, outcome)``.
+    the next request.
     """
 
     name: str
 
     def decide(self, request: Request, view: ClusterView) -> Decision | Defer | None: ...
+
+
+@runtime_checkable
+class LearnsOnline(Protocol):
+    """A policy that learns from outcomes: every execution calls ``complete`` once per
+    finished request it decided."""
+
+    def complete(self, request_id: int, outcome: Outcome) -> None: ...
+
+
+@runtime_checkable
+class HoldsResources(Protocol):
+    """A policy whose ``close`` must run when the run that used it ends."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class FallsBack(Protocol):
+    """A policy that asks another decider first: ``served`` counts the answers it got,
+    ``fallbacks`` the decisions its local ``fallback`` made instead."""
+
+    fallback: Policy
+    fallbacks: int
+    served: int
+
+
+def learner(policy: object) -> LearnsOnline | None:
+    """``policy`` as a learner, or ``None`` where it does not learn online."""
+    return policy if isinstance(policy, LearnsOnline) else None
+
+
+def close_policy(policy: object) -> None:
+    """Release what ``policy`` holds, where it holds anything."""
+    if isinstance(policy, HoldsResources):
+        policy.close()

@@ -230,20 +230,8 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
         return ConfigError(f"{where}: {key}: expected {expected}, "
                            f"got {_type_name(value)} {value!r}")
 
-    if hint is int:
-        if type(value) is not int:
-            raise wrong("an integer")
-        return value
-    if hint is float:
-        if type(value) not in (int, float):
-            raise wrong("a number")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: {key}: must be a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise wrong("a string")
-        return value
+    if hint in (int, float, str):
+        return _coerce_scalar(key, value, hint, where, wrong)
     if hint == _NUMBERS:  # snic_factors: one number per node
         if not (isinstance(value, list) and all(type(x) in (int, float) for x in value)):
             raise wrong("an array of numbers, e.g. [1.0, 0.25]")
@@ -256,6 +244,24 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
             raise wrong("an array of [batch_tokens, efficiency] pairs of numbers")
         return tuple((float(x), float(y)) for x, y in value)
     raise TypeError(f"no coercion for field {key} of type {hint!r}")  # a new field type
+
+
+def _coerce_scalar(key: str, value: Any, hint: type, where: str,
+                   wrong: Callable[[str], ConfigError]) -> Any:
+    """``value`` as an int, a (finite) float or a str."""
+    if hint is int:
+        if type(value) is not int:
+            raise wrong("an integer")
+        return value
+    if hint is float:
+        if type(value) not in (int, float):
+            raise wrong("a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {key}: must be a finite number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise wrong("a string")
+    return value
 
 
 def _build(values: dict[str, Any], where: Callable[[str], str]) -> ClusterSpec:

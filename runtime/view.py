@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING
 
+from runtime.cluster import ClusterSpec
+from runtime.role import Role
 from runtime.slots import slot_init
-
-if TYPE_CHECKING:
-    from runtime.cluster import ClusterSpec
-
-
-class Role(StrEnum):
-    PREFILL = "prefill"
-    DECODE = "decode"
 
 
 @slot_init

@@ -185,3 +185,8 @@ def layer_slices(block_size: int, layers: int) -> list[tuple[int, int]]:
         raise ValueError(f"block_size {block_size} does not divide into {layers} equal layers")
     length = block_size // layers
     return [(i * length, length) for i in range(layers)]
+
+
+def write_blocks(names: list[str], size: int) -> list[tuple[str, bytes]]:
+    """The KV blocks a request produced, as (name, content) to write back."""
+    return [(name, block_content(name, size)) for name in names]

@@ -25,10 +25,6 @@ class Clock:
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
 
-    @classmethod
-    def starting_in(cls, time_scale: float, delay_s: float = 0.0) -> Clock:
-        return cls(time_scale, time.monotonic() + delay_s)
-
     def now(self) -> float:
         return (time.monotonic() - self.t0) / self.time_scale
 

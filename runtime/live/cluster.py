@@ -32,13 +32,14 @@ from typing import Any
 
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer
+from runtime.execution.link import Link
+from runtime.execution.metrics import summarize
 from runtime.live.config import LiveOptions, spec_to_dict
+from runtime.live.messages import Stats
 from runtime.live.node import NodeConfig
 from runtime.live.router import Decider, Faults, Router
 from runtime.policy import Policy
 from runtime.request import Request
-from runtime.sim.link import Link
-from runtime.sim.metrics import summarize
 from runtime.view import ClusterView
 from runtime.workload.base import Workload
 
@@ -257,14 +258,14 @@ class LiveCluster:
         await router.run()
         return router, time.perf_counter() - wall
 
-    def _metrics(self, router: Router, stats: list[dict[str, Any]], wall_s: float
+    def _metrics(self, router: Router, stats: list[Stats], wall_s: float
                  ) -> dict[str, Any]:
         spec = self.spec
         links: dict[str, Link] = {}
         counters: Counter[str] = Counter(router.counters)
         for node_stats in stats:
-            counters.update(node_stats["counters"])
-            for name, (bytes_s, starts, ends, sizes) in node_stats["links"].items():
+            counters.update(node_stats.counters)
+            for name, (bytes_s, starts, ends, sizes) in node_stats.links.items():
                 link = Link(name, bytes_s)
                 link.starts, link.ends, link.sizes = starts, ends, sizes
                 links[name] = link

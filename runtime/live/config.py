@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cluster import ClusterSpec
+from runtime.live.transport import TRANSPORTS
 from runtime.model import ModelSpec
 from runtime.node import NodeSpec
 from runtime.preset import load_preset
 
 PRESET_DIR = Path(__file__).parent / "presets"
-TRANSPORT_NAMES = ("shm", "tcp", "nixl", "pyverbs")
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,9 @@ class LiveOptions:
             raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
         if self.bytes_scale < 1:
             raise ValueError(f"bytes_scale must be an integer >= 1, got {self.bytes_scale}")
-        if self.transport not in TRANSPORT_NAMES:
+        if self.transport not in TRANSPORTS:
             raise ValueError(f"transport {self.transport!r}: expected one of "
-                             f"{', '.join(TRANSPORT_NAMES)}")
+                             f"{', '.join(TRANSPORTS)}")
         if self.replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
         if self.device not in ("cpu", "cuda"):

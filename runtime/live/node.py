@@ -7,10 +7,12 @@ host buffer, the per-layer DE→PE writes, the P→D transfer and the write-back
 of new KV blocks. It reports its state (read queue, CNIC backlog) and the
 requests' progress to the router.
 
-Messages (JSON, see :mod:`runtime.live.wire`) from the router: ``setup``,
-``go``, ``place``, ``cancel``, ``stop``; to it: ``hello``, ``ready``, ``state``,
-``batch``, ``free``, ``first``, ``fin``, ``stats``, ``error``. Between nodes:
-``de_ready``, ``de_loaded``, ``push``, ``layer``, ``kv_in``.
+Messages (:mod:`runtime.live.messages`, framed by :mod:`runtime.live.wire`) from
+the router: ``Setup``, ``Go``, ``Place``, ``Cancel``, ``Stop``; to it: ``Hello``,
+``Ready``, ``State``, ``Batch``, ``Free``, ``Loaded``, ``Rdma``, ``First``, ``Fin``,
+``Stats``, ``Error``. Between nodes: ``DeReady``, ``DeLoaded``, ``Push``, ``Layer``,
+``KvIn``. The node implements :class:`runtime.live.engines.NodeServices`, what its
+engines use of it.
 """
 
 from __future__ import annotations
@@ -25,21 +27,44 @@ from collections import Counter, defaultdict
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
+from runtime.execution.link import Link
+from runtime.live.blocks import write_blocks
 from runtime.live.clock import Clock
 from runtime.live.config import LiveOptions, spec_from_dict
-from runtime.live.engines import LiveDecode, LiveJob, LivePrefill, write_blocks
+from runtime.live.engines import LiveDecode, LiveJob, LivePrefill
+from runtime.live.messages import (
+    Cancel,
+    DeLoaded,
+    DeReady,
+    Error,
+    Go,
+    Hello,
+    KvIn,
+    Layer,
+    Message,
+    NodeReport,
+    PeerMessage,
+    Place,
+    Push,
+    Ready,
+    Setup,
+    State,
+    Stats,
+    Stop,
+)
 from runtime.live.reader import StorageSide
 from runtime.live.storage import StorageClient
 from runtime.live.transport import make_transport
 from runtime.live.transport.base import Region, RemoteRegion, Transport
 from runtime.live.wire import Channel
 from runtime.request import Request
-from runtime.sim.link import Link
 from runtime.view import Role
+
+_M = TypeVar("_M", bound=Message)
 
 # Staging slots per decode engine for the DE→PE writes (host buffer → registered memory).
 STAGING_SLOTS = 4
@@ -86,7 +111,7 @@ class Node:
         self.paced_cnic = not (cfg.kernel_shaped and self.opts.transport != "shm")
         self.counters: Counter[str] = Counter()
         self.jobs: dict[int, LiveJob] = {}
-        self._early: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        self._early: dict[int, list[PeerMessage]] = defaultdict(list)
         self._peers: dict[int, Channel] = {}
         self._remotes: dict[tuple[int, int], RemoteRegion] = {}
         self._transports: list[Transport] = []
@@ -130,17 +155,17 @@ class Node:
                                                  STAGING_SLOTS)
         server = await asyncio.start_server(self._serve_peer, self.cfg.control_host, 0)
         port = server.sockets[0].getsockname()[1]
-        self.router.send({"t": "hello", "node": self.node_id, "peer": [self.cfg.control_host, port],
-                          "regions": {str(e): d for e, d in regions.items()}, "pid": os.getpid()})
-        setup = await self._expect("setup")
-        self.clock = Clock(opts.time_scale, setup["t0"])
+        self.router.send(Hello(self.node_id, [self.cfg.control_host, port],
+                               {str(e): d for e, d in regions.items()}, os.getpid()))
+        setup = await self._expect(Setup)
+        self.clock = Clock(opts.time_scale, setup.t0)
         self.storage = StorageSide(
             self.node_id, self.clock, spec.snic_bytes_s_of(self.node_id),
             spec.node.host_buffer_bytes, clients[:-1], clients[-1],
             paced=not self.cfg.kernel_shaped)
         await self._connect_peers(setup)
-        self.router.send({"t": "ready", "node": self.node_id})
-        await self._expect("go")
+        self.router.send(Ready(self.node_id))
+        await self._expect(Go)
 
     def _region_bytes(self) -> int:
         node, scale = self.spec.node, self.opts.bytes_scale
@@ -150,27 +175,28 @@ class Node:
             return int(2 * node.pe_hbm_kv_bytes / scale) + 64 * self.block_bytes
         return int(1.5 * node.de_hbm_kv_bytes / scale) + 64 * self.block_bytes
 
-    async def _connect_peers(self, setup: dict[str, Any]) -> None:
+    async def _connect_peers(self, setup: Setup) -> None:
         # Each local engine reaches the other role's buffers through its own
         # transport (its own CNIC: in namespaces, its own address).
         local: dict[int, LivePrefill | LiveDecode] = {**self.prefill, **self.decode}
-        for engine_text, descriptor in setup["regions"].items():
+        for engine_text, descriptor in setup.regions.items():
             peer = int(engine_text)
             if self.spec.role_of(peer) is self.role:
                 continue
             for engine, owner in local.items():
                 self._remotes[(engine, peer)] = owner.transport.connect(descriptor)
-        for node_text, (host, port) in setup["peers"].items():
+        for node_text, (host, port) in setup.peers.items():
             node = int(node_text)
             if node != self.node_id:
                 self._peers[node] = await Channel.connect(host, port)
 
-    async def _expect(self, kind: str) -> dict[str, Any]:
+    async def _expect(self, kind: type[_M]) -> _M:
         msg = await self.router.recv()
         if msg is None:
-            raise SystemExit(f"node {self.node_id}: router closed before {kind!r}")
-        if msg["t"] != kind:
-            raise RuntimeError(f"node {self.node_id}: expected {kind!r}, got {msg['t']!r}")
+            raise SystemExit(f"node {self.node_id}: router closed before {kind.kind.value!r}")
+        if not isinstance(msg, kind):
+            raise RuntimeError(f"node {self.node_id}: expected {kind.kind.value!r}, "
+                               f"got {msg.kind.value!r}")
         return msg
 
     # -- messages -----------------------------------------------------------------
@@ -189,60 +215,62 @@ class Node:
 
     async def _route(self) -> None:
         while (msg := await self.router.recv()) is not None:
-            kind = msg["t"]
-            if kind == "place":
-                self._place(msg)
-            elif kind == "cancel":
-                self._cancel(msg["rid"], msg["attempt"])
-            elif kind == "stop":
-                self.router.send(self._stats())
-                await self.router.drain()
-                return
-            else:
-                self.fatal(f"unknown router message {kind!r}")
+            match msg:
+                case Place():
+                    self._place(msg)
+                case Cancel(rid=rid, attempt=attempt):
+                    self._cancel(rid, attempt)
+                case Stop():
+                    self.router.send(self._stats())
+                    await self.router.drain()
+                    return
+                case _:
+                    self.fatal(f"unexpected router message {msg.kind.value!r}")
 
     async def _serve_peer(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         channel = Channel(reader, writer)
         try:
             while (msg := await channel.recv()) is not None:
-                self._on_peer(msg)
+                if isinstance(msg, PeerMessage):
+                    self._on_peer(msg)
+                else:
+                    self.fatal(f"unexpected peer message {msg.kind.value!r}")
         except asyncio.CancelledError:
             pass  # the node is shutting down
 
-    def _on_peer(self, msg: dict[str, Any]) -> None:
-        rid = msg["rid"]
+    def _on_peer(self, msg: PeerMessage) -> None:
+        rid = msg.rid
         job = self.jobs.get(rid)
-        if job is None or job.attempt != msg["attempt"]:
-            if job is None or job.attempt < msg["attempt"]:
+        if job is None or job.attempt != msg.attempt:
+            if job is None or job.attempt < msg.attempt:
                 self._early[rid].append(msg)  # its placement has not reached us yet
             return
-        kind = msg["t"]
-        if kind == "de_ready":
-            _resolve(job.de_offset, msg["offset"])
-        elif kind == "de_loaded":
-            job.de_checksums = msg["checksums"]
-            _resolve(job.de_loaded, None)
-        elif kind == "layer":
-            _resolve(job.de_layers[msg["layer"]], None)
-        elif kind == "push":
-            asyncio.ensure_future(self.guard(self.decode[job.de].push(job, msg)))
-        elif kind == "kv_in":
-            asyncio.ensure_future(self.guard(self.decode[job.de].receive(job, msg)))
-        else:
-            self.fatal(f"unknown peer message {kind!r}")
+        match msg:
+            case DeReady(offset=offset):
+                _resolve(job.de_offset, offset)
+            case DeLoaded(checksums=checksums):
+                job.de_checksums = checksums
+                _resolve(job.de_loaded, None)
+            case Layer(layer=layer):
+                _resolve(job.de_layers[layer], None)
+            case Push():
+                asyncio.ensure_future(self.guard(self.decode[job.de].push(job, msg)))
+            case KvIn():
+                asyncio.ensure_future(self.guard(self.decode[job.de].receive(job, msg)))
 
-    def _place(self, msg: dict[str, Any]) -> None:
-        request = Request(msg["rid"], msg["agent"], msg["turn"], msg["hit"], msg["app"],
-                          msg["gen"], msg["arrival"])
-        job = LiveJob(request, msg, self)
-        self._ack = msg["seq"]
+    def _place(self, msg: Place) -> None:
+        request = Request(msg.rid, msg.agent, msg.turn, msg.hit, msg.app, msg.gen, msg.arrival)
+        job = LiveJob(request, msg, kv_bytes_per_token=self.spec.model.kv_bytes_per_token,
+                      block_bytes=self.block_bytes, bytes_scale=self.opts.bytes_scale,
+                      loop=self.loop)
+        self._ack = msg.seq
         self.jobs[request.request_id] = job
         if job.pe in self.prefill:
-            job.writes = msg["pe_writes"]
+            job.writes = msg.pe_writes
             self.prefill[job.pe].place(job)
         else:
-            job.writes = msg["de_writes"]
+            job.writes = msg.de_writes
             self.decode[job.de].place(job)
         for early in self._early.pop(request.request_id, []):
             self._on_peer(early)
@@ -252,7 +280,7 @@ class Node:
         """Drop attempt ``attempt`` of request ``rid``. Peer messages of a later attempt
         may already wait for that attempt's placement (its new decode node answered
         first): they are kept, or the new attempt would wait for them forever."""
-        early = [m for m in self._early.pop(rid, []) if m["attempt"] > attempt]
+        early = [m for m in self._early.pop(rid, []) if m.attempt > attempt]
         if early:
             self._early[rid] = early
         job = self.jobs.get(rid)
@@ -273,11 +301,11 @@ class Node:
         """Engine ``peer``'s registered buffer, as reached from local engine ``local``."""
         return self._remotes[(local, peer)]
 
-    def to_router(self, msg: dict[str, Any]) -> None:
+    def to_router(self, msg: NodeReport) -> None:
         self.router.send(msg)
         self.mark_dirty()
 
-    def to_peer(self, node: int, msg: dict[str, Any]) -> None:
+    def to_peer(self, node: int, msg: PeerMessage) -> None:
         peer = self._peers.get(node)
         if peer is not None:
             peer.send(msg)
@@ -294,10 +322,8 @@ class Node:
         busy.update({str(e): max(d.core.cnic_in.busy_until, d.core.cnic_out.busy_until)
                      for e, d in self.decode.items()})
         storage = self.storage
-        self.router.send({"t": "state", "node": self.node_id, "ack": self._ack,
-                          "read_q": storage.read_queue_bytes(),
-                          "free_buffer": storage.buffer_bytes - storage.buffer_used,
-                          "busy": busy})
+        self.router.send(State(self.node_id, self._ack, storage.read_queue_bytes(),
+                               storage.buffer_bytes - storage.buffer_used, busy))
 
     async def write(self, transport: Transport, region: Region, offset: int,
                     remote: RemoteRegion, dst: int, nbytes: int) -> bool:
@@ -354,9 +380,9 @@ class Node:
         if self._failed is None:
             self._failed = message
             print(f"[node {self.node_id}] fatal: {message}", file=sys.stderr, flush=True)
-            self.router.send({"t": "error", "node": self.node_id, "message": message})
+            self.router.send(Error(self.node_id, message))
 
-    def _stats(self) -> dict[str, Any]:
+    def _stats(self) -> Stats:
         links: list[Link] = [self.storage.snic, self.storage.snic_write]
         for engine in self.prefill.values():
             links += [engine.core.cnic_in, engine.core.cnic_out]
@@ -366,9 +392,9 @@ class Node:
         counters.update(bytes_read=self.storage.bytes_read,
                         bytes_written=self.storage.bytes_written,
                         blocks_written=self.storage.blocks_written)
-        return {"t": "stats", "node": self.node_id, "counters": counters,
-                "links": {link.name: [link.bytes_s, link.starts, link.ends, link.sizes]
-                          for link in links}}
+        return Stats(self.node_id, counters,
+                     {link.name: [link.bytes_s, link.starts, link.ends, link.sizes]
+                      for link in links})
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
@@ -386,3 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+if TYPE_CHECKING:  # the node is what its engines take it for (checked by mypy)
+    from runtime.live.engines import NodeServices
+
+    def _serves(node: Node) -> NodeServices:
+        return node

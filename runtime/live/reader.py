@@ -18,10 +18,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from runtime.execution.link import Link
 from runtime.live.blocks import checksum
 from runtime.live.clock import Clock
 from runtime.live.storage import StorageClient
-from runtime.sim.link import Link
 
 
 @dataclass

@@ -16,17 +16,20 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer
+from runtime.execution.job import Job
 from runtime.live.cluster import LiveCluster
 from runtime.live.config import LiveOptions
 from runtime.live.router import Router
 from runtime.request import Request
-from runtime.sim.job import Job
 from runtime.view import ClusterView
 from runtime.workload.base import Workload
+
+if TYPE_CHECKING:
+    from runtime.execution.executor import Executor
 
 Answer = Decision | Defer | None
 _DONE = object()
@@ -122,3 +125,8 @@ class LiveSession:
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(RuntimeError("session closed"))
         self._thread.join(timeout=30)
+
+
+if TYPE_CHECKING:  # the live session satisfies the stepping protocol (checked by mypy)
+    def _conforms(live: LiveSession) -> Executor:
+        return live

@@ -2,7 +2,8 @@
 
 Control traffic is small (a few hundred bytes a message); the KV bytes travel by
 the transports and the storage protocol, never here. A frame is a 4-byte
-big-endian length then a UTF-8 JSON object with a ``"t"`` (type) key.
+big-endian length then a UTF-8 JSON object with a ``"t"`` (type) key: one of the
+messages of :mod:`runtime.live.messages`, which encodes and decodes them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from typing import Any
+
+from runtime.live.messages import Message, MessageError, decode, encode
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 64 << 20
@@ -40,18 +42,18 @@ class Channel:
                 await asyncio.sleep(0.1)
         raise AssertionError("unreachable")
 
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: Message) -> None:
         """Queue ``msg``; the event loop writes it out. A closed channel drops it."""
         if self.closed:
             return
-        body = json.dumps(msg, separators=(",", ":")).encode()
+        body = json.dumps(encode(msg), separators=(",", ":")).encode()
         self.writer.write(_LEN.pack(len(body)) + body)
 
     async def drain(self) -> None:
         if not self.closed:
             await self.writer.drain()
 
-    async def recv(self) -> dict[str, Any] | None:
+    async def recv(self) -> Message | None:
         try:
             head = await self.reader.readexactly(_LEN.size)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -64,10 +66,10 @@ class Channel:
             body = await self.reader.readexactly(size)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise WireError("peer closed mid-frame") from exc
-        msg = json.loads(body)
-        if not isinstance(msg, dict) or "t" not in msg:
-            raise WireError(f"control frame without a type: {body[:80]!r}")
-        return msg
+        try:
+            return decode(json.loads(body))
+        except MessageError as exc:
+            raise WireError(f"control frame {body[:80]!r}: {exc}") from None
 
     def close(self) -> None:
         if not self.closed:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from runtime.sim.job import Job
-from runtime.sim.link import Link
+from runtime.execution.job import Job
+from runtime.execution.link import Link
 
 # Called with (node_id, job, start, end) when a read is issued to the SNIC.
 ReadIssued = Callable[[int, Job, float, float], None]

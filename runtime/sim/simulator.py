@@ -12,11 +12,17 @@ import time as wallclock
 from collections.abc import Callable
 from dataclasses import dataclass
 from heapq import heappop
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.decision import Decision, Defer, WaitFor
+from runtime.execution.decode import DecodeEngine
+from runtime.execution.job import Job, outcome
+from runtime.execution.link import Link, reserve_pair
+from runtime.execution.metrics import summarize
+from runtime.execution.prefill import PrefillEngine
+from runtime.execution.recorder import Recorder
 from runtime.placement import Ledger, WaitingQueue
 from runtime.placement.lifecycle import (
     DECODING,
@@ -27,7 +33,6 @@ from runtime.placement.lifecycle import (
 )
 from runtime.policy import Policy
 from runtime.request import Request
-from runtime.sim.decode import DecodeEngine
 from runtime.sim.events import (
     ARRIVAL,
     DECODE_DONE,
@@ -37,14 +42,12 @@ from runtime.sim.events import (
     TRANSFER_DONE,
     EventQueue,
 )
-from runtime.sim.job import Job
-from runtime.sim.link import Link, reserve_pair
-from runtime.sim.metrics import compute_metrics
 from runtime.sim.node import NodeStorage
-from runtime.sim.prefill import PrefillEngine
-from runtime.sim.recorder import Recorder
 from runtime.view import ClusterView, EngineView, NodeView, Role
 from runtime.workload.base import Workload
+
+if TYPE_CHECKING:
+    from runtime.execution.executor import Executor
 
 # Enum members read on the hot path, as globals (see runtime/placement/lifecycle.py).
 _PREFILL, _DECODE = WaitFor.PREFILL, WaitFor.DECODE
@@ -173,7 +176,10 @@ class Simulator:
         self._place(waiting.take(), decision, split)
 
     def result(self, wall_s: float) -> SimResult:
-        metrics = compute_metrics(self, wall_s)
+        cnics = [(e.cnic_in, e.cnic_out) for e in self.pes]
+        cnics += [(e.cnic_in, e.cnic_out) for e in self.des]
+        metrics = summarize(self.recorder, self.spec, [node.snic for node in self.nodes], cnics,
+                            self.hit_bytes, wall_s)
         return SimResult(metrics, self.recorder.rows)
 
     # -- the view -----------------------------------------------------------
@@ -405,7 +411,6 @@ class Simulator:
                 f"decode HBM; a decode engine has {most:.3g} B)")
 
 
-def outcome(job: Job) -> dict[str, float]:
-    """What a learning policy's ``complete`` is told about a finished request."""
-    r = job.request
-    return {"ttft_s": job.t_first_token - r.arrival_s, "latency_s": job.t_finish - r.arrival_s}
+if TYPE_CHECKING:  # the simulator satisfies the stepping protocol (checked by mypy)
+    def _conforms(sim: Simulator) -> Executor:
+        return sim

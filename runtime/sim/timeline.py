@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime.sim.recorder import TIMELINE_COLUMNS
+from runtime.execution.recorder import TIMELINE_COLUMNS
 
 
 def write_timeline(rows: Sequence[tuple[Any, ...]], path: str | Path) -> Path:

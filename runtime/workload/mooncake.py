@@ -43,7 +43,7 @@ class TraceLine:
     hash_ids: tuple[int, ...]
 
 
-class BlockStore:
+class StoredBlockSet:
     """The set of stored prefix blocks: unlimited, or an LRU of ``capacity`` blocks.
 
     ``lookup`` returns how many leading blocks are stored and refreshes them;
@@ -115,7 +115,7 @@ class MooncakeTrace:
         self.storage_capacity_blocks = storage_capacity_blocks
         self.trace_block_tokens = trace_block_tokens
         self.time_scale = float(time_scale)
-        self._store = BlockStore(storage_capacity_blocks)
+        self._store = StoredBlockSet(storage_capacity_blocks)
         self._requests: list[Request] = []
         self._hit_blocks = 0
         self._blocks = 0

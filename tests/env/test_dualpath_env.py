@@ -11,6 +11,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import env
 from env import DualPathEnv, Encoding, Tuning
 from runtime.decision import Decision, Defer, WaitFor
+from runtime.preset import load_preset
 from runtime.workload.agentic import AgenticWorkload
 from tests.builders import make_spec
 
@@ -91,9 +92,12 @@ def test_return_is_minus_total_time_in_system_scaled():
 
 
 def test_slo_penalty_counts_violations():
-    base = rollout(DualPathEnv(agents=4), seed=2)
-    penalised = rollout(DualPathEnv(agents=4, slo_penalty=1.0), seed=2)
+    # A 0.2 s TTFT target that some requests of this run miss and most meet.
+    spec = load_preset("ds27b-1p1d", ["slo_ttft_s=0.2"])
+    base = rollout(DualPathEnv(spec, agents=4), seed=2)
+    penalised = rollout(DualPathEnv(spec, agents=4, slo_penalty=1.0), seed=2)
     violations = penalised[2]["slo_violations"]
+    assert 0 < violations < penalised[2]["metrics"]["requests"]
     assert violations == base[2]["slo_violations"]
     assert sum(penalised[1]) == pytest.approx(sum(base[1]) - violations)
 

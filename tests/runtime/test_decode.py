@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from runtime.cost import CostModel
+from runtime.execution.decode import DecodeEngine
+from runtime.execution.job import Job
 from runtime.request import Request
-from runtime.sim.decode import DecodeEngine
-from runtime.sim.job import Job
 from tests.builders import make_spec
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.sim.link import Link, reserve_pair
-from runtime.sim.metrics import snic_max_over_avg, window_bytes
+from runtime.execution.link import Link, reserve_pair
+from runtime.execution.metrics import snic_max_over_avg, window_bytes
 
 
 def test_window_bytes_splits_transfers_across_windows():

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime.decision import Decision
+from runtime.execution.metrics import window_bytes
 from runtime.request import Request
 from runtime.sim import SimOptions, SimulationStuck, Simulator
-from runtime.sim.metrics import window_bytes
 from tests.builders import make_spec
 
 

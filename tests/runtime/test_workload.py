@@ -22,7 +22,7 @@ from runtime.workload import (
     Workload,
     trajectory_stats,
 )
-from runtime.workload.agentic import PAPER_HIT_RATE_64K, generate_set
+from runtime.workload.trajectories import PAPER_HIT_RATE_64K, generate_set
 
 
 def drive(workload: Workload, service_s: float = 0.5) -> list[tuple[Request, float]]:

@@ -23,6 +23,7 @@ from runtime.live.transport.base import (
     TransportUnavailable,
 )
 
+#: Every transport's name: the one list of them (options, the doctor, benchmarks, the CLI).
 TRANSPORTS = ("shm", "tcp", "nixl", "pyverbs")
 
 __all__ = [

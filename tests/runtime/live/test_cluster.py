@@ -86,15 +86,15 @@ def test_losing_the_last_decode_node_fails_clearly():
 
 
 def test_namespaces_mode_runs_with_kernel_shaped_links():
-    from runtime.live.netns import _list_netns, netns_available
+    from runtime.live.netns import list_netns, netns_available
 
     reason = netns_available()
     if reason is not None:
         pytest.skip(f"network namespaces unusable here: {reason}")
     spec = _spec()
-    before = set(_list_netns())
+    before = set(list_netns())
     metrics = _run(spec, LiveOptions(time_scale=0.5, transport="tcp", netns=True))
     assert metrics["requests"] == _sim_requests(spec)
     assert metrics["live"]["blocks_verified"] > 100
     assert metrics["live"].get("checksum_failures", 0) == 0
-    assert set(_list_netns()) == before  # every namespace of the run is gone
+    assert set(list_netns()) == before  # every namespace of the run is gone

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from runtime.live.config import LiveOptions, spec_to_dict
+from runtime.live.messages import DeReady, Layer
 from runtime.live.node import Node, NodeConfig
 from runtime.preset import load_preset
 
@@ -24,8 +25,8 @@ def test_a_cancel_keeps_peer_messages_of_the_next_attempt():
     node.prefill[0] = SimpleNamespace(cancel=cancelled.append)  # type: ignore[assignment]
     old = SimpleNamespace(attempt=0, pe=0, de=1)
     node.jobs[7] = old  # type: ignore[assignment]
-    early = {"t": "de_ready", "rid": 7, "attempt": 1, "offset": 0}
-    node._early[7].append({"t": "layer", "rid": 7, "attempt": 0, "layer": 0})
+    early = DeReady(rid=7, attempt=1, offset=0)
+    node._early[7].append(Layer(rid=7, attempt=0, layer=0))
     node._early[7].append(early)
     node._cancel(7, 0)
     assert cancelled == [old] and 7 not in node.jobs

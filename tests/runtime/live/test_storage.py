@@ -36,8 +36,8 @@ from runtime.live.storage import (
     REQUEST_MAGIC,
     RESPONSE,
     RESPONSE_MAGIC,
+    BlockFileStore,
     BlockNotFound,
-    BlockStore,
     ChecksumMismatch,
     StorageClient,
     StorageError,
@@ -112,7 +112,7 @@ def test_layer_slices() -> None:
 
 
 def test_block_store_on_disk(tmp_path: Path) -> None:
-    store = BlockStore(tmp_path, replicas=3)
+    store = BlockFileStore(tmp_path, replicas=3)
     name = block_name(5, 5)
     data = block_content(name, 8 * KIB)
     assert store.put(name, data, checksum(data)) == 3
@@ -412,7 +412,7 @@ def test_a_server_killed_mid_writes_and_restarted_keeps_every_acknowledged_block
 
 
 def test_a_live_writers_temporaries_are_left_alone(tmp_path: Path) -> None:
-    store = BlockStore(tmp_path)
+    store = BlockFileStore(tmp_path)
     name = block_name(402, 0)
     store.put(name, b"x" * 100, checksum(b"x" * 100))
     mine = store.path(name, 0).with_suffix(f".{os.getpid()}.7.tmp")

@@ -245,6 +245,82 @@ def test_rdma_discovery_needs_no_pyverbs() -> None:
 # ---------------------------------------------------------------------------
 
 
+class _FakeClosable:
+    def close(self) -> None:
+        pass
+
+class _FakeContext(_FakeClosable):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def query_port(self, port: int) -> Any:
+        return types.SimpleNamespace(state=4, lid=7, active_mtu=3, max_msg_sz=1 << 31,
+                                     link_layer=1)
+
+    def query_gid(self, port: int, index: int) -> str:
+        return "fe80:0000:0000:0000:0000:0000:0000:0001"
+
+    def query_device(self) -> Any:
+        return types.SimpleNamespace(max_qp_rd_atom=16)
+
+class _FakeMR(_FakeClosable):
+    nic: _FakeNic  # bound per fake NIC
+
+    def __init__(self, pd: Any, length: int, access: int, address: int) -> None:
+        self.lkey = self.rkey = next(self.nic.keys)
+        self.nic.mrs[self.rkey] = (address, length)
+
+    def close(self) -> None:
+        self.nic.mrs.pop(self.rkey, None)
+
+class _FakeCQ(_FakeClosable):
+    def __init__(self, ctx: Any, cqe: int) -> None:
+        self.entries: list[Any] = []
+
+    def poll(self, num_entries: int = 1) -> tuple[int, list[Any]]:
+        taken = self.entries[:num_entries]
+        del self.entries[:num_entries]
+        return len(taken), taken
+
+class _FakeQP(_FakeClosable):
+    nic: _FakeNic  # bound per fake NIC
+
+    def __init__(self, pd: Any, init: Any) -> None:
+        self.qp_num = next(self.nic.keys)
+        self.cq = init.scq
+        self.state = "RESET"
+        self.nic.qps[self.qp_num] = self
+
+    def to_init(self, attr: Any) -> None:
+        self.state = "INIT"
+
+    def to_rtr(self, attr: Any) -> None:
+        assert self.state == "INIT" and attr.dest_qp_num in self.nic.qps
+        self.dest, self.state = attr.dest_qp_num, "RTR"
+
+    def to_rts(self, attr: Any) -> None:
+        assert self.state == "RTR"
+        self.state = "RTS"
+
+    def post_send(self, wr: Any) -> None:
+        assert self.state == "RTS" and self.nic.qps[self.dest].dest == self.qp_num
+        base, length = self.nic.mrs[wr.rkey]
+        assert base <= wr.remote_addr and wr.remote_addr + wr.sge.length <= base + length
+        src, dst = (wr.sge.addr, wr.remote_addr) if wr.opcode == 0 else (
+            wr.remote_addr, wr.sge.addr)
+        ctypes.memmove(dst, src, wr.sge.length)
+        self.cq.entries.append(types.SimpleNamespace(wr_id=wr.wr_id, status=0,
+                                                     vendor_err=0))
+
+class _FakeSendWR:
+    def __init__(self, wr_id: int, opcode: int, num_sge: int, sg: list[Any],
+                 send_flags: int) -> None:
+        self.wr_id, self.opcode, self.sge = wr_id, opcode, sg[0]
+
+    def set_wr_rdma(self, rkey: int, addr: int) -> None:
+        self.rkey, self.remote_addr = rkey, addr
+
+
 class _FakeNic:
     """Just enough of pyverbs for PyverbsTransport; one 'fabric' per test."""
 
@@ -261,76 +337,9 @@ class _FakeNic:
             IBV_ACCESS_REMOTE_WRITE=2, IBV_ACCESS_REMOTE_READ=4, IBV_QPT_RC=2,
             IBV_SEND_SIGNALED=2, IBV_WR_RDMA_WRITE=0, IBV_WR_RDMA_READ=4, IBV_WC_SUCCESS=0)
 
-        class Closable:
-            def close(self) -> None:
-                pass
-
-        class Context(Closable):
-            def __init__(self, name: str) -> None:
-                self.name = name
-
-            def query_port(self, port: int) -> Any:
-                return types.SimpleNamespace(state=4, lid=7, active_mtu=3, max_msg_sz=1 << 31,
-                                             link_layer=1)
-
-            def query_gid(self, port: int, index: int) -> str:
-                return "fe80:0000:0000:0000:0000:0000:0000:0001"
-
-            def query_device(self) -> Any:
-                return types.SimpleNamespace(max_qp_rd_atom=16)
-
-        class MR(Closable):
-            def __init__(self, pd: Any, length: int, access: int, address: int) -> None:
-                self.lkey = self.rkey = next(nic.keys)
-                nic.mrs[self.rkey] = (address, length)
-
-            def close(self) -> None:
-                nic.mrs.pop(self.rkey, None)
-
-        class CQ(Closable):
-            def __init__(self, ctx: Any, cqe: int) -> None:
-                self.entries: list[Any] = []
-
-            def poll(self, num_entries: int = 1) -> tuple[int, list[Any]]:
-                taken = self.entries[:num_entries]
-                del self.entries[:num_entries]
-                return len(taken), taken
-
-        class QP(Closable):
-            def __init__(self, pd: Any, init: Any) -> None:
-                self.qp_num = next(nic.keys)
-                self.cq = init.scq
-                self.state = "RESET"
-                nic.qps[self.qp_num] = self
-
-            def to_init(self, attr: Any) -> None:
-                self.state = "INIT"
-
-            def to_rtr(self, attr: Any) -> None:
-                assert self.state == "INIT" and attr.dest_qp_num in nic.qps
-                self.dest, self.state = attr.dest_qp_num, "RTR"
-
-            def to_rts(self, attr: Any) -> None:
-                assert self.state == "RTR"
-                self.state = "RTS"
-
-            def post_send(self, wr: Any) -> None:
-                assert self.state == "RTS" and nic.qps[self.dest].dest == self.qp_num
-                base, length = nic.mrs[wr.rkey]
-                assert base <= wr.remote_addr and wr.remote_addr + wr.sge.length <= base + length
-                src, dst = (wr.sge.addr, wr.remote_addr) if wr.opcode == 0 else (
-                    wr.remote_addr, wr.sge.addr)
-                ctypes.memmove(dst, src, wr.sge.length)
-                self.cq.entries.append(types.SimpleNamespace(wr_id=wr.wr_id, status=0,
-                                                             vendor_err=0))
-
-        class SendWR:
-            def __init__(self, wr_id: int, opcode: int, num_sge: int, sg: list[Any],
-                         send_flags: int) -> None:
-                self.wr_id, self.opcode, self.sge = wr_id, opcode, sg[0]
-
-            def set_wr_rdma(self, rkey: int, addr: int) -> None:
-                self.rkey, self.remote_addr = rkey, addr
+        MR = type("MR", (_FakeMR,), {"nic": nic})
+        QP = type("QP", (_FakeQP,), {"nic": nic})
+        Context, CQ, SendWR, Closable = _FakeContext, _FakeCQ, _FakeSendWR, _FakeClosable
 
         def bag(**kwargs: Any) -> Any:
             return types.SimpleNamespace(**kwargs)

@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtime.sim.link import Link
+from runtime.execution.link import Link
 
 if TYPE_CHECKING:
     from runtime.cluster import ClusterSpec
-    from runtime.sim.recorder import Recorder
-    from runtime.sim.simulator import Simulator
+    from runtime.execution.recorder import Recorder
 
 
 def window_bytes(link: Link, edges: np.ndarray) -> np.ndarray:
@@ -54,12 +53,6 @@ def _pct(values: np.ndarray, q: float) -> float:
 
 def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else 0.0
-
-
-def compute_metrics(sim: Simulator, wall_s: float) -> dict[str, Any]:
-    cnics = [(e.cnic_in, e.cnic_out) for e in sim.pes] + [(e.cnic_in, e.cnic_out) for e in sim.des]
-    return summarize(sim.recorder, sim.spec, [node.snic for node in sim.nodes], cnics,
-                     sim.hit_bytes, wall_s)
 
 
 def summarize(rec: Recorder, spec: ClusterSpec, snics: list[Link],

@@ -1,10 +1,10 @@
-"""What the simulator writes down about finished requests, for metrics and the timeline."""
+"""What an execution (simulated or live) writes down about finished requests."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from runtime.sim.job import Job
+from runtime.execution.job import Job
 
 # The prefill engine produces the first token when the request's last chunk
 # finishes, so ``prefill_end_s`` and ``first_token_s`` hold the same time.

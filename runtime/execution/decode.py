@@ -12,9 +12,9 @@ from __future__ import annotations
 import heapq
 
 from runtime.cost import CostModel
+from runtime.execution.job import Job
+from runtime.execution.link import Link
 from runtime.placement import EngineLoad
-from runtime.sim.job import Job
-from runtime.sim.link import Link
 
 
 class DecodeEngine(EngineLoad):

@@ -1,39 +1,53 @@
-"""The router of a live cluster: replays a workload and asks a policy for every request.
+"""The router: start-up, the decision loop, placements, the nodes' reports, node loss.
 
-The placement core (``runtime/placement``) gives it the waiting queue (FIFO, defer
-and ``WaitFor`` as in the simulator), the check of a decision and the ledger of
-engine reservations (taken by its decisions, given back as the nodes report
-progress). It takes the nodes' storage read queues and CNIC backlogs from their
-``state`` reports (plus what it placed since each report) and builds the
-:class:`ClusterView` it passes to the policy.
-
-Every admitted request has one :class:`Phase` at every moment (placing, which
-awaits the storage service, included), and the run ends only when every
-admitted request is finished; otherwise it fails naming those that are not. A
-node that goes away, or stays silent longer than ``liveness_s`` (it is then
-killed: fenced), has its requests cancelled on the other side and put back at
-the head of the queue under a new attempt number; reports of an old attempt are
-ignored, so every request completes exactly once.
+See :mod:`runtime.live.router`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import dataclasses
 import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
-from runtime.live.blocks import block_name, hashed_block_name
+from runtime.execution.job import Job
+from runtime.execution.recorder import Recorder
 from runtime.live.clock import Clock
+from runtime.live.messages import (
+    Batch,
+    Cancel,
+    Error,
+    Fin,
+    First,
+    Free,
+    Loaded,
+    Message,
+    Place,
+    Rdma,
+    Setup,
+    State,
+    Stats,
+    Stop,
+)
+from runtime.live.router.naming import BlockNamer
+from runtime.live.router.records import (
+    NO_FAULTS,
+    ON_NODES,
+    Decider,
+    Entry,
+    Faults,
+    NodeState,
+    Progress,
+    RunFailed,
+)
+from runtime.live.router.snapshot import cluster_view
+from runtime.live.router.startup import Hellos, accept_hello, gather_nodes, start_nodes
 from runtime.live.storage import StorageClient, corrupt_block
-from runtime.live.wire import Channel
 from runtime.placement import Ledger, Phase, WaitingQueue, unavailable, unfinished_message
 from runtime.placement.lifecycle import (
     DECODING,
@@ -46,75 +60,14 @@ from runtime.placement.lifecycle import (
     WAITING,
 )
 from runtime.request import Request
-from runtime.sim.job import Job
-from runtime.sim.recorder import Recorder
-from runtime.view import ClusterView, EngineView, NodeView
+from runtime.view import ClusterView
 from runtime.workload.base import Workload
-
-#: The unfinished tokens a dead engine shows in the view (far above any real backlog).
-DEAD_BACKLOG_TOKENS = 10**12
-#: Phases in which a request's work sits on its engines' nodes.
-_ON_NODES = frozenset({LOADING_STORAGE, LOADING_RDMA, PREFILLING, DECODING})
-
-Decider = Callable[[Request, ClusterView], Awaitable[Decision | Defer | None]]
-
-
-class RunFailed(RuntimeError):
-    """A node reported a fatal error, or the run cannot make progress; ``outcome`` holds
-    the run's admitted/completed/lost/duplicated counts where the router had started."""
-
-    def __init__(self, message: str, outcome: dict[str, int] | None = None) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-
-
-@dataclass
-class Entry:
-    """A request in the router: its simulator-style record, its phase and where it went."""
-
-    job: Job
-    phase: Phase = WAITING
-    attempt: int = 0
-    pe: int = -1
-    de: int = -1
-    completions: int = 0  # ``fin`` reports of its current attempt (more than 1: duplicated)
-
-    @property
-    def request(self) -> Request:
-        return self.job.request
-
-
-@dataclass
-class NodeState:
-    """The latest report of one node, and placements sent since it."""
-
-    channel: Channel
-    pid: int = 0
-    read_q: float = 0.0
-    free_buffer: float = 0.0
-    ack: int = -1
-    busy: dict[int, float] = field(default_factory=dict)
-    placed: list[tuple[int, float]] = field(default_factory=list)  # (sent, modelled bytes)
-    sent: int = 0  # placements sent to it (a node acknowledges them by this number)
-    dead: bool = False
-    stats: dict[str, Any] | None = None
-    heard: float = 0.0  # wall clock of its last message
-
-
-@dataclass(frozen=True)
-class Faults:
-    """Faults to inject: kill a node at a model time; corrupt, in storage, the first block
-    of the first ``corrupt_blocks`` requests that read any."""
-
-    kill_node: int | None = None
-    kill_at_s: float = 0.0
-    corrupt_blocks: int = 0
 
 
 class Router:
     def __init__(self, spec: ClusterSpec, workload: Workload, decider: Decider, *,
                  clock_scale: float, block_bytes: int, storage: tuple[str, int],
-                 storage_root: str, host: str = "127.0.0.1", faults: Faults = Faults(),
+                 storage_root: str, host: str = "127.0.0.1", faults: Faults = NO_FAULTS,
                  kill: Callable[[int], None] | None = None, liveness_s: float = 5.0,
                  stall_s: float = 120.0) -> None:
         self.spec = spec
@@ -149,53 +102,23 @@ class Router:
         self.hit_bytes = 0.0
         self.on_finish: Callable[[Job], None] | None = None
         self.port = 0
-        self._trace_ratio = _trace_ratio(spec, workload)
+        self._namer = BlockNamer(spec, workload)
 
     # -- start-up -----------------------------------------------------------------
     async def listen(self) -> int:
-        self._hello: asyncio.Queue[tuple[dict[str, Any], Channel]] = asyncio.Queue()
-        self._server = await asyncio.start_server(self._accept, self.host, 0)
+        self._hello: Hellos = asyncio.Queue()
+        self._server = await asyncio.start_server(accept_hello(self._hello), self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        channel = Channel(reader, writer)
-        msg = await channel.recv()
-        if msg is None or msg.get("t") != "hello":
-            channel.close()
-            return
-        await self._hello.put((msg, channel))
-
     async def start(self, timeout_s: float = 60.0) -> None:
         """Wait for every node's hello, exchange addresses, agree on t0, say go."""
-        regions: dict[str, Any] = {}
-        peers: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout_s
-        while len(self.nodes) < self.spec.nodes:
-            left = deadline - time.monotonic()
-            try:
-                msg, channel = await asyncio.wait_for(self._hello.get(), max(left, 0.01))
-            except TimeoutError:
-                raise RunFailed(f"only {len(self.nodes)} of {self.spec.nodes} nodes came up "
-                                f"within {timeout_s:.0f} s") from None
-            node = int(msg["node"])
-            self.nodes[node] = NodeState(channel, pid=int(msg.get("pid", 0)),
-                                         heard=time.monotonic())
-            regions.update(msg["regions"])
-            peers[str(node)] = msg["peer"]
+        self.nodes, regions, peers = await gather_nodes(self._hello, self.spec.nodes, timeout_s)
         self.storage = StorageClient(*self.storage_addr)
         await self.storage.connect()
         # t0 a little ahead, so every node has its clock before model time 0.
         self.clock = Clock(self.time_scale, time.monotonic() + 0.5)
-        for state in self.nodes.values():
-            state.channel.send({"t": "setup", "t0": self.clock.t0, "regions": regions,
-                                "peers": peers})
-        for node, state in self.nodes.items():
-            ready = await asyncio.wait_for(state.channel.recv(), timeout_s)
-            if ready is None or ready["t"] != "ready":
-                raise RunFailed(f"node {node} did not get ready: {ready}")
-        for state in self.nodes.values():
-            state.channel.send({"t": "go"})
+        await start_nodes(self.nodes, Setup(self.clock.t0, regions, peers), timeout_s)
 
     # -- the run --------------------------------------------------------------------
     async def run(self) -> None:
@@ -220,11 +143,11 @@ class Router:
         if self._error is not None or left is not None:
             raise RunFailed("; ".join(m for m in (self._error, left) if m), self.outcome())
 
-    async def stop(self) -> list[dict[str, Any]]:
+    async def stop(self) -> list[Stats]:
         """Ask every live node for its statistics and end the run."""
         for state in self.nodes.values():
             if not state.dead:
-                state.channel.send({"t": "stop"})
+                state.channel.send(Stop())
         deadline = time.monotonic() + 30.0
         while any(s.stats is None and not s.dead for s in self.nodes.values()):
             if time.monotonic() > deadline:
@@ -292,26 +215,8 @@ class Router:
 
     # -- the view -------------------------------------------------------------------
     def view(self) -> ClusterView:
-        spec = self.spec
-        now = self.clock.now()
-        engines = []
-        for e in range(spec.engines):
-            node = self.nodes[spec.node_of(e)]
-            load = self.ledger.loads[e]
-            seq, tok, free = load.seq, load.tok, load.free_hbm
-            if node.dead:
-                # An engine that is gone looks full: no HBM, a full batch and a backlog no
-                # load-aware policy picks. One that picks it anyway is deferred.
-                seq, tok, free = spec.decode_max_batch, DEAD_BACKLOG_TOKENS, 0.0
-            engines.append(EngineView(e, spec.role_of(e), spec.node_of(e), spec.group_of(e),
-                                      seq, tok, free, node.busy.get(e, 0.0)))
-        nodes = []
-        for n in range(spec.nodes):
-            state = self.nodes[n]
-            queued = state.read_q + sum(nbytes for _, nbytes in state.placed)
-            nodes.append(NodeView(n, spec.role_of_node(n), queued / self._kvb,
-                                  spec.snic_bytes_s_of(n), state.free_buffer))
-        return ClusterView(now, spec, tuple(engines), tuple(nodes), self.waiting.view())
+        return cluster_view(self.spec, self.nodes, self.ledger, self.waiting.view(),
+                            self.clock.now())
 
     # -- placing ----------------------------------------------------------------------
     async def _place(self, entry: Entry, d: Decision, split: tuple[int, int]) -> None:
@@ -322,7 +227,7 @@ class Router:
         entry.pe, entry.de = d.prefill_engine, d.decode_engine
         job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
         pe_tokens, de_tokens = split
-        names = self._names(req, 0, -(-req.hit_tokens // self.spec.block_tokens))
+        names = self._namer.names(req, 0, -(-req.hit_tokens // self.spec.block_tokens))
         if names:
             self.counters["blocks_ensured"] += await self.storage.ensure(self.block_bytes, names)
             if self.counters["blocks_corrupted"] < self.faults.corrupt_blocks:
@@ -341,77 +246,67 @@ class Router:
                     de_tokens: int) -> None:
         spec, req = self.spec, entry.request
         block = spec.block_tokens
-        msg = {"t": "place", "rid": req.request_id, "attempt": entry.attempt,
-               "agent": req.agent_id, "turn": req.turn, "hit": req.hit_tokens,
-               "app": req.appended_tokens, "gen": req.gen_tokens, "arrival": req.arrival_s,
-               "pe": entry.pe, "de": entry.de, "pe_tokens": pe_tokens, "de_tokens": de_tokens,
-               "names": names, "nde": -(-de_tokens // block),
-               "pe_writes": self._names(req, req.hit_tokens // block,
+        msg = Place(
+            rid=req.request_id, attempt=entry.attempt, agent=req.agent_id, turn=req.turn,
+            hit=req.hit_tokens, app=req.appended_tokens, gen=req.gen_tokens,
+            arrival=req.arrival_s, pe=entry.pe, de=entry.de, pe_tokens=pe_tokens,
+            de_tokens=de_tokens, names=names, nde=-(-de_tokens // block),
+            pe_writes=self._namer.names(req, req.hit_tokens // block,
                                         -(-req.prompt_tokens // block)),
-               "de_writes": ([] if req.block_hashes else
-                             self._names(req, req.prompt_tokens // block,
-                                         -(-req.total_tokens // block)))}
+            de_writes=([] if req.block_hashes else
+                       self._namer.names(req, req.prompt_tokens // block,
+                                   -(-req.total_tokens // block))))
         for engine, tokens in ((entry.pe, pe_tokens), (entry.de, de_tokens)):
             state = self.nodes[spec.node_of(engine)]
             state.sent += 1
             if tokens:
                 state.placed.append((state.sent, tokens * self._kvb))
-            state.channel.send({**msg, "seq": state.sent})
-
-    def _names(self, req: Request, first: int, end: int) -> list[str]:
-        """Names of the cluster's blocks ``first .. end-1`` of ``req``'s context.
-
-        A trace names its own (smaller) blocks by hash id; a cluster block holding
-        ``k`` of them is named by the ids together, so equal prefixes share blocks.
-        """
-        hashes = req.block_hashes
-        if hashes is None:
-            return [block_name(req.agent_id, i) for i in range(first, end)]
-        k = self._trace_ratio
-        return [hashed_block_name(_fold(hashes[i * k:(i + 1) * k]))
-                for i in range(first, min(end, -(-len(hashes) // k)))]
+            state.channel.send(dataclasses.replace(msg, seq=state.sent))
 
     # -- reports ------------------------------------------------------------------------
     async def _serve_node(self, node: int, state: NodeState) -> None:
         while (msg := await state.channel.recv()) is not None:
             state.heard = time.monotonic()
-            kind = msg["t"]
-            if kind != "state":
+            if not isinstance(msg, State):
                 self._progress_at = state.heard
-            if kind == "state":
-                self._on_state(state, msg)
-            elif kind == "batch":
-                self.ledger.computed(msg["engine"], msg["tokens"])
-            elif kind == "free":
-                self._wake(WaitFor.PREFILL)
-            elif kind == "rdma":
-                self._on_rdma(msg)
-            elif kind == "loaded":
-                self._on_loaded(msg)
-            elif kind == "first":
-                self._on_first(msg)
-            elif kind == "fin":
-                self._on_finish(msg)
-            elif kind == "stats":
+            if isinstance(msg, Stats):
                 state.stats = msg
                 return
-            elif kind == "error":
-                self._fail(f"node {node}: {msg['message']}")
+            self._on_report(node, state, msg)
         if not state.dead and state.stats is None:
             self._node_lost(node)
 
-    def _on_state(self, state: NodeState, msg: dict[str, Any]) -> None:
-        state.read_q = msg["read_q"]
-        state.free_buffer = msg["free_buffer"]
-        state.ack = msg["ack"]
-        state.busy = {int(e): t for e, t in msg["busy"].items()}
+    def _on_report(self, node: int, state: NodeState, msg: Message) -> None:
+        match msg:
+            case State():
+                self._on_state(state, msg)
+            case Batch(engine=engine, tokens=tokens):
+                self.ledger.computed(engine, tokens)
+            case Free():
+                self._wake(WaitFor.PREFILL)
+            case Rdma():
+                self._on_rdma(msg)
+            case Loaded():
+                self._on_loaded(msg)
+            case First():
+                self._on_first(msg)
+            case Fin():
+                self._on_finish(msg)
+            case Error(message=message):
+                self._fail(f"node {node}: {message}")
+
+    def _on_state(self, state: NodeState, msg: State) -> None:
+        state.read_q = msg.read_q
+        state.free_buffer = msg.free_buffer
+        state.ack = msg.ack
+        state.busy = {int(e): t for e, t in msg.busy.items()}
         state.placed = [(seq, b) for seq, b in state.placed if seq > state.ack]
 
-    def _current(self, msg: dict[str, Any], *phases: Phase) -> Entry | None:
+    def _current(self, msg: Progress, *phases: Phase) -> Entry | None:
         """The entry a node's report is about if it is the current attempt, in one of
         ``phases``; otherwise the report is stale (an old attempt) or a duplicate."""
-        entry = self.entries.get(msg["rid"])
-        if entry is None or entry.attempt != msg["attempt"]:
+        entry = self.entries.get(msg.rid)
+        if entry is None or entry.attempt != msg.attempt:
             self.counters["stale_reports"] += 1
             return None
         if entry.phase not in phases:
@@ -419,27 +314,27 @@ class Router:
             return None
         return entry
 
-    def _on_rdma(self, msg: dict[str, Any]) -> None:
+    def _on_rdma(self, msg: Rdma) -> None:
         entry = self._current(msg, LOADING_STORAGE)
         if entry is not None:  # the decode side read its blocks; they go over RDMA now
             entry.phase = LOADING_RDMA
 
-    def _on_loaded(self, msg: dict[str, Any]) -> None:
+    def _on_loaded(self, msg: Loaded) -> None:
         entry = self._current(msg, LOADING_STORAGE, LOADING_RDMA, PREFILLING)
         if entry is not None:
             entry.phase = PREFILLING
 
-    def _on_first(self, msg: dict[str, Any]) -> None:
+    def _on_first(self, msg: First) -> None:
         entry = self._current(msg, LOADING_STORAGE, LOADING_RDMA, PREFILLING)
         if entry is None:
             return
         entry.phase = DECODING
-        entry.job.t_first_token = msg["at"]
+        entry.job.t_first_token = msg.at
         self.ledger.prefilled(entry.pe)
 
-    def _on_finish(self, msg: dict[str, Any]) -> None:
-        entry = self.entries.get(msg["rid"])
-        if entry is not None and entry.attempt == msg["attempt"]:
+    def _on_finish(self, msg: Fin) -> None:
+        entry = self.entries.get(msg.rid)
+        if entry is not None and entry.attempt == msg.attempt:
             entry.completions += 1
             if entry.completions > 1:
                 self.counters["duplicated"] += 1
@@ -452,7 +347,7 @@ class Router:
         entry.phase = FINISHED
         self.ledger.finished(req, entry.de)
         self._advance()
-        job.t_finish = msg["at"]
+        job.t_finish = msg.at
         if math.isnan(job.t_first_token):
             job.t_first_token = job.t_finish
         self.finished += 1
@@ -513,7 +408,7 @@ class Router:
             return
         self.nodes[node].dead = True
         self.counters["node_lost"] += 1
-        lost = [e for e in self.entries.values() if e.phase in _ON_NODES
+        lost = [e for e in self.entries.values() if e.phase in ON_NODES
                 and node in (spec.node_of(e.pe), spec.node_of(e.de))]
         print(f"[router] node {node} went away; rescheduling {len(lost)} request(s)",
               file=sys.stderr, flush=True)
@@ -526,8 +421,7 @@ class Router:
             for engine in (entry.pe, entry.de):
                 other = self.nodes[spec.node_of(engine)]
                 if not other.dead:
-                    other.channel.send({"t": "cancel", "rid": entry.request.request_id,
-                                        "attempt": entry.attempt})
+                    other.channel.send(Cancel(entry.request.request_id, entry.attempt))
             self._reschedule(entry)
 
     def _reschedule(self, entry: Entry) -> None:
@@ -552,23 +446,3 @@ class Router:
         if self._error is None:
             self._error = message
         self._done.set()
-
-
-def _trace_ratio(spec: ClusterSpec, workload: Workload) -> int:
-    """How many of a trace's blocks one cluster block holds (1 for generated workloads)."""
-    trace_block = getattr(workload, "trace_block_tokens", None)
-    if trace_block is None:
-        return 1
-    k, rest = divmod(spec.block_tokens, trace_block)
-    if k < 1 or rest:
-        raise ValueError(f"block_tokens {spec.block_tokens} must be a multiple of the trace's "
-                         f"block of {trace_block} tokens to name blocks by its hash ids")
-    return k
-
-
-def _fold(ids: tuple[int, ...]) -> int:
-    """One 63-bit id for a run of trace block ids (the id itself when there is one)."""
-    if len(ids) == 1:
-        return ids[0]
-    digest = hashlib.blake2b(repr(ids).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1

@@ -2,17 +2,18 @@
 
 The simulator (:class:`runtime.sim.Simulator`) and the live session
 (:class:`runtime.live.session.LiveSession`) both implement it, so the env and
-any other stepper work over either without knowing which.
+any other stepper work over either without knowing which. Each of them checks
+its conformance where it is defined (a ``TYPE_CHECKING`` function mypy reads).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from runtime.decision import Decision, Defer
+from runtime.execution.job import Job
 from runtime.request import Request
-from runtime.sim.job import Job
 from runtime.view import ClusterView
 
 
@@ -55,10 +56,3 @@ class Executor(Protocol):
 
     def result(self, wall_s: float) -> Result: ...
 
-
-if TYPE_CHECKING:  # both executions satisfy the protocol (checked by mypy, not at run time)
-    from runtime.live.session import LiveSession
-    from runtime.sim.simulator import Simulator
-
-    def _conforms(sim: Simulator, live: LiveSession) -> tuple[Executor, Executor]:
-        return sim, live

@@ -10,7 +10,7 @@ _NO_READ = (NAN, NAN)  # (start, end) of a read that did not happen
 
 
 class Job:
-    """Mutable simulator record of one request."""
+    """Mutable record of one request in either execution (simulated or live)."""
 
     __slots__ = (
         "request", "state", "pe", "de", "share", "pe_bytes", "de_bytes", "reads_left",
@@ -40,3 +40,9 @@ class Job:
         self.t_transfer = NAN     # when the P→D transfer of its KV ends
         self.t_finish = NAN
         self.hbm_bytes = 0.0
+
+
+def outcome(job: Job) -> dict[str, float]:
+    """What a learning policy's ``complete`` is told about a finished request."""
+    r = job.request
+    return {"ttft_s": job.t_first_token - r.arrival_s, "latency_s": job.t_finish - r.arrival_s}

@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Callable
 
 from runtime.cost import CostModel
+from runtime.execution.job import Job
+from runtime.execution.link import Link, reserve_pair
 from runtime.placement import EngineLoad
-from runtime.sim.job import Job
-from runtime.sim.link import Link, reserve_pair
 
 # Returns the CNIC egress link of a decode engine.
 DecodeCnic = Callable[[int], Link]

@@ -1,0 +1,345 @@
+"""The live prefill engine: batches of ready requests, layer-wise loading, P→D sends.
+
+Layout of a request's KV in its registered buffer: see :mod:`runtime.live.engines`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from runtime.execution.prefill import PrefillEngine
+from runtime.live.arena import Arena
+from runtime.live.blocks import Checksummer
+from runtime.live.engines.device import DeviceMemory
+from runtime.live.engines.host import NodeServices
+from runtime.live.engines.job import LiveJob
+from runtime.live.messages import (
+    Batch,
+    First,
+    Free,
+    KvIn,
+    Loaded,
+    Push,
+)
+from runtime.live.reader import Fetched, record_transfer
+from runtime.live.transport.base import Region, Transport
+
+
+class LivePrefill:
+    """One prefill engine: batches of ready requests, layer-wise loading, P→D sends."""
+
+    def __init__(self, node: NodeServices, engine_id: int, transport: Transport,
+                 region: Region) -> None:
+        self.node = node
+        self.engine_id = engine_id
+        self.core = PrefillEngine(engine_id, node.node_id, node.cost)
+        self.transport = transport
+        self.region = region
+        self.arena = Arena(region.size)
+        self.busy = False
+        self.device = DeviceMemory(region) if node.opts.device == "cuda" else None
+
+    def place(self, job: LiveJob) -> None:
+        self.core.admit(job.remaining)
+        node = self.node
+        if node.opts.oracle or job.request.hit_tokens == 0:
+            job.loaded = True
+            self.ready(job)
+            return
+        job.reads_left = (job.pe_bytes > 0) + (job.de_bytes > 0)
+        if job.de_bytes > 0:
+            job.de_layers = [node.loop.create_future() for _ in range(node.layers)]
+            job.de_loaded.add_done_callback(lambda _: self._read_done(job))
+        if job.pe_bytes > 0:
+            read = node.storage.read(job.pe_bytes, job.names[job.nde:])
+            read.add_done_callback(lambda fut: self._pe_read(job, fut))
+
+    def _pe_read(self, job: LiveJob, fut: asyncio.Future[Fetched]) -> None:
+        if job.cancelled and not fut.cancelled() and fut.exception() is None:
+            self.node.storage.release(job.pe_bytes)
+            return
+        if fut.cancelled() or fut.exception() is not None:
+            self.node.fatal(f"request {job.request.request_id}: PE-side read failed: "
+                            f"{fut.exception()!r}")
+            return
+        job.fetched = fut.result()
+        self._read_done(job)
+
+    def _read_done(self, job: LiveJob) -> None:
+        if job.cancelled:
+            return
+        job.reads_left -= 1
+        if job.reads_left == 0:
+            self.ready(job)
+
+    def ready(self, job: LiveJob) -> None:
+        """Its KV is loaded (or there is none to load): it waits for a prefill batch."""
+        self.node.to_router(Loaded(job.request.request_id, job.attempt))
+        self.core.ready.append(job)
+        self.kick()
+
+    def cancel(self, job: LiveJob) -> None:
+        """Drop ``job`` (its decode node died): unblock whatever waits on it.
+
+        A request in the running batch is dropped when the batch ends; one whose prefill
+        is done only has its P→D send stopped (the send frees its range); any other now.
+        """
+        job.cancelled = True
+        if job in self.core.ready:
+            self.core.ready.remove(job)
+        if job.remaining > 0 and not any(j is job for j, _ in self.core.batch):
+            self._drop(job)
+        futures: list[asyncio.Future[Any]] = [*job.de_layers, job.de_loaded, job.de_offset]
+        for fut in futures:
+            if not fut.done():
+                fut.cancel()
+
+    def _drop(self, job: LiveJob) -> None:
+        """Forget a cancelled request: its tokens and sequence leave the engine's counts."""
+        self.core.computed(job.remaining)
+        self.core.left()
+        self.node.to_router(Batch(self.engine_id, job.remaining))
+        job.remaining = 0
+        self._free(job)
+
+    def kick(self) -> None:
+        if not self.busy and self.core.ready:
+            self.busy = True
+            asyncio.ensure_future(self.node.guard(self._run_batch()))
+
+    async def _run_batch(self) -> None:
+        node, core, clock = self.node, self.core, self.node.clock
+        formed = core.form_batch(node.cost, node.opts.layerwise)
+        start = clock.now()
+        core.start(start, formed)
+        batch = cast(list[tuple[LiveJob, int]], formed)
+        compute = node.cost.batch_prefill_s([(n, job.context) for job, n in batch])
+        for job, _ in batch:
+            if job.offset < 0:  # its first batch (a chunked request keeps its range)
+                job.offset = self.arena.alloc(job.nbytes_real)
+        loads = [job for job, _ in batch if not job.loaded and not job.cancelled]
+        arrivals = self._start_loads(loads, start)
+        finished = node.loop.create_future()
+        sends: list[asyncio.Future[float]] = []
+        layers = node.layers
+        per_layer = compute / layers
+        done_at = start
+        if not node.opts.layerwise:
+            for layer in range(layers):
+                await arrivals(layer)
+            await self._verify(loads)
+            done_at = clock.now() + compute
+            await clock.sleep_until(done_at)
+        for layer in range(layers if node.opts.layerwise else 0):
+            await arrivals(layer)
+            if layer == layers - 1:
+                await self._verify(loads)
+            done_at = max(done_at, clock.now()) + per_layer
+            await clock.sleep_until(done_at)
+            if layer == 0:
+                sends = [asyncio.ensure_future(self._send(job, done_at, finished))
+                         for job, n in batch if n >= job.remaining and not job.cancelled]
+        if not node.opts.layerwise:
+            sends = [asyncio.ensure_future(self._send(job, done_at, finished))
+                     for job, n in batch if n >= job.remaining and not job.cancelled]
+        finished.set_result(done_at)
+        self._batch_done(batch, done_at)
+        if sends:
+            await asyncio.gather(*sends)
+        self.busy = False
+        node.to_router(Free(self.engine_id))
+        self.kick()
+
+    def _free(self, job: LiveJob) -> None:
+        if job.offset >= 0:
+            self.arena.free(job.offset)
+            job.offset = -1
+
+    def _start_loads(self, loads: list[LiveJob], now: float
+                     ) -> Callable[[int], Awaitable[None]]:
+        """Start both streams of every loading job; returns ``await arrivals(layer)``."""
+        node, cost = self.node, self.node.cost
+        pe_bytes = sum(job.pe_bytes for job in loads)
+        overhead = sum(cost.h2d_overhead_s(job.pe_bytes) for job in loads)
+        h_start, h_end = self.core.pcie.reserve(now, pe_bytes, overhead)
+        ingress = self._push_de_path(loads, now)
+        h2d = [node.loop.create_future() for _ in range(node.layers)]
+        asyncio.ensure_future(node.guard(self._copy_in(loads, h2d, h_start, h_end)))
+        return functools.partial(self._arrivals, loads, h2d, ingress)
+
+    def _push_de_path(self, loads: list[LiveJob], now: float) -> tuple[float, float] | None:
+        """Ask the decode node of every job with DE-side blocks to push them here; returns
+        the span of this batch on the PE's CNIC ingress when it is paced here (FIFO
+        reservations, so the first starts first), else None."""
+        node, cost = self.node, self.node.cost
+        in_start: float | None = None
+        in_end = now
+        for job in loads:
+            if job.de_bytes <= 0:
+                continue
+            if node.paced_cnic:
+                s, e = self.core.cnic_in.reserve(now, job.de_bytes,
+                                                 cost.rdma_overhead_s(job.de_bytes))
+                in_start = s if in_start is None else in_start
+                in_end = max(in_end, e)
+            node.to_peer(node.node_of(job.de), Push(
+                job.request.request_id, job.attempt, self.engine_id, job.offset,
+                len(job.names) * node.slice_bytes))
+        return None if in_start is None else (in_start, in_end)
+
+    async def _arrivals(self, loads: list[LiveJob], h2d: list[asyncio.Future[None]],
+                        ingress: tuple[float, float] | None, layer: int) -> None:
+        """Until layer ``layer`` of every loading job is in (and on the device, if any)."""
+        await h2d[layer]
+        for job in loads:
+            if job.de_layers and not job.cancelled:
+                try:
+                    await job.de_layers[layer]
+                except asyncio.CancelledError:
+                    if not job.cancelled:
+                        raise
+        if ingress is not None:
+            start, end = ingress
+            await self.node.clock.sleep_until(
+                start + (layer + 1) * (end - start) / self.node.layers)
+        if self.device is not None:
+            await self._to_device(loads, layer)
+
+    async def _to_device(self, loads: list[LiveJob], layer: int) -> None:
+        """Layer ``layer`` of every loading request, host buffer → GPU (one range each)."""
+        assert self.device is not None
+        size = self.node.slice_bytes
+        ranges = [(job.offset + layer * len(job.names) * size, len(job.names) * size)
+                  for job in loads if not job.cancelled]
+        copied = await self.node.loop.run_in_executor(self.node.pool, self.device.copy_in,
+                                                      ranges)
+        self.node.counters["h2d_bytes"] += copied
+
+    async def _copy_in(self, loads: list[LiveJob], h2d: list[asyncio.Future[None]],
+                       start: float, end: float) -> None:
+        """The PE-path blocks, host buffer → engine buffer, one layer at a time."""
+        node = self.node
+        layers, size = node.layers, node.slice_bytes
+        view = self.region.view
+        for layer in range(layers):
+            await node.clock.sleep_until(start + (layer + 1) * (end - start) / layers)
+            for job in loads:
+                if job.fetched is None or job.cancelled:
+                    continue
+                row = job.offset + layer * len(job.names) * size
+                for j, payload in enumerate(job.fetched.payloads):
+                    dst = row + (job.nde + j) * size
+                    view[dst:dst + size] = payload[layer * size:(layer + 1) * size]
+            h2d[layer].set_result(None)
+
+    async def _verify(self, loads: list[LiveJob]) -> None:
+        """Check every block that arrived against its checksum; re-read the bad ones."""
+        node = self.node
+        for job in loads:
+            if job.cancelled:
+                continue
+            expected = list(job.de_checksums)
+            if job.fetched is not None:
+                expected += job.fetched.checksums
+            for b, want in enumerate(expected):
+                node.counters["blocks_verified"] += 1
+                if self._block_checksum(job, b) == want:
+                    continue
+                node.counters["checksum_failures"] += 1
+                name = job.names[b]
+                print(f"[node {node.node_id}] request {job.request.request_id}: block {name} "
+                      f"failed its checksum ({'DE' if b < job.nde else 'PE'} path); re-reading",
+                      file=sys.stderr, flush=True)
+                data, _ = await node.storage.reread(name, node.opts.replicas)
+                self._place_block(job, b, data)
+                node.counters["blocks_reread"] += 1
+                if self._block_checksum(job, b) != want:
+                    raise RuntimeError(f"block {name}: still corrupt after re-reading")
+
+    def _block_checksum(self, job: LiveJob, b: int) -> str:
+        size, stride = self.node.slice_bytes, len(job.names) * self.node.slice_bytes
+        view = self.region.view
+        summer = Checksummer()
+        for layer in range(self.node.layers):
+            at = job.offset + layer * stride + b * size
+            summer.update(view[at:at + size] if self.device is None
+                          else self.device.read(at, size))
+        return summer.hexdigest()
+
+    def _place_block(self, job: LiveJob, b: int, data: bytes) -> None:
+        size, stride = self.node.slice_bytes, len(job.names) * self.node.slice_bytes
+        for layer in range(self.node.layers):
+            at = job.offset + layer * stride + b * size
+            self.region.view[at:at + size] = data[layer * size:(layer + 1) * size]
+            if self.device is not None:
+                self.device.copy_in([(at, size)])
+
+    async def _send(self, job: LiveJob, first_layer: float,
+                    finished: asyncio.Future[float]) -> float:
+        """The P→D transfer of a finished prompt's KV; returns when it ended."""
+        node, cost, clock = self.node, self.node.cost, self.node.clock
+        nbytes = job.request.prompt_tokens * node.spec.model.kv_bytes_per_token
+        if node.paced_cnic:
+            start, end = self.core.cnic_out.reserve(first_layer, nbytes,
+                                                    cost.rdma_overhead_s(nbytes))
+            await clock.sleep_until(start)
+        else:
+            start = clock.now()
+        try:
+            dst_offset = await job.de_offset
+        except asyncio.CancelledError:  # its decode node died before it said where
+            return self._sent(job, clock.now())
+        if job.cancelled:
+            return self._sent(job, clock.now())
+        ok = await node.write(self.transport, self.region, job.offset,
+                              node.remote(self.engine_id, job.de), dst_offset, job.nbytes_real)
+        if node.paced_cnic:
+            await clock.sleep_until(end)
+        else:
+            end = clock.now()
+            record_transfer(self.core.cnic_out, start, end, nbytes)
+        done = max(end, await finished)
+        await clock.sleep_until(done)
+        if ok and not job.cancelled:
+            node.to_peer(node.node_of(job.de),
+                         KvIn(job.request.request_id, job.attempt, start, done))
+        return self._sent(job, done)
+
+    def _sent(self, job: LiveJob, at: float) -> float:
+        """The P→D send of ``job`` is over (or stopped): this node is done with it. Until
+        now a cancel must still find it, to stop a send waiting on a lost decode node."""
+        self._free(job)
+        if self.node.jobs.get(job.request.request_id) is job:
+            del self.node.jobs[job.request.request_id]
+        return at
+
+    def _batch_done(self, batch: list[tuple[LiveJob, int]], now: float) -> None:
+        node = self.node
+        tokens = 0
+        for job, n in batch:
+            job.remaining -= n
+            job.context += n
+            tokens += n
+            if not job.loaded:
+                job.loaded = True
+                if job.pe_bytes > 0:
+                    node.storage.release(job.pe_bytes)
+                job.fetched = None
+            if job.cancelled:
+                tokens += job.remaining  # what it will no longer compute
+                job.remaining = 0
+                self.core.left()
+                self._free(job)
+            elif job.remaining == 0:
+                self.core.left()
+                rid = job.request.request_id
+                node.to_router(First(rid, job.attempt, now))
+                asyncio.ensure_future(node.write_back(
+                    job.request.appended_tokens, job.writes))
+        self.core.computed(tokens)
+        self.core.batch = []
+        node.to_router(Batch(self.engine_id, tokens))

@@ -1,0 +1,310 @@
+"""The live runtime's control messages: one frozen dataclass per kind, encoded in one place.
+
+A message travels (by :class:`runtime.live.wire.Channel`) as a JSON object whose
+``"t"`` key names its :class:`Kind` and whose other keys are the dataclass's fields.
+Senders build a dataclass and receivers dispatch on the decoded type, so a field
+added, renamed or dropped shows up at every sender and receiver under mypy.
+
+Router → node: :class:`Setup`, :class:`Go`, :class:`Place`, :class:`Cancel`, :class:`Stop`.
+Node → router: :class:`Hello`, :class:`Ready`, :class:`State`, :class:`Batch`,
+:class:`Free`, :class:`Loaded`, :class:`Rdma`, :class:`First`, :class:`Fin`,
+:class:`Stats`, :class:`Error`.
+Node → node (about one attempt of one request): :class:`DeReady`, :class:`DeLoaded`,
+:class:`Push`, :class:`Layer`, :class:`KvIn`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class Kind(StrEnum):
+    """Every message kind, as its ``"t"`` on the wire."""
+
+    HELLO = "hello"
+    SETUP = "setup"
+    READY = "ready"
+    GO = "go"
+    PLACE = "place"
+    CANCEL = "cancel"
+    STOP = "stop"
+    STATE = "state"
+    BATCH = "batch"
+    FREE = "free"
+    LOADED = "loaded"
+    RDMA = "rdma"
+    FIRST = "first"
+    FIN = "fin"
+    STATS = "stats"
+    ERROR = "error"
+    DE_READY = "de_ready"
+    DE_LOADED = "de_loaded"
+    PUSH = "push"
+    LAYER = "layer"
+    KV_IN = "kv_in"
+
+
+class MessageError(ValueError):
+    """A frame that is not a message of a known kind with that kind's fields."""
+
+
+# -- router ↔ node: set-up ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A node came up: its id, its peer server's ``[host, port]``, its engines' buffers."""
+
+    kind: ClassVar[Kind] = Kind.HELLO
+    node: int
+    peer: list[Any]
+    regions: dict[str, dict[str, Any]]  # engine id (as text) → transport descriptor
+    pid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """Every node's buffers and peer address, and model time 0 (the router's clock)."""
+
+    kind: ClassVar[Kind] = Kind.SETUP
+    t0: float
+    regions: dict[str, dict[str, Any]]
+    peers: dict[str, list[Any]]  # node id (as text) → [host, port]
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    kind: ClassVar[Kind] = Kind.READY
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class Go:
+    kind: ClassVar[Kind] = Kind.GO
+
+
+# -- router → node: work -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Attempt ``attempt`` of a request on engines ``pe`` and ``de``: the request itself,
+    the tokens each side loads, the hit blocks' names (the first ``nde`` read by the
+    decode side), the blocks each side writes back, and ``seq``, the node's count of
+    placements it was sent (acknowledged in its :class:`State`)."""
+
+    kind: ClassVar[Kind] = Kind.PLACE
+    rid: int
+    attempt: int
+    agent: int
+    turn: int
+    hit: int
+    app: int
+    gen: int
+    arrival: float
+    pe: int
+    de: int
+    pe_tokens: int
+    de_tokens: int
+    names: list[str]
+    nde: int
+    pe_writes: list[str]
+    de_writes: list[str]
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    kind: ClassVar[Kind] = Kind.CANCEL
+    rid: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    kind: ClassVar[Kind] = Kind.STOP
+
+
+# -- node → router ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A node's state: placements it took (``ack``), its storage read queue and free host
+    buffer, and when each of its engines' CNICs is free (engine id as text → time)."""
+
+    kind: ClassVar[Kind] = Kind.STATE
+    node: int
+    ack: int
+    read_q: float
+    free_buffer: float
+    busy: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Prefill engine ``engine`` computed (or dropped) ``tokens`` tokens."""
+
+    kind: ClassVar[Kind] = Kind.BATCH
+    engine: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Free:
+    """Prefill engine ``engine`` ended a batch."""
+
+    kind: ClassVar[Kind] = Kind.FREE
+    engine: int
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """The request's KV is loaded: it waits for a prefill batch."""
+
+    kind: ClassVar[Kind] = Kind.LOADED
+    rid: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rdma:
+    """The decode side read its blocks; they go to the prefill engine over RDMA."""
+
+    kind: ClassVar[Kind] = Kind.RDMA
+    rid: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class First:
+    """The request's prefill ended (its first token) at model time ``at``."""
+
+    kind: ClassVar[Kind] = Kind.FIRST
+    rid: int
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fin:
+    """The request finished at model time ``at``."""
+
+    kind: ClassVar[Kind] = Kind.FIN
+    rid: int
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A stopping node's counters and its links' transfers (name → [bytes/s, starts,
+    ends, sizes])."""
+
+    kind: ClassVar[Kind] = Kind.STATS
+    node: int
+    counters: dict[str, int]
+    links: dict[str, list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A fatal error on a node."""
+
+    kind: ClassVar[Kind] = Kind.ERROR
+    node: int
+    message: str
+
+
+# -- node → node -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeReady:
+    """The decode engine's buffer for the request starts at ``offset``."""
+
+    kind: ClassVar[Kind] = Kind.DE_READY
+    rid: int
+    attempt: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeLoaded:
+    """The decode side read its blocks, which have these checksums."""
+
+    kind: ClassVar[Kind] = Kind.DE_LOADED
+    rid: int
+    attempt: int
+    checksums: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """Write the decode side's blocks into prefill engine ``engine``'s buffer at
+    ``offset``, one layer every ``stride`` bytes."""
+
+    kind: ClassVar[Kind] = Kind.PUSH
+    rid: int
+    attempt: int
+    engine: int
+    offset: int
+    stride: int
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """Layer ``layer`` of the decode side's blocks is in the prefill engine's buffer."""
+
+    kind: ClassVar[Kind] = Kind.LAYER
+    rid: int
+    attempt: int
+    layer: int
+
+
+@dataclass(frozen=True, slots=True)
+class KvIn:
+    """The P→D transfer of the prompt's KV ran from ``start`` to ``at`` (model time)."""
+
+    kind: ClassVar[Kind] = Kind.KV_IN
+    rid: int
+    attempt: int
+    start: float
+    at: float
+
+
+RouterMessage = Setup | Go | Place | Cancel | Stop
+NodeReport = Hello | Ready | State | Batch | Free | Loaded | Rdma | First | Fin | Stats | Error
+PeerMessage = DeReady | DeLoaded | Push | Layer | KvIn
+Message = RouterMessage | NodeReport | PeerMessage
+
+_CLASSES: dict[str, type[Message]] = {cls.kind.value: cls for cls in (
+    Hello, Setup, Ready, Go, Place, Cancel, Stop, State, Batch, Free, Loaded, Rdma, First,
+    Fin, Stats, Error, DeReady, DeLoaded, Push, Layer, KvIn)}
+assert set(_CLASSES) == {k.value for k in Kind}, "a Kind without its message class"
+
+
+def encode(msg: Message) -> dict[str, Any]:
+    """``msg`` as the JSON object sent: ``{"t": kind, field: value, ...}``."""
+    out: dict[str, Any] = {"t": msg.kind.value}
+    for f in dataclasses.fields(msg):
+        out[f.name] = getattr(msg, f.name)
+    return out
+
+
+def decode(obj: Any) -> Message:
+    """The message a received JSON object holds; :class:`MessageError` if it holds none."""
+    if not isinstance(obj, dict):
+        raise MessageError(f"a message is a JSON object, got {type(obj).__name__}")
+    fields = dict(obj)
+    kind = fields.pop("t", None)
+    cls = _CLASSES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MessageError(f"unknown message kind {kind!r}")
+    try:
+        return cls(**fields)
+    except TypeError as exc:
+        raise MessageError(f"bad {kind!r} message: {exc}") from None

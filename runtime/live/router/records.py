@@ -1,0 +1,92 @@
+"""What the router keeps about requests and nodes, the faults it injects, how it fails."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from runtime.decision import Decision, Defer
+from runtime.execution.job import Job
+from runtime.live.messages import (
+    Fin,
+    First,
+    Loaded,
+    Rdma,
+    Stats,
+)
+from runtime.live.wire import Channel
+from runtime.placement import Phase
+from runtime.placement.lifecycle import (
+    DECODING,
+    LOADING_RDMA,
+    LOADING_STORAGE,
+    PREFILLING,
+    WAITING,
+)
+from runtime.request import Request
+from runtime.view import ClusterView
+
+#: The unfinished tokens a dead engine shows in the view (far above any real backlog).
+DEAD_BACKLOG_TOKENS = 10**12
+#: Phases in which a request's work sits on its engines' nodes.
+ON_NODES = frozenset({LOADING_STORAGE, LOADING_RDMA, PREFILLING, DECODING})
+
+#: Node reports about one attempt of one request.
+Progress = Rdma | Loaded | First | Fin
+
+Decider = Callable[[Request, ClusterView], Awaitable[Decision | Defer | None]]
+
+
+class RunFailed(RuntimeError):
+    """A node reported a fatal error, or the run cannot make progress; ``outcome`` holds
+    the run's admitted/completed/lost/duplicated counts where the router had started."""
+
+    def __init__(self, message: str, outcome: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+@dataclass
+class Entry:
+    """A request in the router: its simulator-style record, its phase and where it went."""
+
+    job: Job
+    phase: Phase = WAITING
+    attempt: int = 0
+    pe: int = -1
+    de: int = -1
+    completions: int = 0  # ``fin`` reports of its current attempt (more than 1: duplicated)
+
+    @property
+    def request(self) -> Request:
+        return self.job.request
+
+
+@dataclass
+class NodeState:
+    """The latest report of one node, and placements sent since it."""
+
+    channel: Channel
+    pid: int = 0
+    read_q: float = 0.0
+    free_buffer: float = 0.0
+    ack: int = -1
+    busy: dict[int, float] = field(default_factory=dict)
+    placed: list[tuple[int, float]] = field(default_factory=list)  # (sent, modelled bytes)
+    sent: int = 0  # placements sent to it (a node acknowledges them by this number)
+    dead: bool = False
+    stats: Stats | None = None
+    heard: float = 0.0  # wall clock of its last message
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Faults to inject: kill a node at a model time; corrupt, in storage, the first block
+    of the first ``corrupt_blocks`` requests that read any."""
+
+    kill_node: int | None = None
+    kill_at_s: float = 0.0
+    corrupt_blocks: int = 0
+
+
+NO_FAULTS = Faults()
