@@ -17,10 +17,10 @@ from env.tuning import Tuning
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.execution.executor import Executor
-from runtime.execution.job import Job
+from runtime.execution.job import Job, outcome
 from runtime.live.config import LiveOptions
 from runtime.live.session import LiveSession
-from runtime.policy import Policy
+from runtime.policy import Policy, as_learner
 from runtime.preset import load_preset
 from runtime.request import Request
 from runtime.sim import SimOptions, Simulator
@@ -266,16 +266,11 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         return shadow.time_in_system - start
 
     def _on_finish(self, job: Job) -> None:
-        r = job.request
         spec = self.cluster
-        ttft = job.t_first_token - r.arrival_s
-        tpot = ((job.t_finish - job.t_first_token) / (r.gen_tokens - 1)
-                if r.gen_tokens > 1 else 0.0)
-        if ttft > spec.slo_ttft_s or tpot > spec.slo_tpot_s:
+        if job.ttft_s > spec.slo_ttft_s or job.tpot_s > spec.slo_tpot_s:
             self._violations += 1
-        complete = getattr(self.fallback, "complete", None)
-        if callable(complete):
-            complete(r.request_id, {"ttft_s": ttft, "latency_s": job.t_finish - r.arrival_s})
+        if (learner := as_learner(self.fallback)) is not None:
+            learner.complete(job.request.request_id, outcome(job))
 
     # -- observation and info -----------------------------------------------
     def _observe(self) -> np.ndarray:

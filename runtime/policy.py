@@ -65,7 +65,7 @@ class FallsBack(Protocol):
     served: int
 
 
-def learner(policy: object) -> LearnsOnline | None:
+def as_learner(policy: object) -> LearnsOnline | None:
     """``policy`` as a learner, or ``None`` where it does not learn online."""
     return policy if isinstance(policy, LearnsOnline) else None
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from runtime.placement.lifecycle import WAITING
+from runtime.policy import as_learner
 from runtime.request import Request
 
 NAN = float("nan")
@@ -41,8 +44,34 @@ class Job:
         self.t_finish = NAN
         self.hbm_bytes = 0.0
 
+    # The request's latencies once it finished; :func:`runtime.execution.metrics.latencies`
+    # is the same definition over a whole run.
+    @property
+    def ttft_s(self) -> float:
+        """Arrival to the first token (the end of prefill)."""
+        return self.t_first_token - self.request.arrival_s
+
+    @property
+    def tpot_s(self) -> float:
+        """Mean time per output token after the first; 0 for a single-token answer."""
+        gen = self.request.gen_tokens
+        return (self.t_finish - self.t_first_token) / (gen - 1) if gen > 1 else 0.0
+
+    @property
+    def latency_s(self) -> float:
+        """Arrival to the last token."""
+        return self.t_finish - self.request.arrival_s
+
 
 def outcome(job: Job) -> dict[str, float]:
     """What a learning policy's ``complete`` is told about a finished request."""
-    r = job.request
-    return {"ttft_s": job.t_first_token - r.arrival_s, "latency_s": job.t_finish - r.arrival_s}
+    return {"ttft_s": job.ttft_s, "latency_s": job.latency_s}
+
+
+def completion_hook(policy: object) -> Callable[[Job], None] | None:
+    """What an execution calls as each job finishes, for a policy that learns online
+    (``None`` for one that does not): its ``complete`` with the job's outcome."""
+    learner = as_learner(policy)
+    if learner is None:
+        return None
+    return lambda job: learner.complete(job.request.request_id, outcome(job))

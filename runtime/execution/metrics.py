@@ -55,6 +55,14 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else 0.0
 
 
+def latencies(arrival: np.ndarray, first: np.ndarray, finish: np.ndarray,
+              gen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TTFT per request, TPOT per request that generates more than one token, and the
+    mask of those requests (the definitions of :class:`~runtime.execution.job.Job`)."""
+    multi = gen > 1
+    return first - arrival, (finish[multi] - first[multi]) / (gen[multi] - 1), multi
+
+
 def summarize(rec: Recorder, spec: ClusterSpec, snics: list[Link],
               cnics: list[tuple[Link, Link]], hit_bytes: float, wall_s: float) -> dict[str, Any]:
     """The run's metrics from its finished requests and its links (either execution)."""
@@ -67,9 +75,7 @@ def summarize(rec: Recorder, spec: ClusterSpec, snics: list[Link],
     t0 = float(arrival.min()) if n else 0.0
     t1 = float(finish.max()) if n else 0.0
     span = max(t1 - t0, 1e-12)
-    ttft = first - arrival
-    multi = gen > 1
-    tpot = (finish[multi] - first[multi]) / (gen[multi] - 1)
+    ttft, tpot, multi = latencies(arrival, first, finish, gen)
     tpot_ok = np.ones(n, dtype=bool)
     tpot_ok[multi] = tpot <= spec.slo_tpot_s
     jct = np.asarray([rec.agent_last[a] - rec.agent_first[a] for a in rec.agent_last])

@@ -18,7 +18,8 @@ from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.execution.decode import DecodeEngine
-from runtime.execution.job import Job, outcome
+from runtime.execution.job import Job, completion_hook
+from runtime.execution.job import outcome as outcome  # re-exported until its importers move
 from runtime.execution.link import Link, reserve_pair
 from runtime.execution.metrics import summarize
 from runtime.execution.prefill import PrefillEngine
@@ -132,9 +133,8 @@ class Simulator:
     def run(self, policy: Policy, progress: Progress | None = None,
             progress_every: int = 50_000) -> SimResult:
         """Run to completion with ``policy`` deciding every request."""
-        complete = getattr(policy, "complete", None)
-        if callable(complete):
-            self.on_finish = lambda job: complete(job.request.request_id, outcome(job))
+        if (hook := completion_hook(policy)) is not None:
+            self.on_finish = hook
         wall = wallclock.perf_counter()
         next_report = progress_every
         while (point := self.next_decision()) is not None:
