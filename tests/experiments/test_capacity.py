@@ -3,7 +3,6 @@ the command line and input errors. Small cluster (tiny) and short windows keep i
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -11,17 +10,17 @@ import numpy as np
 import pytest
 
 from agents.spec import resolve_policy
-from experiments.capacity import (
+from experiments.cli import main
+from experiments.evaluation.runner import RunConfig, build_workload
+from experiments.evaluation.scenario import load_scenario
+from experiments.sweeps.capacity import (
     CapacitySearch,
     Slo,
     _setup,
-    add_cli,
     capacity_ratio,
     find_capacity,
     probe,
 )
-from experiments.runner import RunConfig, build_workload
-from experiments.scenario import load_scenario
 from runtime.preset import load_preset
 from runtime.sim import SimOptions, Simulator
 
@@ -141,10 +140,7 @@ def test_capacity_ratio_is_over_the_first():
 
 
 def _cli(capsys, *argv: str) -> dict:
-    parser = argparse.ArgumentParser(prog="dualpath")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["capacity", *argv])
-    args.func(args)
+    assert main(["capacity", *argv]) == 0
     return json.loads(capsys.readouterr().out)
 
 

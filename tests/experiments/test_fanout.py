@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from experiments import fanout
-from experiments.fanout import local, make_fanout, ray_fanout
-from experiments.runner import RunConfig, run
+from experiments.evaluation import fanout
+from experiments.evaluation.fanout import local, make_fanout, ray_fanout
+from experiments.evaluation.runner import RunConfig, run
 
 NONDETERMINISTIC = ("wall_s", "sim_requests_per_s")
 POLICIES = ("dualpath", "round_robin", "least_tokens")

@@ -7,9 +7,9 @@ import signal
 import threading
 import time
 
-from experiments.live import LiveRunConfig, run_cluster
-from experiments.runner import run as simulate
-from experiments.service_process import ServiceProcess
+from experiments.evaluation.runner import run as simulate
+from experiments.live.runs import LiveRunConfig, run_cluster
+from experiments.live.service_process import ServiceProcess
 from policy_service.proto import scheduler_pb2 as pb
 from tests.policy_service.conftest import TOKEN, Client
 

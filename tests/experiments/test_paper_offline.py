@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.cli import ABLATION_STEPS
-from experiments.runner import RunConfig, run_many
+from experiments.evaluation.compare import ABLATION_STEPS
+from experiments.evaluation.runner import RunConfig, run_many
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments.plots import compare_figure, save, training_figure
+from experiments.tracking.plots import compare_figure, save, training_figure
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

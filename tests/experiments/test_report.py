@@ -7,7 +7,6 @@ plots/*.png at its root, and one nested child run per grid point.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
@@ -24,8 +23,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
-from experiments import report, tracking
-from experiments.compare import metric_key
+from experiments.cli import main
+from experiments.evaluation.compare import metric_key
+from experiments.sweeps import report
+from experiments.tracking import mlflow_runs as tracking
 
 NAME = "fig-test"
 POLICIES = ["pe_only:layerwise=false", "dualpath"]
@@ -227,11 +228,8 @@ def test_a_run_that_is_not_a_sweep_is_refused(store):
 
 
 def test_cli_json(store, capsys):
-    parser = argparse.ArgumentParser(prog="dualpath")
-    report.add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", NAME, "--out", "r.html", "--tracking-uri",
-                              store["uri"], "--json"])
-    args.func(args)
+    assert main(["report", NAME, "--out", "r.html", "--tracking-uri", store["uri"],
+                 "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload == {"report": "r.html", "images": 2, "tables": 4}
     assert Path("r.html").is_file()

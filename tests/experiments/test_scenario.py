@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.compare import split_specs
-from experiments.scenario import list_scenarios, load_scenario
+from experiments.evaluation.compare import split_specs
+from experiments.evaluation.scenario import list_scenarios, load_scenario
 
 HARDER = {"degraded-snic", "mixed-reuse", "bursty", "pd-2p1d"}
 

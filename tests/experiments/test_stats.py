@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments.stats import mean_ci95, paired_diff_ci95, promote_decision, t975
+from experiments.evaluation.stats import mean_ci95, paired_diff_ci95, promote_decision, t975
 
 
 @pytest.mark.parametrize(("df", "expected"), [

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from experiments.cli import main
-from experiments.stress import FAULTS, StressConfig, parse_faults
+from experiments.live.stress import FAULTS, StressConfig, parse_faults
 
 
 def test_faults_under_load_lose_and_duplicate_nothing(capsys):

@@ -7,11 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from experiments import tracking
-from experiments.fanout import local
-from experiments.runner import RunConfig
-from experiments.runner import run as simulate
-from experiments.sweep import config_of, list_sweeps, load_sweep, run_sweep, sweep_main
+from experiments.evaluation.fanout import local
+from experiments.evaluation.runner import RunConfig
+from experiments.evaluation.runner import run as simulate
+from experiments.sweeps.sweep import config_of, list_sweeps, load_sweep, run_sweep, sweep_main
+from experiments.tracking import mlflow_runs as tracking
 
 SMALL = """
 name = "small"

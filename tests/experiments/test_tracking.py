@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
-from experiments import tracking
+from experiments.tracking import mlflow_runs as tracking
 
 CONFIG = {"policy": "dualpath", "seeds": [0, 1, 2], "cluster": {"preset": "tiny", "pe": 2},
           "note": "x" * 7000}
@@ -168,7 +168,7 @@ def test_run_inside_a_run_is_nested(tracked):
 
 
 def _first_use(uri: str) -> str:
-    from experiments import tracking as t
+    from experiments.tracking import mlflow_runs as t
 
     t.setup(uri)
     return "ok"

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from experiments.cli import main
-from experiments.tracking import MODEL_NAME
+from experiments.tracking.mlflow_runs import MODEL_NAME
 
 SCENARIO = """
 name = "tiny-test"

@@ -41,7 +41,7 @@ def _stable(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _simulate(**kw: Any) -> dict[str, Any]:
-    from experiments.runner import RunConfig, run
+    from experiments.evaluation.runner import RunConfig, run
 
     return _stable(run(RunConfig(**kw)))
 

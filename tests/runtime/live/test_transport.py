@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from runtime.live.bench_transport import PeerProcess, checksum
+from runtime.live.blocks import checksum
 from runtime.live.transport import (
     TRANSPORTS,
     Region,
@@ -29,6 +29,7 @@ from runtime.live.transport import (
     probe,
 )
 from runtime.live.transport import pyverbs as verbs
+from runtime.live.transport.peer import PeerProcess
 from runtime.live.transport.pyverbs import NO_DEVICE, rdma_devices
 from runtime.live.transport.shm import segment_path
 

@@ -14,7 +14,6 @@ offline. Everything that comes from the store is HTML-escaped.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
@@ -29,9 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments import tracking
-from experiments.compare import metric_key
-from experiments.table import format_value
+from experiments.evaluation.compare import metric_key
+from experiments.evaluation.table import format_value
+from experiments.tracking import mlflow_runs as tracking
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -379,7 +378,7 @@ def _config(sweep: _Sweep) -> tuple[str, int]:
             f"<h3>Parameters of the sweep run</h3>\n{table}"), 1
 
 
-def render(sweep: _Sweep) -> tuple[str, int, int]:
+def render_report(sweep: _Sweep) -> tuple[str, int, int]:
     """The page's HTML, the number of figures and the number of tables."""
     figures, images = _figures(sweep)
     sections = [_results(sweep), _child_table(sweep), _config(sweep)]
@@ -405,7 +404,7 @@ def write_report(run: str, out: Path | None = None,
     """Like :func:`build_report`, also counting the figures and tables written."""
     client = _client(tracking_uri)
     sweep = _load(client, find_sweep_run(client, run))
-    page, images, tables = render(sweep)
+    page, images, tables = render_report(sweep)
     path = Path(out) if out is not None else _default_out(sweep)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
@@ -421,25 +420,3 @@ def build_report(run: str, out: Path | None = None, tracking_uri: str | None = N
     Raises ``LookupError`` when no sweep matches ``run``.
     """
     return write_report(run, out, tracking_uri).path
-
-
-def cmd_report(args: argparse.Namespace) -> None:
-    report = write_report(args.sweep_run, Path(args.out) if args.out else None,
-                          args.tracking_uri)
-    if args.json:
-        print(json.dumps({"report": str(report.path), "images": report.images,
-                          "tables": report.tables}, sort_keys=True))
-    else:
-        print(f"wrote {report.path} ({report.images} figures, {report.tables} tables)")
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """Register ``report`` on the ``dualpath`` command's subparsers."""
-    p = sub.add_parser("report", help="one self-contained HTML report of a sweep's runs")
-    p.add_argument("sweep_run", metavar="SWEEP_RUN",
-                   help="the sweep's parent run id, or a sweep name (its latest run)")
-    p.add_argument("--out", metavar="FILE",
-                   help="HTML file (default report-SWEEP-RUNID8.html here)")
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=cmd_report)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from experiments import tracking
-from experiments.evaluate import run_all, summarize
-from experiments.scenario import Scenario
-from experiments.stats import promote_decision
+from experiments.evaluation.evaluate import run_all, summarize_seeds
+from experiments.evaluation.scenario import Scenario
+from experiments.evaluation.stats import promote_decision
+from experiments.tracking import mlflow_runs as tracking
 
 HEURISTICS = ("pe_only", "round_robin", "least_tokens", "dualpath", "dualpath_split")
 
@@ -23,7 +23,7 @@ def promote(scenario: Scenario, challenger: str, *, jobs: int = 1, seeds: int | 
         challenger = f"models:/{tracking.MODEL_NAME}/{version}"  # pin what is evaluated
     chosen = list(scenario.eval_seeds[:seeds] if seeds else scenario.eval_seeds)
     specs = [challenger, *HEURISTICS]
-    rows = {r["policy"]: r for r in summarize(run_all(scenario, specs, chosen, jobs=jobs),
+    rows = {r["policy"]: r for r in summarize_seeds(run_all(scenario, specs, chosen, jobs=jobs),
                                                specs)}
     best = min(HEURISTICS, key=lambda h: rows[h]["jct_mean_s"])
     ok, reason = promote_decision(

@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from experiments.bench_grpc import (
+from experiments.bench.service import (
     PRESET,
     _admin,
     _identity,
@@ -42,8 +42,8 @@ from experiments.bench_grpc import (
     sample_points,
     schedule_messages,
 )
-from experiments.service_process import ServiceProcess
-from experiments.table import format_value
+from experiments.evaluation.table import format_value
+from experiments.live.service_process import ServiceProcess
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.servicer import SCHEDULER
 

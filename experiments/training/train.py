@@ -21,9 +21,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from agents.learned import export_artifact, fallback_policy, make_tunable
 from env import DualPathEnv, Encoding, Tuning
 from env.encoding import PARTS
-from experiments import imitate, plots, tracking
-from experiments.fanout import local
-from experiments.scenario import MODES, Scenario
+from experiments.evaluation.fanout import local
+from experiments.evaluation.scenario import MODES, Scenario
+from experiments.tracking import mlflow_runs as tracking
+from experiments.tracking import plots
+from experiments.training import imitate
 
 ROUTE_PPO: dict[str, Any] = {"n_steps": 512, "batch_size": 256, "gamma": 0.99,
                              "imitate_steps": 20_000}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import policy_service  # noqa: F401 - teaches resolve_policy the grpc:// specs
-from agents.spec import resolve_policy
+from agents.running import policy_run
+from experiments.evaluation.fanout import map_local
 from runtime.cluster import ClusterSpec
 from runtime.preset import load_preset
 from runtime.sim import SimOptions, Simulator, write_timeline
@@ -76,24 +77,16 @@ def _stderr_progress(label: str) -> Callable[[int, float], None]:
 def run(cfg: RunConfig, progress: bool = False) -> dict[str, Any]:
     """Run one config; returns its metrics plus the effective switches and names."""
     spec = load_preset(cfg.preset, cfg.overrides)
-    resolved = resolve_policy(cfg.policy, spec)
-    # A switch is off if the command line or the spec turns it off (and the
-    # oracle on if either turns it on), so a spec can name a baseline system.
-    layerwise = cfg.layerwise and resolved.layerwise is not False
-    oracle = cfg.oracle or bool(resolved.oracle)
-    options = SimOptions(layerwise=layerwise, oracle=oracle, timeline=cfg.timeline is not None)
-    sim = Simulator(spec, build_workload(cfg, spec), options)
-    try:
-        result = sim.run(resolved.policy, _stderr_progress(cfg.policy) if progress else None)
-    finally:
-        close = getattr(resolved.policy, "close", None)
-        if callable(close):
-            close()
-    fallbacks = getattr(resolved.policy, "fallbacks", 0)
+    with policy_run(cfg.policy, spec, layerwise=cfg.layerwise, oracle=cfg.oracle) as chosen:
+        layerwise, oracle = chosen.layerwise, chosen.oracle
+        options = SimOptions(layerwise=layerwise, oracle=oracle,
+                             timeline=cfg.timeline is not None)
+        sim = Simulator(spec, build_workload(cfg, spec), options)
+        result = sim.run(chosen.policy, _stderr_progress(cfg.policy) if progress else None)
+        fallbacks = chosen.counts()["policy_fallbacks"]
     if fallbacks:
-        print(f"[{cfg.policy}] {fallbacks:,} decisions fell back to the local "
-              f"{resolved.policy.fallback.name} (the service did not answer in time)",  # type: ignore[attr-defined]
-              file=sys.stderr, flush=True)
+        print(f"[{cfg.policy}] {fallbacks:,} decisions fell back to the local policy (the "
+              "service did not answer in time)", file=sys.stderr, flush=True)
     if cfg.timeline is not None:
         write_timeline(result.timeline, cfg.timeline)
     return {"policy": cfg.policy, "preset": spec.name, "mal": cfg.mal, "agents": cfg.agents,
@@ -103,7 +96,4 @@ def run(cfg: RunConfig, progress: bool = False) -> dict[str, Any]:
 def run_many(configs: Sequence[RunConfig], jobs: int = 1,
              progress: bool = False) -> list[dict[str, Any]]:
     """Run configs, in parallel processes when ``jobs`` > 1; results in input order."""
-    if jobs <= 1 or len(configs) <= 1:
-        return [run(cfg, progress) for cfg in configs]
-    with ProcessPoolExecutor(max_workers=min(jobs, len(configs))) as pool:
-        return list(pool.map(run, configs, [progress] * len(configs)))
+    return map_local(partial(run, progress=progress), configs, jobs)

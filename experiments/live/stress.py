@@ -250,7 +250,7 @@ def _decider(fault: str, spec: Any, injector: _Injector, delay: float) -> Iterat
     serve`` process over gRPC that is killed and restarted mid-run."""
     import policy_service  # noqa: F401 - teaches resolve_policy the grpc:// specs
     from agents import resolve_policy
-    from experiments.service_process import ServiceProcess
+    from experiments.live.service_process import ServiceProcess
     from runtime.live.cluster import local_decider
 
     if fault != "kill-scheduler":

@@ -4,7 +4,7 @@ A *probe* simulates one online run: agents arrive as a Poisson process at ``aps`
 agents per second over the arrival window ``[0, duration_s)``, each replaying its
 whole trajectory. The SLO holds at that rate when, over the requests that arrive in
 the measurement window ``[warmup_s, duration_s)``, mean TTFT <= ``ttft_s`` and mean
-TPOT <= ``tpot_s`` (TTFT and TPOT as in :mod:`runtime.sim.metrics`; TPOT over the
+TPOT <= ``tpot_s`` (TTFT and TPOT as in :mod:`runtime.execution.metrics`; TPOT over the
 requests that generate more than one token). :func:`find_capacity` brackets the
 highest such rate by doubling or halving from ``start_aps``, then bisects until the
 bracket is narrower than ``tolerance`` times its upper end; the answer is the highest
@@ -33,25 +33,24 @@ ds660b-2p4d, so there the default window is far from it.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from agents.spec import resolve_policy
-from experiments.runner import RunConfig, build_workload
-from experiments.scenario import Scenario, load_scenario
+from agents.running import policy_run
+from experiments.evaluation.fanout import map_local
+from experiments.evaluation.runner import RunConfig, build_workload
+from experiments.evaluation.scenario import Scenario
 from runtime.cluster import ClusterSpec
 from runtime.preset import load_preset
 from runtime.request import Request
 from runtime.sim import SimOptions, Simulator
-from runtime.sim.simulator import outcome
 from runtime.workload.base import Workload
 
 DEFAULT_DURATION_S = 600.0
@@ -190,18 +189,8 @@ def _setup(cfg: RunConfig, scenario: Scenario | None) -> _Setup:
 def _switched(cfg: RunConfig, cluster: ClusterSpec, scenario: Scenario | None) -> _Setup:
     """The setup with the run switches in effect; a bad policy spec fails here, before
     any probe."""
-    resolved = resolve_policy(cfg.policy, cluster)
-    _close(resolved.policy)
-    # As in experiments.runner.run: the spec may turn layer-wise off or the oracle on.
-    return _Setup(cfg, cluster, scenario,
-                  layerwise=cfg.layerwise and resolved.layerwise is not False,
-                  oracle=cfg.oracle or bool(resolved.oracle))
-
-
-def _close(policy: object) -> None:
-    close = getattr(policy, "close", None)
-    if callable(close):
-        close()
+    with policy_run(cfg.policy, cluster, layerwise=cfg.layerwise, oracle=cfg.oracle) as chosen:
+        return _Setup(cfg, cluster, scenario, layerwise=chosen.layerwise, oracle=chosen.oracle)
 
 
 class _Window:
@@ -230,18 +219,13 @@ class _Window:
 
 def _simulate(setup: _Setup, aps: float, duration_s: float) -> tuple[Simulator, _Window]:
     """Run until every request arriving before ``duration_s`` has finished."""
-    policy = resolve_policy(setup.cfg.policy, setup.cluster).policy  # fresh per probe
-    options = SimOptions(layerwise=setup.layerwise, oracle=setup.oracle)
     window = _Window(setup.workload(aps, duration_s), duration_s)
+    options = SimOptions(layerwise=setup.layerwise, oracle=setup.oracle)
     sim = Simulator(setup.cluster, window, options)
-    complete = getattr(policy, "complete", None)
-    if callable(complete):  # what Simulator.run tells a learning policy
-        sim.on_finish = lambda job: complete(job.request.request_id, outcome(job))
-    try:
+    with policy_run(setup.cfg.policy, setup.cluster) as chosen:  # fresh per probe
+        sim.on_finish = chosen.on_finish  # what Simulator.run tells a learning policy
         while window.open and (point := sim.next_decision()) is not None:
-            sim.apply(policy.decide(*point))
-    finally:
-        _close(policy)
+            sim.apply(chosen.policy.decide(*point))
     return sim, window
 
 
@@ -435,65 +419,22 @@ def capacity_ratio(results: Mapping[str, dict[str, Any]]) -> dict[str, float]:
     return {k: (r["max_aps"] / base if base > 0 else math.nan) for k, r in results.items()}
 
 
-# -- the command line ----------------------------------------------------------------
+def capacity_searches(configs: Sequence[RunConfig], slo: Slo, search: CapacitySearch,
+                      scenario: Scenario | None, jobs: int,
+                      progress: bool) -> tuple[dict[str, Any], str]:
+    """Search each config's capacity (in ``jobs`` processes); the JSON payload and its text.
 
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """Register ``dualpath capacity`` on the ``dualpath`` subcommand parsers."""
-    from experiments.cli import _add_run_args  # here: experiments.cli imports this module
-
-    p = sub.add_parser("capacity", help="highest online arrival rate (agents/s) at which the "
-                                        "SLO on mean TTFT and TPOT holds")
-    _add_run_args(p, agents=512)
-    p.add_argument("--policy", action="append",
-                   help="policy spec; repeat to compare (searches run in --jobs processes, "
-                        "capacity ratios are over the first; default dualpath)")
-    p.add_argument("--oracle", action="store_true", help="zero-I/O oracle")
-    p.add_argument("--scenario", help="take the cluster and the workload from a scenario "
-                                      "(name or file); --set adds overrides")
-    p.add_argument("--ttft", type=float, help="SLO on mean TTFT, seconds (default: the "
-                                              "preset's slo_ttft_s)")
-    p.add_argument("--tpot", type=float, help="SLO on mean TPOT, seconds (default: the "
-                                              "preset's slo_tpot_s)")
-    p.add_argument("--duration", type=float, default=DEFAULT_DURATION_S,
-                   help="arrival window of a probe, seconds")
-    p.add_argument("--warmup", type=float, help="requests arriving earlier are not measured "
-                                                "(default: half of --duration)")
-    p.add_argument("--tolerance", type=float, default=CapacitySearch.tolerance,
-                   help="stop when the bracket is narrower than this share of its top")
-    p.add_argument("--lo", type=float, help="a rate expected to hold (agents/s)")
-    p.add_argument("--hi", type=float, help="a rate expected to fail (agents/s)")
-    p.add_argument("--min-aps", type=float, default=CapacitySearch.min_aps,
-                   help="below this the capacity is reported as 0")
-    p.add_argument("--max-aps", type=float, default=CapacitySearch.max_aps,
-                   help="the highest rate probed")
-    p.add_argument("--max-probes", type=int, default=CapacitySearch.max_probes)
-    p.set_defaults(func=cmd_capacity)
-
-
-def cmd_capacity(args: argparse.Namespace) -> None:
-    """With one policy the JSON is its search; with several, ``{"searches": [...],
-    "capacity_ratio": {spec: ratio}}``."""
-    from experiments.cli import _config, _emit
-
-    specs = args.policy or ["dualpath"]
-    scenario = load_scenario(args.scenario) if args.scenario else None
-    slo = Slo(ttft_s=args.ttft, tpot_s=args.tpot, warmup_s=args.warmup)
-    search = CapacitySearch(duration_s=args.duration, tolerance=args.tolerance, lo=args.lo,
-                            hi=args.hi, min_aps=args.min_aps, max_aps=args.max_aps,
-                            max_probes=args.max_probes,
-                            start_aps=min(max(1.0, args.min_aps), args.max_aps))
-    configs = [_config(args, spec) for spec in specs]
-    results = _search_all(configs, slo, search, scenario, args.jobs, progress=not args.json)
+    With one config the payload is its search; with several, ``{"searches": [...],
+    "capacity_ratio": {spec: ratio}}`` (ratios over the first)."""
+    results = _search_all(configs, slo, search, scenario, jobs, progress)
     if len(results) == 1:
-        _emit(args, results[0], render(results[0]))
-        return
+        return results[0], render_capacity(results[0])
     ratio = capacity_ratio({r["policy"]: r for r in results})
     payload = {"searches": results,  # JSON has no NaN: null where the first's capacity is 0
                "capacity_ratio": {k: None if math.isnan(v) else v for k, v in ratio.items()}}
-    text = "\n\n".join(render(r) for r in results) + "\n\ncapacity ratio over " + \
-        f"{specs[0]}: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
-    _emit(args, payload, text)
+    text = "\n\n".join(render_capacity(r) for r in results) + "\n\ncapacity ratio over " + \
+        f"{configs[0].policy}: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items())
+    return payload, text
 
 
 def _search_one(cfg: RunConfig, slo: Slo, search: CapacitySearch, scenario: Scenario | None,
@@ -504,12 +445,9 @@ def _search_one(cfg: RunConfig, slo: Slo, search: CapacitySearch, scenario: Scen
 
 def _search_all(configs: Sequence[RunConfig], slo: Slo, search: CapacitySearch,
                 scenario: Scenario | None, jobs: int, progress: bool) -> list[dict[str, Any]]:
-    if jobs <= 1 or len(configs) <= 1:
-        return [_search_one(c, slo, search, scenario, progress) for c in configs]
-    n = len(configs)
-    with ProcessPoolExecutor(max_workers=min(jobs, n)) as pool:
-        return list(pool.map(_search_one, configs, [slo] * n, [search] * n, [scenario] * n,
-                             [progress] * n))
+    search_one = partial(_search_one, slo=slo, search=search, scenario=scenario,
+                         progress=progress)
+    return map_local(search_one, configs, jobs)
 
 
 def _stderr_probe(label: str) -> Callable[[Probe], None]:
@@ -529,7 +467,7 @@ def _means(p: Mapping[str, Any]) -> str:
             f"TPOT {1000 * p['tpot_mean_s']:.3g} ms over {p['requests']:,} requests")
 
 
-def render(r: Mapping[str, Any]) -> str:
+def render_capacity(r: Mapping[str, Any]) -> str:
     """A search's result as text."""
     where = f"scenario {r['scenario']}" if r["scenario"] else f"{r['mal']} set"
     lo, hi = r["bracket"]

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import policy_service  # noqa: F401 - teaches resolve_policy the grpc:// specs
-from agents.spec import resolve_policy
-from experiments.runner import RunConfig, build_workload
-from experiments.runner import run as simulate
+from agents.running import policy_run
+from experiments.evaluation.runner import RunConfig, build_workload
+from experiments.evaluation.runner import run as simulate
+from experiments.evaluation.table import format_table
 from runtime.live.cluster import LiveCluster, local_decider
 from runtime.live.config import LiveOptions, is_live_preset, load_live_preset
 from runtime.live.router import Faults, Router
 from runtime.preset import load_preset
-from runtime.sim.simulator import outcome
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,11 @@ class LiveRunConfig:
             defaults = (1.0, 32, 8, "32k")
         time_scale = self.time_scale if self.time_scale is not None else defaults[0]
         bytes_scale = self.bytes_scale if self.bytes_scale is not None else defaults[1]
-        policy_spec = resolve_policy(self.policy)
+        with policy_run(self.policy, None, layerwise=self.layerwise) as chosen:
+            layerwise, oracle = chosen.layerwise, chosen.oracle
         options = LiveOptions(time_scale=time_scale, bytes_scale=bytes_scale,
                               transport=self.transport, netns=self.netns, device=self.device,
-                              layerwise=self.layerwise and policy_spec.layerwise is not False,
-                              oracle=bool(policy_spec.oracle))
+                              layerwise=layerwise, oracle=oracle)
         sim = RunConfig(policy=self.policy, preset=cluster, overrides=overrides,
                         agents=self.agents if self.agents is not None else defaults[2],
                         mal=self.mal if self.mal is not None else str(defaults[3]),
@@ -76,24 +76,16 @@ def run_cluster(cfg: LiveRunConfig,
     use it to time faults against the run)."""
     cluster, overrides, options, sim = cfg.resolved()
     live = LiveCluster(load_preset(cluster, overrides), options)
-    resolved = resolve_policy(cfg.policy, live.spec)
-    complete = getattr(resolved.policy, "complete", None)
-
-    def hook(router: Router) -> None:
-        if callable(complete):
-            router.on_finish = lambda job: complete(job.request.request_id, outcome(job))
-        if on_start is not None:
-            on_start(router, resolved.policy)
-    try:
-        metrics = live.run(build_workload(sim, live.spec), local_decider(resolved.policy),
+    with policy_run(cfg.policy, live.spec) as chosen:
+        def hook(router: Router) -> None:
+            router.on_finish = chosen.on_finish
+            if on_start is not None:
+                on_start(router, chosen.policy)
+        metrics = live.run(build_workload(sim, live.spec), local_decider(chosen.policy),
                            cfg.faults, router_hook=hook)
-    finally:
-        close = getattr(resolved.policy, "close", None)
-        if callable(close):
-            close()
+        counts = chosen.counts()
     return {"policy": cfg.policy, "mal": sim.mal, "agents": sim.agents, "seed": cfg.seed,
-            **metrics, "policy_fallbacks": getattr(resolved.policy, "fallbacks", 0),
-            "policy_served": getattr(resolved.policy, "served", None)}
+            **metrics, **counts}
 
 
 #: The fidelity configs: (label, live config). One is compute-bound.
@@ -134,6 +126,23 @@ def fidelity(configs: Sequence[tuple[str, LiveRunConfig]] = FIDELITY_CONFIGS,
             "checksum_failures": sum(r["live"].get("checksum_failures", 0) for r in lives)})
     worst = max(max(r["throughput_error_pct"], r["jct_error_pct"]) for r in rows)
     return {"rows": rows, "max_error_pct": worst, "runs": runs}
+
+
+def fidelity_failures(payload: dict[str, Any], max_error_pct: float) -> list[str]:
+    """Each configuration whose throughput or mean JCT error exceeds ``max_error_pct``."""
+    return [f"{row['config']}: {what} error {row[key]:.1f}% > {max_error_pct:g}%"
+            for row in payload["rows"]
+            for what, key in (("throughput", "throughput_error_pct"),
+                              ("mean JCT", "jct_error_pct"))
+            if row[key] > max_error_pct]
+
+
+def render_fidelity(payload: dict[str, Any]) -> str:
+    cols = ["config", "sim_throughput_tok_s", "live_throughput_tok_s", "throughput_error_pct",
+            "sim_jct_mean_s", "live_jct_mean_s", "jct_error_pct", "blocks_verified"]
+    return (format_table(payload["rows"], cols)
+            + f"\nlive = median of {payload['runs']} runs; largest error "
+              f"{payload['max_error_pct']:.1f}%")
 
 
 def _error(sim: float, live: float) -> float:

@@ -23,7 +23,7 @@ Parameters (in ``base`` or ``grid``): ``preset``; ``pd`` ("2:4", prefill:decode 
 bandwidths and model: ``snic_gb_s``, ``cnic_gb_s``, ``kv_bytes_per_token``; and any preset
 value as ``set.KEY`` (``set.node.pcie_gb_s``).
 
-Runs fan out over local processes or Ray (:mod:`experiments.fanout`); only this process
+Runs fan out over local processes or Ray (:mod:`experiments.evaluation.fanout`); only this process
 writes results: a table (CSV and Parquet), PNG plots and MLflow (a parent run, a child run
 per point), so a SQLite store is never written by two processes.
 """
@@ -43,10 +43,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from experiments.runner import RunConfig
-from experiments.runner import run as run_config
+from experiments.evaluation.runner import RunConfig
+from experiments.evaluation.runner import run as run_config
+from experiments.evaluation.table import format_table
 
-SWEEP_DIR = Path(__file__).parent / "sweeps"
+SWEEP_DIR = Path(__file__).parent
 KINDS = ("run", "capacity")
 _RUN_FIELDS = {"agents", "mal", "append_scale", "gen_scale", "tool_latency_s", "think_time_s",
                "layerwise", "aps", "duration_s", "online"}
@@ -180,7 +181,7 @@ class Task:
 def run_task(task: Task) -> dict[str, Any]:
     """Run one task (in a worker); returns its scalar metrics, nothing is logged here."""
     if task.kind == "capacity":
-        from experiments.capacity import find_capacity
+        from experiments.sweeps.capacity import find_capacity
 
         metrics = find_capacity(task.config)
     else:
@@ -213,7 +214,7 @@ def run_sweep(sweep: Sweep, fanout: Any, progress: Callable[[int, int], None] | 
     return rows
 
 
-def summarize(sweep: Sweep, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def summarize_sweep(sweep: Sweep, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (point, policy): the grid values and each metric's mean over seeds."""
     out: dict[tuple[int, str], dict[str, Any]] = {}
     counts: dict[tuple[int, str], int] = {}
@@ -236,8 +237,8 @@ def write_outputs(sweep: Sweep, rows: list[dict[str, Any]], out: Path,
     """``results.csv``/``.parquet``, ``summary.json``, ``sweep.toml`` and ``plots/*.png``."""
     import pandas as pd
 
-    from experiments.plots import save
-    from experiments.sweep_plots import sweep_figures
+    from experiments.sweeps.plots import sweep_figures
+    from experiments.tracking.plots import save
 
     out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)
@@ -246,7 +247,7 @@ def write_outputs(sweep: Sweep, rows: list[dict[str, Any]], out: Path,
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "sweep.toml").write_text(sweep.text)
     plots = []
-    for name, fig in sweep_figures(sweep, summarize(sweep, rows)):
+    for name, fig in sweep_figures(sweep, summarize_sweep(sweep, rows)):
         plots.append(save(fig, out / "plots" / f"{name}.png"))
     return plots
 
@@ -254,8 +255,8 @@ def write_outputs(sweep: Sweep, rows: list[dict[str, Any]], out: Path,
 def log_to_mlflow(sweep: Sweep, rows: list[dict[str, Any]], out: Path,
                   summary: dict[str, Any], tracking_uri: str | None) -> str:
     """One parent run (artifacts: the outputs) and one child run per point; its run id."""
-    from experiments import tracking
-    from experiments.compare import metric_key
+    from experiments.evaluation.compare import metric_key
+    from experiments.tracking import mlflow_runs as tracking
 
     tracking.setup(tracking_uri)
     tags = {"dualpath.kind": "sweep", "dualpath.sweep": sweep.name,
@@ -266,7 +267,7 @@ def log_to_mlflow(sweep: Sweep, rows: list[dict[str, Any]], out: Path,
     with tracking.run(f"sweep:{sweep.name}", config, tags) as parent:
         tracking.log_artifact_dir(out)
         tracking.log_metrics({"wall_s": summary["wall_s"], "points": summary["points"]})
-        means = summarize(sweep, rows)
+        means = summarize_sweep(sweep, rows)
         for k, point in enumerate(sweep.points()):
             with tracking.run(f"point-{k:03d}", point):
                 tracking.log_metrics({metric_key(row["policy"], m): row[m]
@@ -277,7 +278,7 @@ def log_to_mlflow(sweep: Sweep, rows: list[dict[str, Any]], out: Path,
 
 def code_version() -> str:
     """The git commit of the code that ran (``-dirty`` with uncommitted changes)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.strip()
@@ -292,7 +293,7 @@ def sweep_main(name_or_path: str, *, jobs: int = 1, ray_address: str | None = No
                out: str | None = None, tracking_uri: str | None = None,
                seeds: int | None = None, log: bool = True) -> dict[str, Any]:
     """What ``dualpath sweep`` does; returns the summary (with the run id and output folder)."""
-    from experiments.fanout import make_fanout
+    from experiments.evaluation.fanout import make_fanout
 
     sweep = load_sweep(name_or_path)
     if seeds is not None:
@@ -319,7 +320,7 @@ def sweep_main(name_or_path: str, *, jobs: int = 1, ray_address: str | None = No
     if log:
         summary["run_id"] = log_to_mlflow(sweep, rows, folder, summary, tracking_uri)
     summary["out"] = str(folder)
-    summary["rows"] = summarize(sweep, rows)
+    summary["rows"] = summarize_sweep(sweep, rows)
     return summary
 
 
@@ -327,3 +328,19 @@ def _progress(name: str) -> Callable[[int, int], None]:
     def report(done: int, total: int) -> None:
         print(f"[sweep {name}] {done}/{total} runs done", file=sys.stderr, flush=True)
     return report
+
+
+def render_sweep(summary: dict[str, Any]) -> str:
+    """A sweep's summary as text: its size, speed, the table and where the outputs are."""
+    metric = summary["metrics"][0]
+    text = (f"sweep {summary['name']}: {summary['points']} points, {summary['runs']} runs in "
+            f"{summary['wall_s']:.1f} s on {summary['backend']} ({summary['jobs']} workers; "
+            f"{summary['points_per_min']:.1f} points/min)\n"
+            + format_table(summary["rows"], ["point", *(k for k in summary["rows"][0]
+                                                       if k not in ("point", "policy",
+                                                                    *summary["metrics"])),
+                                             "policy", *summary["metrics"]])
+            + f"\noutputs in {summary['out']}"
+            + (f"; MLflow run {summary['run_id']}" if "run_id" in summary else "")
+            + f"\n(main metric: {metric})")
+    return text

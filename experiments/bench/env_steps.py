@@ -1,4 +1,5 @@
-"""``dualpath bench env``: raw env steps per second with random valid actions."""
+"""``dualpath bench env`` and ``bench policy``: raw env steps per second with random valid
+actions, and microseconds per decision of policy specs."""
 
 from __future__ import annotations
 
@@ -112,3 +113,16 @@ def bench_policy(specs: list[str], preset: str = "ds660b-2p4d", agents: int = 64
     for row in rows:
         row["vs_first"] = row["mean_us"] / rows[0]["mean_us"]
     return {"preset": preset, "agents": agents, "rows": rows}
+
+
+def render_bench_env(payload: dict[str, Any]) -> str:
+    return (f"{payload['steps']:,} env steps ({payload['preset']}, random valid actions) in "
+            f"{payload['wall_s']:.2f} s: {payload['steps_per_s']:,.0f} steps/s")
+
+
+def render_bench_policy(payload: dict[str, Any]) -> str:
+    from experiments.evaluation.table import format_table
+
+    return (f"decision latency on {payload['preset']} ({payload['agents']} agents, 64K)\n"
+            + format_table(payload["rows"], ["policy", "decisions", "mean_us", "p50_us",
+                                             "p99_us", "vs_first"]))

@@ -22,8 +22,8 @@ import grpc
 import numpy as np
 
 from agents.spec import resolve_policy
-from experiments.service_process import ServiceProcess
-from experiments.table import format_table
+from experiments.evaluation.table import format_table
+from experiments.live.service_process import ServiceProcess
 from policy_service.codec import request_to_pb, view_to_pb
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.servicer import ADMIN, SCHEDULER

@@ -171,6 +171,13 @@ def local(jobs: int) -> Fanout:
     return _InProcess() if jobs <= 1 else _ProcessPool(jobs)
 
 
+def map_local(fn: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
+    """``[fn(x) for x in items]`` in at most ``jobs`` local processes (here when one will
+    do), in input order; the pool lives for this call only."""
+    with local(min(jobs, len(items))) as fanout:
+        return fanout.map(fn, items)
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -181,7 +188,7 @@ def _import_ray() -> Any:
 
 def _source_tree() -> Path | None:
     """The checkout holding this package, or None when it is installed as a package."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() else None
 
 

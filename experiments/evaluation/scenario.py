@@ -44,7 +44,7 @@ from runtime.workload.base import Workload
 from runtime.workload.mixed import MixedWorkload
 from runtime.workload.mooncake import MooncakeTrace
 
-SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 MODES = ("route", "tune")
 _AGENTIC_KEYS = {"agents", "mal", "online", "aps", "duration_s", "arrival", "burst_s",
                  "burst_factor", "burst_share", "append_scale", "gen_scale", "tool_latency_s",

@@ -8,12 +8,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from experiments.plots import _new_figure
+from experiments.tracking.plots import _new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from experiments.sweep import Sweep
+    from experiments.sweeps.sweep import Sweep
 
 
 def sweep_figures(sweep: Sweep, rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Figure]]:

@@ -1,24 +1,39 @@
-"""``dualpath compare --scenario``: evaluate policies on a scenario's evaluation seeds,
-print the table, write plots, and log everything to MLflow."""
+"""Policies side by side: on one workload (``dualpath compare``, the main job, and
+``dualpath ablation``) or on a scenario's evaluation seeds (``compare --scenario``: the
+table, plots, and everything logged to MLflow)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import agents
-from experiments import plots, tracking
-from experiments.evaluate import DEFAULT_POLICIES, METRICS, run_all, summarize
-from experiments.scenario import Scenario
-from experiments.table import format_table
+from experiments.evaluation.evaluate import DEFAULT_POLICIES, METRICS, run_all, summarize_seeds
+from experiments.evaluation.runner import RunConfig, run_many
+from experiments.evaluation.scenario import Scenario
+from experiments.evaluation.table import format_table
+from experiments.tracking import mlflow_runs as tracking
+from experiments.tracking import plots
 
 TABLE_COLUMNS = ["policy", "jct_mean_s", "jct_ci95_s", "jct_vs_pe_only", "throughput_tok_s",
                  "ttft_p99_s", "slo_attainment"]
 JSON_KEYS = ("policy", "jct_mean_s", "jct_ci95_s", "throughput_tok_s", "ttft_p99_s",
              "slo_attainment", "jct_vs_pe_only", "jct_vs_pe_only_ci95", "seeds",
              "per_seed_jct_mean_s", "per_seed_ttft_p99_s")
+#: The main job's columns, and its policies: the paper's baseline first.
+SUMMARY = ["policy", "jct_s", "jct_mean_s", "throughput_tok_s", "ttft_mean_s", "tpot_mean_s",
+           "slo_attainment", "snic_util_mean", "snic_max_over_avg"]
+COMPARE_POLICIES = ("pe_only:layerwise=false", "pe_only", "dualpath", "dualpath_split")
+ABLATION_STEPS = (
+    ("baseline", "pe_only:layerwise=false"),
+    ("+layerwise", "pe_only"),
+    ("+dual-path", "round_robin"),
+    ("+scheduler", "dualpath"),
+    ("oracle", "dualpath:oracle=true"),
+)
 
 
 def split_specs(text: str) -> list[str]:
@@ -42,6 +57,34 @@ def shipped_policies() -> list[str]:
     root = Path(agents.__file__).resolve().parent / "pretrained"
     return sorted(p.name for p in root.iterdir() if (p / "policy.json").exists()) \
         if root.is_dir() else []
+
+
+def main_job_policies() -> list[str]:
+    """The main job's policies: the heuristics, then the shipped learned policy trained on
+    the paper-offline scenario (whose cluster the main job runs)."""
+    learned = [f"pretrained:{n}" for n in shipped_policies() if n == "paper-offline"]
+    return [*COMPARE_POLICIES, *learned]
+
+
+def compare_runs(configs: Sequence[RunConfig], jobs: int) -> list[dict[str, Any]]:
+    """One run per config (the same workload), each with ``speedup`` = the first's JCT / its."""
+    rows = run_many(configs, jobs, progress=True)
+    base = rows[0]["jct_s"]
+    for row in rows:
+        row["speedup"] = base / row["jct_s"] if row["jct_s"] > 0 else 0.0
+    return rows
+
+
+def ablation(config: RunConfig, jobs: int) -> dict[str, Any]:
+    """The paper's ablation steps (and the oracle) on ``config``'s workload: each step's JCT
+    and its reduction from the baseline's."""
+    rows = run_many([replace(config, policy=spec) for _, spec in ABLATION_STEPS], jobs,
+                    progress=True)
+    base = rows[0]["jct_s"]
+    steps = [{"name": name, "policy": spec, "jct_s": row["jct_s"],
+              "reduction_pct": 100.0 * (1 - row["jct_s"] / base)}
+             for (name, spec), row in zip(ABLATION_STEPS, rows, strict=True)]
+    return {"steps": steps, "runs": rows}
 
 
 def default_specs(scenario: Scenario, shipped: Sequence[str]) -> list[str]:
@@ -72,7 +115,7 @@ def compare(scenario: Scenario, specs: Sequence[str], seeds: Sequence[int], *, j
             out_dir: Path, tracking_uri: str | None, progress: bool) -> dict[str, Any]:
     """Run, summarize, plot and log; returns the JSON payload (``rows`` among it)."""
     runs = run_all(scenario, specs, seeds, jobs=jobs, progress=progress)
-    rows = summarize(runs, specs)
+    rows = summarize_seeds(runs, specs)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = plots.save(plots.compare_figure(rows, METRICS), out_dir / "compare.png")
     tracking.setup(tracking_uri)
@@ -91,7 +134,7 @@ def compare(scenario: Scenario, specs: Sequence[str], seeds: Sequence[int], *, j
                                           for row in rows]}
 
 
-def render(payload: dict[str, Any]) -> str:
+def render_compare(payload: dict[str, Any]) -> str:
     header = (f"scenario {payload['scenario']}, evaluation seeds {payload['seeds']}; "
               "mean over seeds with the 95% CI half-width of mean JCT; jct_vs_pe_only = "
               "paired mean of JCT / pe_only's JCT")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from agents.spec import resolve_policy
-from experiments.scenario import Scenario, load_scenario
-from experiments.stats import mean_ci95, paired_diff_ci95
+from agents.running import policy_run
+from experiments.evaluation.fanout import local
+from experiments.evaluation.scenario import Scenario, load_scenario
+from experiments.evaluation.stats import mean_ci95, paired_diff_ci95
 from runtime.sim import SimOptions, Simulator
 
 #: What ``compare --scenario`` reports per policy (mean and 95% CI over seeds).
@@ -22,10 +22,9 @@ DEFAULT_POLICIES = ("pe_only", "dualpath", "dualpath_split")
 def run_seed(scenario: Scenario, spec: str, seed: int) -> dict[str, Any]:
     """One simulated run of policy ``spec`` on ``scenario`` with workload seed ``seed``."""
     cluster = scenario.cluster()
-    resolved = resolve_policy(spec, cluster)
-    options = SimOptions(layerwise=scenario.layerwise and resolved.layerwise is not False,
-                         oracle=bool(resolved.oracle))
-    result = Simulator(cluster, scenario.workload(seed), options).run(resolved.policy)
+    with policy_run(spec, cluster, layerwise=scenario.layerwise) as chosen:
+        options = SimOptions(layerwise=chosen.layerwise, oracle=chosen.oracle)
+        result = Simulator(cluster, scenario.workload(seed), options).run(chosen.policy)
     return {"policy": spec, "seed": seed, **result.metrics}
 
 
@@ -38,28 +37,18 @@ def run_all(scenario: Scenario, specs: Sequence[str], seeds: Sequence[int],
             jobs: int = 1, progress: bool = False) -> list[dict[str, Any]]:
     """Every (policy, seed) run, in parallel processes when ``jobs`` > 1; input order."""
     for spec in specs:  # refuse a bad spec before spending any time
-        resolve_policy(spec, scenario.cluster())
+        with policy_run(spec, scenario.cluster()):
+            pass
     tasks = [(str(scenario.source), spec, seed) for spec in specs for seed in seeds]
-    results: list[dict[str, Any]] = []
-    if jobs <= 1:
-        iterator: Any = map(_run_task, tasks)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)))
-        iterator = pool.map(_run_task, tasks)
-    try:
-        for k, row in enumerate(iterator, 1):
-            results.append(row)
-            if progress:
-                print(f"[{scenario.name}] {k}/{len(tasks)} runs done ({row['policy']}, "
-                      f"seed {row['seed']})", file=sys.stderr, flush=True)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    return results
+    report = None
+    if progress:
+        def report(done: int, total: int) -> None:
+            print(f"[{scenario.name}] {done}/{total} runs done", file=sys.stderr, flush=True)
+    with local(min(jobs, len(tasks))) as fanout:
+        return fanout.map(_run_task, tasks, progress=report)
 
 
-def summarize(runs: Sequence[dict[str, Any]], specs: Sequence[str]) -> list[dict[str, Any]]:
+def summarize_seeds(runs: Sequence[dict[str, Any]], specs: Sequence[str]) -> list[dict[str, Any]]:
     """One row per policy: mean and CI half-width of each metric over seeds, and the JCT
     relative to ``pe_only`` (when it ran) with a paired 95% interval."""
     by_policy = {spec: [r for r in runs if r["policy"] == spec] for spec in specs}

@@ -1,0 +1,98 @@
+"""``bench sim|env|policy|transport|grpc|soak``: every benchmark prints its figures."""
+
+from __future__ import annotations
+
+import argparse
+
+from experiments.bench.sim import BENCH, bench_sim, render_bench_sim
+from experiments.cli.common import emit
+from experiments.evaluation.runner import DEFAULT_PRESET
+
+
+def cmd_bench_sim(args: argparse.Namespace) -> None:
+    payload = bench_sim(args.agents, progress=not args.json)
+    emit(args, payload, render_bench_sim(payload))
+
+
+def cmd_bench_env(args: argparse.Namespace) -> None:
+    from experiments.bench.env_steps import bench_env, render_bench_env
+
+    payload = bench_env(steps=args.steps, seed=args.seed)
+    emit(args, payload, render_bench_env(payload))
+
+
+def cmd_bench_policy(args: argparse.Namespace) -> None:
+    from experiments.bench.env_steps import bench_policy, render_bench_policy
+
+    payload = bench_policy(args.policy or ["dualpath"], preset=args.preset, agents=args.agents)
+    emit(args, payload, render_bench_policy(payload))
+
+
+def cmd_bench_transport(args: argparse.Namespace) -> None:
+    from experiments.bench.transfers import bench_transport, render_transfers
+
+    payload = bench_transport(size=args.size_mib << 20, repeats=args.repeats)
+    emit(args, payload, render_transfers(payload))
+
+
+def cmd_bench_grpc(args: argparse.Namespace) -> None:
+    from experiments.bench.service import bench_grpc, render_grpc
+
+    payload = bench_grpc(calls=args.calls, learned=args.learned, batch=args.batch,
+                         log=not args.no_log)
+    emit(args, payload, render_grpc(payload))
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> None:
+    from experiments.bench.soak import render_soak, soak
+
+    payload = soak(minutes=args.minutes, clients=args.clients, swap_every_s=args.swap_every,
+                   deadline_ms=args.deadline_ms)
+    emit(args, payload, render_soak(payload))
+    if not payload["ok"]:  # a failed call or swap fails the command, after the report
+        raise SystemExit(1)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="what", required=True)
+    b = bench.add_parser("sim", help="simulated requests per second (ds660b-2p4d, 64K, dualpath)")
+    b.add_argument("--agents", type=int, default=BENCH.agents)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_sim)
+    b = bench.add_parser("env", help="raw env steps per second (ds27b-1p1d, random valid "
+                                     "actions)")
+    b.add_argument("--steps", type=int, default=50_000)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_env)
+    b = bench.add_parser("policy", help="microseconds per decision of policy specs")
+    b.add_argument("--policy", action="append", help="policy spec; repeat (first = baseline)")
+    b.add_argument("--preset", default=DEFAULT_PRESET)
+    b.add_argument("--agents", type=int, default=64)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_policy)
+    b = bench.add_parser("transport", help="GiB/s of one-sided writes between two processes, "
+                                           "per transport, beside memcpy")
+    b.add_argument("--size-mib", type=int, default=64, help="bytes per write, in MiB")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_transport)
+    b = bench.add_parser("grpc", help="latency and throughput of the scheduler service on "
+                                      "loopback")
+    b.add_argument("--calls", type=int, default=20_000, help="Schedule calls per measurement")
+    b.add_argument("--learned", default="pretrained:paper-offline",
+                   help="the learned policy measured beside dualpath")
+    b.add_argument("--batch", type=int, default=64, help="requests per ScheduleBatch call")
+    b.add_argument("--no-log", action="store_true", help="serve with the decision log off")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_grpc)
+    b = bench.add_parser("soak", help="the scheduler service under steady load for minutes, "
+                                      "its policy swapped; failures and server memory")
+    b.add_argument("--minutes", type=float, default=10.0, help="length of the load (0.2 ok)")
+    b.add_argument("--clients", type=int, default=4, help="concurrent client loops (threads)")
+    b.add_argument("--swap-every", type=float, default=30.0,
+                   help="seconds between SwapPolicy calls (dualpath <-> pretrained:paper-offline)")
+    b.add_argument("--deadline-ms", type=float, default=2000.0, help="deadline of every call")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_soak)

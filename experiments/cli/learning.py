@@ -1,0 +1,77 @@
+"""``train`` and ``promote``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from env.encoding import PARTS
+from experiments.cli.common import JOBS, emit
+from experiments.evaluation.scenario import load_scenario
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from experiments.training.seeds import render_training, train_seeds
+    from experiments.training.train import TrainConfig
+
+    scenario = load_scenario(args.scenario)
+    mode = args.mode or scenario.train.mode
+    cfg = TrainConfig(
+        mode=mode, steps=args.steps or scenario.train.steps, seed=args.seed,
+        control=tuple(args.control.split(",")) if args.control else PARTS,
+        fallback=args.fallback, window_s=args.window,
+        imitate=None if args.imitate.lower() == "none" else args.imitate,
+        imitate_steps=args.imitate_steps, relative_to=args.relative_to)
+    payload = train_seeds(scenario, cfg, seeds=args.seeds,
+                          out=Path(args.out) if args.out else None, jobs=args.jobs,
+                          ray_address=args.ray_address, tracking_uri=args.tracking_uri,
+                          progress=not args.json)
+    emit(args, payload, render_training(payload))
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from experiments.training.promote import promote
+
+    payload = promote(load_scenario(args.scenario), args.challenger, jobs=args.jobs,
+                      seeds=args.seeds, tracking_uri=args.tracking_uri)
+    emit(args, payload, payload["reason"])
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a learned policy on a scenario (MLflow-logged)")
+    p.add_argument("--scenario", required=True, help="scenario name or file")
+    p.add_argument("--mode", choices=["route", "tune"], help="default: the scenario's")
+    p.add_argument("--steps", type=int, help="env steps (default: the scenario's)")
+    p.add_argument("--seed", type=int, default=0, help="the learner's seed")
+    p.add_argument("--control", help="route: parts the agent decides, from "
+                                     "prefill,decode,path (default all)")
+    p.add_argument("--fallback", help="route: heuristic spec for the other parts")
+    p.add_argument("--imitate", default="dualpath",
+                   help="heuristic to imitate before PPO (routing: also the fallback whose "
+                        "decisions the agent sees); 'none' starts from scratch")
+    p.add_argument("--imitate-steps", type=int,
+                   help="demonstration steps (default 20,000 routing, 400 tuning)")
+    p.add_argument("--relative-to", help="tune: reward relative to this heuristic's "
+                                         "parameters, run on a copy of the simulation")
+    p.add_argument("--window", type=float, default=10.0,
+                   help="tune: simulated seconds per parameter setting")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train N policies, seeds SEED..SEED+N-1, in parallel")
+    p.add_argument("--jobs", type=int, default=JOBS,
+                   help="with --seeds: local worker processes")
+    p.add_argument("--ray-address", help="with --seeds: train on a Ray cluster (auto, local, "
+                                         "HOST:PORT)")
+    p.add_argument("--out", help="artifact folder (default results/train/SCENARIO-MODE-TIME)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("promote", help="move the champion alias to the challenger if it wins")
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--challenger", default="models:/dualpath-scheduler@challenger",
+                   help="policy spec of the challenger")
+    p.add_argument("--seeds", type=int, help="the first N evaluation seeds")
+    p.add_argument("--jobs", type=int, default=JOBS)
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_promote)

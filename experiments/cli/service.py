@@ -1,0 +1,92 @@
+"""``serve`` (the scheduler service) and ``decisions export|agree`` (its log)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from experiments.cli.common import emit
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from policy_service.server import ServeConfig, serve
+    from runtime.live.config import is_live_preset, load_live_preset
+
+    # models:/ specs download from this store, as the alias watch reads it.
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    preset, overrides = args.preset, tuple(args.overrides)
+    if is_live_preset(preset):  # serve the cluster a live preset runs
+        live = load_live_preset(preset)
+        preset, overrides = live.cluster, live.overrides + overrides
+    config = ServeConfig(
+        policy=args.policy or (None if args.watch_alias else "dualpath"), preset=preset,
+        overrides=overrides,
+        host=args.host, port=args.port, watch_alias=args.watch_alias,
+        watch_interval_s=args.watch_interval, tracking_uri=uri,
+        db=None if args.db == "none" else args.db, log_flush_s=args.log_flush,
+        metrics_port=args.metrics_port,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, admin_token_file=args.admin_token_file,
+        max_batch=args.max_batch, engine_max_age_s=args.engine_max_age, grace_s=args.grace)
+    serve(config)
+
+
+def cmd_decisions_export(args: argparse.Namespace) -> None:
+    from policy_service.decision_log import export
+
+    rows = export(args.db, args.out)
+    emit(args, {"rows": rows, "out": args.out}, f"exported {rows:,} decisions to {args.out}")
+
+
+def cmd_decisions_agree(args: argparse.Namespace) -> None:
+    from experiments.evaluation.agreement import agree_with_log
+
+    payload = agree_with_log(args.db, args.policy, args.preset)
+    text = (f"{args.policy} agrees with {payload['agreed']:,} of {payload['decisions']:,} "
+            f"logged decisions ({payload['rate']:.1%})")
+    emit(args, payload, text)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the scheduler service (gRPC)")
+    p.add_argument("--policy", default=None,
+                   help="policy spec to serve (default dualpath unless --watch-alias)")
+    p.add_argument("--preset", default="ds27b-1p1d",
+                   help="the cluster served: preset, live preset or file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value; repeatable")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    p.add_argument("--watch-alias", help="poll the registry alias (for example champion) and "
+                                         "serve the version it names")
+    p.add_argument("--watch-interval", type=float, default=0.25, help="seconds between polls")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ specs and the watch")
+    p.add_argument("--db", default="sqlite:///decisions.db",
+                   help="decision log SQLAlchemy URL, or 'none'")
+    p.add_argument("--log-flush", type=float, default=0.5,
+                   help="seconds between shipments to the decision log's writer (the most "
+                        "a hard kill can lose)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key): serve over TLS")
+    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument("--admin-token-file", help="file holding the token admin calls must present")
+    p.add_argument("--max-batch", type=int, default=1024, help="most requests per batch call")
+    p.add_argument("--engine-max-age", type=float, default=2.0,
+                   help="seconds after its last report an engine is no longer chosen")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds in-flight calls get to finish on SIGTERM")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("decisions", help="the service's decision log")
+    dec = p.add_subparsers(dest="what", required=True)
+    d = dec.add_parser("export", help="export the log as a Parquet dataset")
+    d.add_argument("--db", required=True, help="decision log SQLAlchemy URL")
+    d.add_argument("--out", required=True, help="FILE.parquet")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_decisions_export)
+    d = dec.add_parser("agree", help="how often a policy would have decided as logged")
+    d.add_argument("--db", required=True, help="decision log SQLAlchemy URL")
+    d.add_argument("--policy", required=True, help="candidate policy spec")
+    d.add_argument("--preset", help="the logged cluster (default: the one the log names)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_decisions_agree)
