@@ -106,7 +106,7 @@ def served(start_server) -> Iterator[tuple[RunningServer, Client]]:
 
 def sim_points(n: int = 200, preset: str = "ds27b-1p1d", seed: int = 0) -> list[tuple[Any, Any]]:
     """(request, view) pairs of a short simulation under dualpath."""
-    from experiments.bench_grpc import sample_points
+    from experiments.bench.service import sample_points
 
     return sample_points(n, seed, preset, agents=64, mal="32k")
 

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 from agents.learned import PRETRAINED_ROOT
-from experiments import tracking
+from experiments.tracking import mlflow_runs as tracking
 from policy_service.proto import scheduler_pb2 as pb
 from tests.policy_service.conftest import Client, schedule_msg, sim_points
 

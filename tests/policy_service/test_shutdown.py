@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from experiments.service_process import ServiceProcess
+from experiments.live.service_process import ServiceProcess
 from tests.policy_service.conftest import Client, schedule_msg, sim_points
 
 FLUSH_S = 0.5

@@ -87,7 +87,7 @@ def test_bad_remote_specs_are_refused(spec, message):
 
 
 def test_simulation_through_the_service_equals_the_local_one(served):
-    from experiments.runner import RunConfig, run
+    from experiments.evaluation.runner import RunConfig, run
 
     server, _ = served
     wall = {"wall_s", "sim_requests_per_s", "policy"}
