@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
 from env import DualPathEnv
 
@@ -56,6 +57,7 @@ def bench_env(steps: int = 50_000, seed: int = 0) -> dict[str, Any]:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     env = DualPathEnv(BENCH_PRESET)
     rng = np.random.default_rng(seed)
+    assert isinstance(env.action_space, spaces.MultiDiscrete)
     nvec = env.action_space.nvec
     sample = RandomValidAction(nvec)
     action = np.zeros(len(nvec), dtype=np.int64)
@@ -102,10 +104,10 @@ def bench_policy(specs: list[str], preset: str = "ds660b-2p4d", agents: int = 64
     from runtime.workload.agentic import AgenticWorkload
 
     cluster = load_preset(preset)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for spec in specs:
         timed = _Timed(resolve_policy(spec, cluster).policy)
-        Simulator(cluster, AgenticWorkload(agents, "64k", seed)).run(timed)  # type: ignore[arg-type]
+        Simulator(cluster, AgenticWorkload(agents, "64k", seed)).run(timed)
         us = np.array(timed.times) * 1e6
         rows.append({"policy": spec, "decisions": len(us), "mean_us": float(us.mean()),
                      "p50_us": float(np.percentile(us, 50)),

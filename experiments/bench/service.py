@@ -43,7 +43,7 @@ def sample_points(n: int = POINTS, seed: int = 0, preset: str = PRESET, agents: 
     """(request, view) pairs of a simulation under dualpath: real inputs for the service."""
     sim = Simulator(load_preset(preset), AgenticWorkload(agents, mal, seed=seed))
     policy = resolve_policy("dualpath").policy
-    points = []
+    points: list[tuple[Any, Any]] = []
     while len(points) < n and (point := sim.next_decision()) is not None:
         points.append(point)
         sim.apply(policy.decide(*point))
@@ -66,7 +66,8 @@ def batch_messages(points: list[tuple[Any, Any]], size: int) -> list[bytes]:
     return out
 
 
-def _identity(raw: bytes) -> bytes:
+def raw_bytes(raw: bytes) -> bytes:
+    """A no-op (de)serializer: the calls send and receive serialized messages."""
     return raw
 
 
@@ -74,8 +75,8 @@ def time_calls(target: str, method: str, messages: list[bytes], calls: int,
                warmup: int = WARMUP) -> np.ndarray:
     """Seconds per call of ``calls`` sequential calls of ``method`` (after a warm-up)."""
     with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(method, request_serializer=_identity,
-                                   response_deserializer=_identity)
+        call = channel.unary_unary(method, request_serializer=raw_bytes,
+                                   response_deserializer=raw_bytes)
         n = len(messages)
         for i in range(warmup):
             call(messages[i % n], timeout=DEADLINE_S)
@@ -92,9 +93,10 @@ def _client(args: tuple[str, str, list[bytes], int]) -> np.ndarray:
     return time_calls(*args)
 
 
-def _admin(target: str, token: str, method: str, msg: Any) -> None:
+def admin_call(target: str, token: str, method: str, msg: Any) -> None:
+    """One admin call, authorized with ``token``, over a plain channel."""
     with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(f"/{ADMIN}/{method}", request_serializer=_identity,
+        call = channel.unary_unary(f"/{ADMIN}/{method}", request_serializer=raw_bytes,
                                    response_deserializer=pb.PolicyInfo.FromString)
         call(msg.SerializeToString(), timeout=120, metadata=[("authorization", f"Bearer {token}")])
 
@@ -134,10 +136,10 @@ def bench_grpc(calls: int = 20_000, learned: str = "pretrained:paper-offline",
                                    max(50, calls // batch), warmup=20)
             rows.append({"measure": f"ScheduleBatch x{batch} dualpath, 1 client",
                          **_stats(per_batch)})
-            _admin(target, token, "SwapPolicy", pb.SwapPolicyRequest(spec=learned))
+            admin_call(target, token, "SwapPolicy", pb.SwapPolicyRequest(spec=learned))
             lrn = time_calls(target, schedule, single, calls)
             rows.append({"measure": f"Schedule {learned}, 1 client", **_stats(lrn)})
-            _admin(target, token, "Rollback", pb.RollbackRequest())
+            admin_call(target, token, "Rollback", pb.RollbackRequest())
             with ProcessPoolExecutor(CLIENTS) as pool:
                 share = -(-calls // CLIENTS)
                 parts = list(pool.map(_client, [(target, schedule, single, share)] * CLIENTS))

@@ -36,9 +36,9 @@ import numpy as np
 
 from experiments.bench.service import (
     PRESET,
-    _admin,
-    _identity,
+    admin_call,
     batch_messages,
+    raw_bytes,
     sample_points,
     schedule_messages,
 )
@@ -179,10 +179,10 @@ def client_loop(target: str, singles: list[bytes], batches: list[bytes], start: 
     (so clients send different snapshots). Each call has ``deadline_s``; a call that
     raises, or answers after its deadline, counts as failed and the loop goes on."""
     with grpc.insecure_channel(target) as channel:
-        schedule = channel.unary_unary(f"/{SCHEDULER}/Schedule", request_serializer=_identity,
+        schedule = channel.unary_unary(f"/{SCHEDULER}/Schedule", request_serializer=raw_bytes,
                                        response_deserializer=pb.Decision.FromString)
         batch = channel.unary_unary(f"/{SCHEDULER}/ScheduleBatch",
-                                    request_serializer=_identity,
+                                    request_serializer=raw_bytes,
                                     response_deserializer=pb.ScheduleBatchResponse.FromString)
         for i in itertools.count(start):
             if stop.is_set():
@@ -223,7 +223,7 @@ def swap_loop(target: str, token: str, every_s: float, stop: threading.Event,
         spec = POLICIES[n % len(POLICIES)]
         t0 = time.monotonic()
         try:
-            _admin(target, token, "SwapPolicy", pb.SwapPolicyRequest(spec=spec))
+            admin_call(target, token, "SwapPolicy", pb.SwapPolicyRequest(spec=spec))
         except Exception as exc:  # refused, timed out, unreachable: all are failed swaps
             tally.swap_done(spec, time.monotonic() - t0, _describe(exc))
         else:

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from experiments.cli.common import JOBS, add_run_args, emit, run_config
-from experiments.sweeps.capacity import DEFAULT_DURATION_S, CapacitySearch
+from experiments.sweeps.capacity import CapacitySearch
+from experiments.sweeps.probe import DEFAULT_DURATION_S
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

@@ -8,12 +8,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from experiments.tracking.plots import _new_figure
+from experiments.tracking.plots import new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from experiments.sweeps.sweep import Sweep
+    from experiments.sweeps.sweep_file import Sweep
 
 
 def sweep_figures(sweep: Sweep, rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Figure]]:
@@ -32,7 +32,7 @@ def _panels(sweep: Sweep) -> list[dict[str, Any]]:
 def _lines(sweep: Sweep, rows: Sequence[Mapping[str, Any]], metric: str) -> Figure:
     assert sweep.x is not None
     panels = _panels(sweep)
-    fig = _new_figure(4.2 * len(panels), 3.6)
+    fig = new_figure(4.2 * len(panels), 3.6)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     xs = list(sweep.grid[sweep.x])
     numeric = all(isinstance(v, int | float) for v in xs)
@@ -56,7 +56,7 @@ def _lines(sweep: Sweep, rows: Sequence[Mapping[str, Any]], metric: str) -> Figu
 
 def _bars(sweep: Sweep, rows: Sequence[Mapping[str, Any]], metric: str) -> Figure:
     points = sweep.points() or [{}]
-    fig = _new_figure(max(4.5, 1.2 * len(points) * len(sweep.policies) ** 0.5 + 3), 3.8)
+    fig = new_figure(max(4.5, 1.2 * len(points) * len(sweep.policies) ** 0.5 + 3), 3.8)
     ax = fig.subplots()
     width = 0.8 / len(sweep.policies)
     for i, policy in enumerate(sweep.policies):

@@ -32,10 +32,10 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import mlflow as _mlflow_module
     from matplotlib.figure import Figure
     from mlflow import ActiveRun, MlflowClient
     from mlflow.entities import Run
@@ -75,7 +75,7 @@ for _key, _value in _QUIET_ENV.items():
     os.environ.setdefault(_key, _value)
 
 
-def _mlflow() -> _mlflow_module:
+def _mlflow() -> ModuleType:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     import mlflow

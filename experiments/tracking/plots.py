@@ -34,7 +34,7 @@ def _number(value: Any) -> float:
     return math.nan
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -50,7 +50,7 @@ def compare_figure(rows: Sequence[Mapping[str, Any]],
     if not metrics:
         raise ValueError("compare_figure: no metrics to plot")
     policies = [str(row.get("policy", f"#{i}")) for i, row in enumerate(rows)]
-    fig = _new_figure(max(4.0, 3.2 * len(metrics)), 3.6)
+    fig = new_figure(max(4.0, 3.2 * len(metrics)), 3.6)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics, strict=True):
         values = [_number(row.get(metric)) for row in rows]
@@ -71,7 +71,7 @@ def training_figure(steps: Sequence[float], values: Sequence[float], label: str)
     """A learning curve: ``values`` against training ``steps``."""
     if len(steps) != len(values):
         raise ValueError(f"training_figure: {len(steps)} steps but {len(values)} values")
-    fig = _new_figure(6.0, 3.6)
+    fig = new_figure(6.0, 3.6)
     ax = fig.subplots()
     ax.plot(list(steps), list(values), marker="o" if len(values) <= 30 else None,
             markersize=3, label=label)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from agents.learned import export_artifact, fallback_policy, make_tunable
@@ -142,6 +144,7 @@ class RewardCurve(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
+        assert isinstance(self.model, OnPolicyAlgorithm)  # PPO and MaskablePPO
         value = float(np.mean(self.model.rollout_buffer.rewards))
         self.steps.append(self.num_timesteps)
         self.values.append(value)
@@ -171,8 +174,8 @@ def make_env(scenario: Scenario, cfg: TrainConfig) -> DualPathEnv:
 
 
 def make_model(env: VecEnv, cfg: TrainConfig) -> Any:
-    kwargs = dict(learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
-                  batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, gamma=cfg.gamma,
+    kwargs: dict[str, Any] = dict(learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
+                                  batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, gamma=cfg.gamma,
                   ent_coef=cfg.ent_coef, clip_range=cfg.clip_range, seed=cfg.seed, verbose=0,
                   device="cpu", policy_kwargs={"net_arch": list(cfg.net_arch)})
     if cfg.mode == "route":
@@ -224,7 +227,7 @@ def fit(task: FitTask) -> Fitted:
     scenario, cfg, out_dir = task.scenario, task.cfg, task.out_dir
     torch.set_num_threads(1)  # small networks: threads only contend with the simulator
     envs = [TimedEnv(make_env(scenario, cfg)) for _ in range(cfg.n_envs)]
-    vec = DummyVecEnv([lambda e=e: Monitor(e) for e in envs])
+    vec = DummyVecEnv([partial(Monitor, e) for e in envs])
     vec.seed(cfg.seed)
     model = make_model(vec, cfg)
     curve = RewardCurve()

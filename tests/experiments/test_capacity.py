@@ -13,14 +13,8 @@ from agents.spec import resolve_policy
 from experiments.cli import main
 from experiments.evaluation.runner import RunConfig, build_workload
 from experiments.evaluation.scenario import load_scenario
-from experiments.sweeps.capacity import (
-    CapacitySearch,
-    Slo,
-    _setup,
-    capacity_ratio,
-    find_capacity,
-    probe,
-)
+from experiments.sweeps.capacity import CapacitySearch, capacity_ratio, find_capacity
+from experiments.sweeps.probe import Slo, probe, probe_setup
 from runtime.preset import load_preset
 from runtime.sim import SimOptions, Simulator
 
@@ -171,18 +165,18 @@ def test_scenario_supplies_cluster_and_workload():
     scenario = load_scenario("online")
     p = probe(RunConfig(policy="dualpath"), 0.2, Slo(warmup_s=5.0), 20.0, scenario=scenario)
     assert p["requests"] > 0
-    setup = _setup(RunConfig(overrides=("node.snic_gb_s=7",)), scenario)
+    setup = probe_setup(RunConfig(overrides=("node.snic_gb_s=7",)), scenario)
     assert setup.cluster.name == "ds27b-1p1d" and setup.cluster.node.snic_gb_s == 7
     with pytest.raises(ValueError, match="leave mal"):
-        _setup(RunConfig(mal="32k"), scenario)
+        probe_setup(RunConfig(mal="32k"), scenario)
     with pytest.raises(ValueError, match="agentic workload"):
-        _setup(RunConfig(), load_scenario("mixed-reuse"))
+        probe_setup(RunConfig(), load_scenario("mixed-reuse"))
 
 
 def test_spec_switches_are_in_effect_and_reported():
-    setup = _setup(RunConfig(policy="pe_only:layerwise=false", preset="tiny"), None)
+    setup = probe_setup(RunConfig(policy="pe_only:layerwise=false", preset="tiny"), None)
     assert setup.layerwise is False and setup.oracle is False
-    assert _setup(RunConfig(policy="dualpath:oracle=true", preset="tiny"), None).oracle
+    assert probe_setup(RunConfig(policy="dualpath:oracle=true", preset="tiny"), None).oracle
 
 
 @pytest.mark.parametrize(("make", "match"), [

@@ -10,7 +10,8 @@ import pytest
 from experiments.evaluation.fanout import local
 from experiments.evaluation.runner import RunConfig
 from experiments.evaluation.runner import run as simulate
-from experiments.sweeps.sweep import config_of, list_sweeps, load_sweep, run_sweep, sweep_main
+from experiments.sweeps.sweep import run_sweep, sweep_main
+from experiments.sweeps.sweep_file import config_of, list_sweeps, load_sweep
 from experiments.tracking import mlflow_runs as tracking
 
 SMALL = """
