@@ -1,33 +1,13 @@
-"""Policies: heuristics and learned ones behind the one ``runtime.Policy`` protocol."""
+"""Policies: heuristics and learned ones behind the one ``runtime.Policy`` protocol.
 
-from typing import TYPE_CHECKING, Any
+``agents.heuristics`` holds the heuristics and their table; ``agents.spec`` resolves
+every policy spec (``agents.parse`` the heuristic half of the syntax);
+``agents.learned`` holds the learned policies' artifact format, export and serving
+policies (imported on first use: it loads onnxruntime); ``agents.model_registry`` the
+MLflow model registry; ``agents.running`` one run of a resolved policy.
+"""
 
-from agents.registry import POLICIES
+from agents.heuristics import HEURISTICS
 from agents.spec import ResolvedPolicy, list_policies, resolve_policy
 
-if TYPE_CHECKING:
-    from agents.learned import (
-        Artifact,
-        LearnedRouter,
-        TunedHeuristic,
-        export_artifact,
-        load_artifact,
-        make_tunable,
-    )
-
-# The learned side imports the env encoding and onnxruntime (most of a second):
-# loaded on first use, so that heuristic users do not pay for it.
-_LEARNED = ("Artifact", "LearnedRouter", "TunedHeuristic", "export_artifact", "load_artifact",
-            "make_tunable")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LEARNED:
-        from agents import learned
-
-        return getattr(learned, name)
-    raise AttributeError(f"module 'agents' has no attribute {name!r}")
-
-
-__all__ = ["POLICIES", "Artifact", "LearnedRouter", "ResolvedPolicy", "TunedHeuristic",
-           "export_artifact", "list_policies", "load_artifact", "make_tunable", "resolve_policy"]
+__all__ = ["HEURISTICS", "ResolvedPolicy", "list_policies", "resolve_policy"]

@@ -28,7 +28,7 @@ from policy_service.proto import scheduler_pb2 as pb
 from policy_service.servicer import SCHEDULER
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer
-from runtime.policy import Policy
+from runtime.policy import Policy, as_learner
 from runtime.request import Request
 from runtime.view import ClusterView
 
@@ -119,9 +119,8 @@ class RemotePolicy:
         self._pending.append(self._complete.future(
             pb.CompleteRequest(request_id=request_id, client_id=self.client_id,
                                outcome=dict(outcome)), timeout=self.spec.timeout_s * 5))
-        fb = getattr(self.fallback, "complete", None)
-        if callable(fb):
-            fb(request_id, outcome)
+        if (learner := as_learner(self.fallback)) is not None:
+            learner.complete(request_id, outcome)
 
     def close(self) -> None:
         for future in self._pending:

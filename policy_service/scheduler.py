@@ -20,12 +20,13 @@ from typing import Any
 from policy_service.cluster_state import ClusterState
 from policy_service.codec import InvalidMessage, cluster_digest, path_of, view_from_pb, view_to_pb
 from policy_service.decision_log import DecisionLog, LoggedDecision
+from policy_service.hot_swap import LoadedPolicy, PolicyRegistry
 from policy_service.metrics import Metrics
 from policy_service.proto import scheduler_pb2 as pb
-from policy_service.registry import LoadedPolicy, PolicyRegistry
 from policy_service.replay import replay_call, same_answer
 from runtime.decision import Decision, Defer
 from runtime.placement import PlacementError, check_engines, reserve_view
+from runtime.policy import as_learner, last_scores
 from runtime.request import Request
 from runtime.view import ClusterView
 
@@ -111,7 +112,7 @@ class SchedulerCore:
                     view = reserve_view(view, request, answer)
             latencies.append((time.perf_counter() - t0) * 1e6)
             answers.append(answer)
-            scores.append(getattr(policy, "last_scores", None))  # where the policy has them
+            scores.append(last_scores(policy))
             self._count(served.name, path_of(answer))
         self._after(_Call(client_id, start_view,
                           b"" if self.log is None else
@@ -222,9 +223,9 @@ class SchedulerCore:
         if self.log is not None:
             self.log.record_outcome(client_id, request_id, dict(outcome))
         served = self.registry.current
-        learn = getattr(served.policy, "complete", None) if served is not None else None
-        if callable(learn):
-            learn(request_id, dict(outcome))
+        learner = as_learner(served.policy) if served is not None else None
+        if learner is not None:
+            learner.complete(request_id, dict(outcome))
         return released
 
     def close(self) -> None:

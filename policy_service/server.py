@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -23,18 +22,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agents.model_registry import MODEL_NAME, alias_version
 from policy_service.cluster_state import ClusterState
 from policy_service.decision_log import DecisionLog
+from policy_service.hot_swap import LoadedPolicy, PolicyRefused, PolicyRegistry
 from policy_service.metrics import Metrics
 from policy_service.proto import scheduler_pb2 as pb
-from policy_service.registry import LoadedPolicy, PolicyRefused, PolicyRegistry
 from policy_service.scheduler import SchedulerCore
 from policy_service.servicer import ADMIN, SCHEDULER, Servicer
 from runtime.cluster import ClusterSpec
 from runtime.preset import load_preset
 
 log = logging.getLogger(__name__)
-MODEL_NAME = "dualpath-scheduler"
 
 
 @dataclass(frozen=True)
@@ -201,8 +200,8 @@ class SchedulerServer:
 
     async def _watch_once(self) -> None:
         cfg = self.config
-        version = await asyncio.to_thread(alias_version, cfg.model_name, cfg.watch_alias or "",
-                                          cfg.tracking_uri)
+        version = await asyncio.to_thread(alias_version, cfg.watch_alias or "",
+                                          cfg.tracking_uri, cfg.model_name)
         if version is None or version == self.watched_version:
             return
         try:
@@ -227,22 +226,6 @@ class SchedulerServer:
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
-
-
-def alias_version(model_name: str, alias: str, tracking_uri: str | None) -> int | None:
-    """The registry version ``alias`` names now (None: no such alias or model yet)."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    # The registry named explicitly too: it would default to whatever this process
-    # last set globally, not to ``uri``.
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        return int(client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
 
 
 def serve(config: ServeConfig) -> int:
@@ -283,4 +266,4 @@ async def _serve(config: ServeConfig) -> int:
     return 0
 
 
-__all__ = ["SchedulerServer", "ServeConfig", "alias_version", "pb", "serve"]
+__all__ = ["SchedulerServer", "ServeConfig", "pb", "serve"]

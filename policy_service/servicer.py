@@ -18,8 +18,8 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from policy_service.codec import InvalidMessage, decision_to_pb, request_from_pb
+from policy_service.hot_swap import LoadedPolicy, PolicyRefused
 from policy_service.proto import scheduler_pb2 as pb
-from policy_service.registry import LoadedPolicy, PolicyRefused
 from policy_service.scheduler import NoPolicy, PolicyFailed, SchedulerCore
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ each extra capability is a protocol of its own, checked with ``isinstance``
 - :class:`LearnsOnline`: told each request's outcome when it finishes;
 - :class:`HoldsResources`: holds a channel, a thread or a file, released by ``close``;
 - :class:`FallsBack`: answers through someone else (the service) and decides
-  locally when that fails, counting both.
+  locally when that fails, counting both;
+- :class:`ReportsScores`: keeps the scores behind its last decision, for the log.
 """
 
 from __future__ import annotations
@@ -65,9 +66,21 @@ class FallsBack(Protocol):
     served: int
 
 
+@runtime_checkable
+class ReportsScores(Protocol):
+    """A policy that keeps the scores behind its last decision (``None`` where it had none)."""
+
+    last_scores: tuple[float, ...] | None
+
+
 def as_learner(policy: object) -> LearnsOnline | None:
     """``policy`` as a learner, or ``None`` where it does not learn online."""
     return policy if isinstance(policy, LearnsOnline) else None
+
+
+def last_scores(policy: object) -> tuple[float, ...] | None:
+    """The scores behind ``policy``'s last decision, where it keeps them."""
+    return policy.last_scores if isinstance(policy, ReportsScores) else None
 
 
 def close_policy(policy: object) -> None:

@@ -1,4 +1,4 @@
-"""Heuristic schedulers, one small class per module."""
+"""Heuristic schedulers, one small class per module, and the table that names them."""
 
 from agents.heuristics.dualpath import DualPath
 from agents.heuristics.dualpath_split import DualPathSplit
@@ -6,4 +6,13 @@ from agents.heuristics.least_tokens import LeastTokens
 from agents.heuristics.pe_only import PeOnly
 from agents.heuristics.round_robin import RoundRobin
 
-__all__ = ["DualPath", "DualPathSplit", "LeastTokens", "PeOnly", "RoundRobin"]
+#: Every heuristic by its spec name: the one list of them.
+HEURISTICS: dict[str, type] = {
+    "pe_only": PeOnly,
+    "round_robin": RoundRobin,
+    "least_tokens": LeastTokens,
+    "dualpath": DualPath,
+    "dualpath_split": DualPathSplit,
+}
+
+__all__ = ["HEURISTICS", "DualPath", "DualPathSplit", "LeastTokens", "PeOnly", "RoundRobin"]

@@ -10,7 +10,7 @@ from runtime.view import ClusterView, EngineView
 
 class RoundRobin(PeOnly):
     """Engines as :class:`PeOnly`; the whole request reads on the PE or DE node,
-    whichever read queue is shorter (ties: PE)."""
+    whichever read queue is shorter (ties: DE, whose storage NIC is the idle one)."""
 
     name = "round_robin"
 

@@ -9,11 +9,12 @@ from experiments.cli.common import emit
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from agents.model_registry import tracking_uri
     from policy_service.server import ServeConfig, serve
     from runtime.live.config import is_live_preset, load_live_preset
 
     # models:/ specs download from this store, as the alias watch reads it.
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = tracking_uri(args.tracking_uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     preset, overrides = args.preset, tuple(args.overrides)
     if is_live_preset(preset):  # serve the cluster a live preset runs

@@ -250,6 +250,7 @@ def _decider(fault: str, spec: Any, injector: _Injector, delay: float) -> Iterat
     serve`` process over gRPC that is killed and restarted mid-run."""
     import policy_service  # noqa: F401 - teaches resolve_policy the grpc:// specs
     from agents import resolve_policy
+    from agents.running import policy_run
     from experiments.live.service_process import ServiceProcess
     from runtime.live.cluster import local_decider
 
@@ -259,7 +260,7 @@ def _decider(fault: str, spec: Any, injector: _Injector, delay: float) -> Iterat
     serve = ["--preset", "tiny", *(a for kv in CLUSTER for a in ("--set", kv)), "--db", "none"]
     service = [ServiceProcess(serve)]
     port = service[0].port
-    remote = resolve_policy(f"grpc://127.0.0.1:{port}?timeout_ms=2000", spec).policy
+    spec_text = f"grpc://127.0.0.1:{port}?timeout_ms=2000"
 
     def kill_and_restart() -> None:
         service[0].stop(signal.SIGKILL)
@@ -270,10 +271,12 @@ def _decider(fault: str, spec: Any, injector: _Injector, delay: float) -> Iterat
 
     injector.at(delay, kill_and_restart)
     try:
-        yield local_decider(remote)
+        with policy_run(spec_text, spec) as remote:
+            try:
+                yield local_decider(remote.policy)
+            finally:
+                injector.counters["fallbacks"] += remote.counts()["policy_fallbacks"]
     finally:
-        injector.counters["fallbacks"] += getattr(remote, "fallbacks", 0)
-        remote.close()  # type: ignore[attr-defined]
         service[0].stop()
 
 

@@ -35,14 +35,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from agents.model_registry import MODEL_NAME, quiet, tracking_uri
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow import ActiveRun, MlflowClient
     from mlflow.entities import Run
 
-MODEL_NAME = "dualpath-scheduler"
 DEFAULT_EXPERIMENT = "dualpath"
-DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 POLICY_ARTIFACT_PATH = "policy"
 
@@ -54,15 +54,6 @@ _MAX_PARAM_VALUE = 6000
 # location of its own, so we give experiments one.
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
-# Quiet defaults, set before MLflow is imported because it reads some at import:
-# no usage telemetry from an embedded local store, no run URLs printed on stdout
-# (it must hold only the --json object), no progress bars for tiny downloads.
-# A user's own setting of any of them wins.
-_QUIET_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
 # INFO chatter on every new database: schema creation and alembic migrations.
 _NOISY_LOGGERS = ("mlflow.store.db.utils", "mlflow.store.model_registry.abstract_store",
                   "alembic", "alembic.runtime.migration")
@@ -71,13 +62,11 @@ _state: dict[str, str] = {}  # the URI and experiment setup() configured, once i
 
 # At import, so that the settings are in place whenever this module is imported
 # before MLflow; _mlflow() repeats it in case something cleared them since.
-for _key, _value in _QUIET_ENV.items():
-    os.environ.setdefault(_key, _value)
+quiet()
 
 
 def _mlflow() -> ModuleType:
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    quiet()
     import mlflow
 
     for name in _NOISY_LOGGERS:
@@ -88,16 +77,6 @@ def _mlflow() -> ModuleType:
 def _client() -> MlflowClient:
     _ensure_setup()
     return _mlflow().MlflowClient()
-
-
-def tracking_uri(explicit: str | None = None) -> str:
-    """The tracking URI: ``explicit``, else ``MLFLOW_TRACKING_URI``, else ./mlflow.db."""
-    if explicit:
-        return explicit
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB}"
 
 
 def _sqlite_file(uri: str) -> Path | None:

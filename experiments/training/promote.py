@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from agents.heuristics import HEURISTICS as ALL_HEURISTICS
 from experiments.evaluation.evaluate import run_all, summarize_seeds
 from experiments.evaluation.scenario import Scenario
 from experiments.evaluation.stats import promote_decision
 from experiments.tracking import mlflow_runs as tracking
 
-HEURISTICS = ("pe_only", "round_robin", "least_tokens", "dualpath", "dualpath_split")
+HEURISTICS = tuple(ALL_HEURISTICS)
 
 
 def promote(scenario: Scenario, challenger: str, *, jobs: int = 1, seeds: int | None = None,

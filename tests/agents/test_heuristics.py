@@ -8,10 +8,9 @@ import random
 
 import pytest
 
-from agents.heuristics import DualPath, DualPathSplit, LeastTokens, PeOnly, RoundRobin
+from agents.heuristics import HEURISTICS, DualPath, DualPathSplit, LeastTokens, PeOnly, RoundRobin
 from agents.heuristics.common import has_room
 from agents.heuristics.dualpath_split import balanced_de_blocks
-from agents.registry import POLICIES
 from runtime.cost import CostModel
 from runtime.decision import Defer, WaitFor
 from runtime.policy import Policy
@@ -330,10 +329,10 @@ def random_view(rng: random.Random):
         queue=(rng.randint(1, 9), rng.randint(0, 10**5)))
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("name", sorted(HEURISTICS))
 def test_decide_keeps_the_contract(name):
     rng = random.Random(name)
-    policy = POLICIES[name]()
+    policy = HEURISTICS[name]()
     assert isinstance(policy, Policy)
     assert policy.name == name
     decided = 0

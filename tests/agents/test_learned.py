@@ -25,6 +25,7 @@ from agents.learned import (
     load_artifact,
     make_tunable,
 )
+from agents.learned import artifact as artifact_module
 from agents.spec import resolve_policy
 from env import DualPathEnv, Encoding, Tuning
 from runtime.decision import Decision
@@ -378,7 +379,7 @@ def test_exported_graph_is_a_valid_onnx_model(route_dir):
 # -- naming an artifact -------------------------------------------------------------
 
 def test_pretrained_names(monkeypatch, tmp_path, cluster, route_dir):
-    monkeypatch.setattr(learned, "PRETRAINED_ROOT", tmp_path)
+    monkeypatch.setattr(artifact_module, "PRETRAINED_ROOT", tmp_path)
     with pytest.raises(ValueError, match="no pretrained policy 'NOPE'; available: none are"):
         resolve_policy("pretrained:NOPE", cluster)
     shutil.copytree(route_dir, tmp_path / "tiny-router")

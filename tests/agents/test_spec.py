@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents import POLICIES, ResolvedPolicy, list_policies, resolve_policy
+from agents import HEURISTICS, ResolvedPolicy, list_policies, resolve_policy
 from agents import spec as spec_module
 from agents.heuristics import DualPath, DualPathSplit, PeOnly
 from runtime.policy import Policy
@@ -12,12 +12,12 @@ from tests.builders import make_spec
 
 
 def test_list_policies_names_every_registered_heuristic():
-    assert list_policies() == sorted(POLICIES)
+    assert list_policies() == sorted(HEURISTICS)
     assert set(list_policies()) == {"pe_only", "round_robin", "least_tokens", "dualpath",
                                     "dualpath_split"}
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("name", sorted(HEURISTICS))
 def test_every_name_resolves_with_defaults(name):
     resolved = resolve_policy(name)
     assert isinstance(resolved, ResolvedPolicy)

@@ -109,9 +109,9 @@ def service_own_view() -> list[Any]:
     completions, an engine going stale), on a clock the script moves."""
     from policy_service.cluster_state import ClusterState
     from policy_service.codec import view_to_pb
+    from policy_service.hot_swap import PolicyRegistry
     from policy_service.metrics import Metrics
     from policy_service.proto import scheduler_pb2 as pb
-    from policy_service.registry import PolicyRegistry
     from policy_service.scheduler import SchedulerCore
     from runtime.preset import load_preset
     from tests.policy_service.conftest import sim_points

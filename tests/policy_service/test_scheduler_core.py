@@ -6,8 +6,8 @@ import sqlite3
 
 from policy_service.cluster_state import ClusterState
 from policy_service.decision_log import DecisionLog
+from policy_service.hot_swap import PolicyRegistry
 from policy_service.metrics import Metrics
-from policy_service.registry import PolicyRegistry
 from policy_service.scheduler import SchedulerCore
 from runtime.decision import Decision
 from runtime.preset import load_preset

@@ -37,7 +37,7 @@ class LoadedPolicy:
 
     @property
     def name(self) -> str:
-        return str(getattr(self.policy, "name", type(self.policy).__name__))
+        return self.policy.name
 
 
 def check_policy(policy: Policy, spec: ClusterSpec, label: str) -> None:
