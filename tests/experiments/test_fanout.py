@@ -10,6 +10,7 @@ import pytest
 from experiments.evaluation import fanout
 from experiments.evaluation.fanout import local, make_fanout, ray_fanout
 from experiments.evaluation.runner import RunConfig, run
+from tests.requirements import require_module
 
 NONDETERMINISTIC = ("wall_s", "sim_requests_per_s")
 POLICIES = ("dualpath", "round_robin", "least_tokens")
@@ -76,7 +77,7 @@ def test_num_cpus_only_sizes_a_local_instance():
 
 @pytest.fixture(scope="module")
 def ray_local():
-    pytest.importorskip("ray")
+    require_module("ray")
     started = time.perf_counter()
     with ray_fanout("local", num_cpus=2) as f:
         print(f"\nray local instance started in {time.perf_counter() - started:.1f} s")

@@ -13,6 +13,7 @@ from experiments.evaluation.runner import run as simulate
 from experiments.sweeps.sweep import run_sweep, sweep_main
 from experiments.sweeps.sweep_file import config_of, list_sweeps, load_sweep
 from experiments.tracking import mlflow_runs as tracking
+from tests.requirements import require_module
 
 SMALL = """
 name = "small"
@@ -119,7 +120,7 @@ def test_bad_sweep_files_are_clear_errors(tmp_path, text, needle):
 
 
 def test_a_sweep_on_ray_equals_the_local_run(small, tracked):
-    pytest.importorskip("ray")
+    require_module("ray")
     drop = ("wall_s", "sim_requests_per_s")
     on_ray = sweep_main(str(small), ray_address="local", out=str(tracked / "ray"), log=False)
     here = sweep_main(str(small), jobs=1, out=str(tracked / "local"), log=False)

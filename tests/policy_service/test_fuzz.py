@@ -1,4 +1,6 @@
-"""Fuzzing the service: random bytes and random field values, 5,000+ messages in all.
+"""Fuzzing the service: random bytes and random field values, 5,000+ messages in all,
+the admin calls with the valid token (so their parsing is reached) and without one, and
+``SwapPolicy`` with random and near-valid policy specs.
 
 Every answer must be a clean status (OK, or an error the API documents with a
 message); the server must still serve a valid request afterwards.
@@ -13,12 +15,16 @@ from hypothesis import strategies as st
 
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.servicer import ADMIN, SCHEDULER
-from tests.policy_service.conftest import schedule_msg, sim_points
+from tests.policy_service.conftest import TOKEN, schedule_msg, sim_points
 
 METHODS = [(SCHEDULER, m) for m in ("Schedule", "ScheduleBatch", "ReportEngineState",
                                     "Complete", "GetPolicy", "Ping")]
-METHODS += [(ADMIN, m) for m in ("SwapPolicy", "Rollback", "SetShadow")]
-CLEAN = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED}
+ADMIN_METHODS = ["SwapPolicy", "Rollback", "SetShadow"]
+METHODS += [(ADMIN, m) for m in ADMIN_METHODS]
+# A refused policy is FAILED_PRECONDITION; Rollback with nothing to go back to too.
+CLEAN = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
+         grpc.StatusCode.FAILED_PRECONDITION}
+AUTH = [("authorization", f"Bearer {TOKEN}")]
 EXAMPLES = 2_600  # per test, two tests: over 5,000 messages
 
 ints = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-5, 70_000))
@@ -32,8 +38,10 @@ def server_and_calls(tmp_path_factory):
     from policy_service.server import ServeConfig
     from tests.policy_service.conftest import RunningServer
 
-    db = tmp_path_factory.mktemp("fuzz") / "decisions.db"
-    server = RunningServer(replace(ServeConfig(port=0, db=f"sqlite:///{db}"), log_flush_s=0.05))
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "token").write_text(TOKEN + "\n")
+    server = RunningServer(replace(ServeConfig(port=0, db=f"sqlite:///{folder / 'decisions.db'}"),
+                                   admin_token_file=str(folder / "token"), log_flush_s=0.05))
     channel = grpc.insecure_channel(server.target)
     calls = {m: channel.unary_unary(f"/{s}/{m}", request_serializer=lambda b: b,
                                     response_deserializer=lambda b: b) for s, m in METHODS}
@@ -47,9 +55,9 @@ def server_and_calls(tmp_path_factory):
     server.stop()
 
 
-def _status(call, raw: bytes) -> grpc.StatusCode:
+def _status(call, raw: bytes, metadata=None) -> grpc.StatusCode:
     try:
-        call(raw, timeout=5)
+        call(raw, timeout=30, metadata=metadata)
     except grpc.RpcError as err:
         assert err.details(), "an error without a message"
         return err.code()
@@ -60,7 +68,53 @@ def _status(call, raw: bytes) -> grpc.StatusCode:
 @given(method=st.sampled_from([m for _, m in METHODS]), raw=st.binary(max_size=300))
 def test_random_bytes_get_clean_statuses(server_and_calls, method, raw):
     _, calls = server_and_calls
-    assert _status(calls[method], raw) in CLEAN
+    admin = method in ADMIN_METHODS
+    assert _status(calls[method], raw, AUTH if admin else None) in CLEAN
+
+
+ADMIN_MESSAGES = {"SwapPolicy": lambda text: pb.SwapPolicyRequest(spec=text),
+                  "Rollback": lambda text: pb.RollbackRequest(),
+                  "SetShadow": lambda text: pb.SetShadowRequest(spec=text)}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(method=st.sampled_from(ADMIN_METHODS), text=st.text(max_size=40),
+       token=st.one_of(st.none(), st.text(  # what a header value may hold
+           st.characters(min_codepoint=33, max_codepoint=126), max_size=30)))
+def test_admin_calls_without_the_token_are_refused(server_and_calls, method, text, token):
+    """Well-formed admin calls with no token or a wrong one: refused, whatever they ask."""
+    _, calls = server_and_calls
+    if token == TOKEN:
+        return
+    metadata = None if token is None else [("authorization", f"Bearer {token}")]
+    raw = ADMIN_MESSAGES[method](text).SerializeToString()
+    assert _status(calls[method], raw, metadata) is grpc.StatusCode.UNAUTHENTICATED
+
+
+NAMES = ["pe_only", "round_robin", "least_tokens", "dualpath", "dualpath_split", "dualpth",
+         "pretrained", "grpc", "", "DUALPATH"]
+KEYS = ["alpha_s", "beta_s", "z_slack", "layerwise", "oracle", "speed", "", "alpha"]
+VALUES = st.one_of(st.sampled_from(["1", "-1", "0", "nan", "inf", "true", "x", "1e309", ""]),
+                   st.text(max_size=8))
+PARAMS = st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=3).map(
+    lambda kv: ",".join(f"{k}={v}" for k, v in kv))
+SPECS = st.one_of(
+    st.text(max_size=60),
+    st.builds(lambda n, p: f"{n}:{p}" if p else n, st.sampled_from(NAMES), PARAMS),
+    st.builds(lambda n: f"pretrained:{n}", st.sampled_from(["paper-offline", "nope", "", "../x"])),
+    st.sampled_from(["grpc://127.0.0.1:1", "/no/such/artifact", "policy.onnx", ".", "/"]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spec=SPECS)
+def test_swap_policy_specs_get_clean_statuses(server_and_calls, spec):
+    """With the token, any spec: swapped (OK), or refused with a message; the server then
+    still decides with whatever it serves."""
+    _, calls = server_and_calls
+    msg = pb.SwapPolicyRequest(spec=spec).SerializeToString()
+    assert _status(calls["SwapPolicy"], msg, AUTH) in CLEAN
+    reply = pb.Decision.FromString(calls["Schedule"](_base().SerializeToString(), timeout=30))
+    assert reply.policy_version
 
 
 _BASE = []

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
+from tests.requirements import require_module
 
-pytest.importorskip("grpc_tools", reason="grpcio-tools (a dev dependency) generates the code")
+require_module("grpc_tools")  # grpcio-tools, a dev dependency, generates the code
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -86,14 +86,28 @@ def test_bad_remote_specs_are_refused(spec, message):
         RemoteSpec.parse(spec)
 
 
-def test_simulation_through_the_service_equals_the_local_one(served):
-    from experiments.evaluation.runner import RunConfig, run
+def test_simulation_through_the_service_equals_the_local_one(start_server):
+    """The service serves ``dualpath_split`` while the client's local fallback is
+    ``dualpath``, which decides otherwise: equal results with no fallback show that every
+    decision came from the service."""
+    from agents.running import policy_run
+    from experiments.evaluation.runner import RunConfig, build_workload, run
+    from runtime.preset import load_preset
+    from runtime.sim import Simulator
 
-    server, _ = served
-    wall = {"wall_s", "sim_requests_per_s", "policy"}
-    base = RunConfig(preset="ds27b-1p1d", agents=24, mal="32k")
-    local = run(base)
-    remote = run(RunConfig(**{**base.__dict__, "policy": f"grpc://{server.target}"}))
-    assert {k: v for k, v in local.items() if k not in wall} == \
-        {k: v for k, v in remote.items() if k not in wall}
-    assert local["requests"] > 50
+    server = start_server(policy="dualpath_split")
+    wall = {"wall_s", "sim_requests_per_s"}
+    cfg = RunConfig(preset="ds27b-1p1d", agents=24, mal="32k", policy="dualpath_split")
+    local = run(cfg)
+    cluster = load_preset(cfg.preset)
+    with policy_run(f"grpc://{server.target}", cluster) as remote:
+        assert remote.policy.fallback.name == "dualpath"
+        metrics = Simulator(cluster, build_workload(cfg, cluster)).run(remote.policy).metrics
+        counts = remote.counts()
+    assert counts["policy_fallbacks"] == 0
+    assert counts["policy_served"] >= metrics["requests"] > 50
+    assert {k: v for k, v in local.items() if k in metrics and k not in wall} == \
+        {k: v for k, v in metrics.items() if k not in wall}
+    # The fallback would have given other results: a fallback could not pass unseen.
+    fallback_run = run(RunConfig(preset=cfg.preset, agents=24, mal="32k", policy="dualpath"))
+    assert fallback_run["jct_s"] != local["jct_s"]
