@@ -21,6 +21,10 @@ A scenario is a TOML file in ``experiments/scenarios/`` (or any path)::
     mode = "route"
     steps = 100000
 
+``heuristics`` (optional, a list of heuristic specs, default every heuristic) names
+what a learned policy must beat on this scenario: ``dualpath promote`` compares the
+challenger with the best of them.
+
 Workload kinds: ``agentic`` takes :class:`AgenticWorkload`'s keywords (``agents``,
 ``mal``, ``online``, ``aps``, ``duration_s``, ``arrival``, ``burst_s``,
 ``burst_factor``, ``burst_share``, ``append_scale``, ``gen_scale``,
@@ -32,11 +36,13 @@ Workload kinds: ``agentic`` takes :class:`AgenticWorkload`'s keywords (``agents`
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.heuristics import HEURISTICS
+from agents.parse import parse_heuristic
 from runtime.cluster import ClusterSpec
 from runtime.preset import load_preset
 from runtime.workload.agentic import AgenticWorkload
@@ -50,7 +56,8 @@ _AGENTIC_KEYS = {"agents", "mal", "online", "aps", "duration_s", "arrival", "bur
                  "burst_factor", "burst_share", "append_scale", "gen_scale", "tool_latency_s",
                  "think_time_s", "shuffle"}
 _MOONCAKE_KEYS = {"path", "limit", "time_scale", "storage_capacity_blocks"}
-_TOP_KEYS = {"name", "description", "preset", "set", "layerwise", "workload", "seeds", "train"}
+_TOP_KEYS = {"name", "description", "preset", "set", "layerwise", "workload", "seeds", "train",
+             "heuristics"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class Scenario:
     eval_seeds: tuple[int, ...]
     train: TrainDefaults
     source: Path
+    #: The heuristic specs a learned policy is compared with (promotion's bar).
+    heuristics: tuple[str, ...] = tuple(HEURISTICS)
 
     def cluster(self) -> ClusterSpec:
         return load_preset(self._preset_path(), self.overrides)
@@ -88,15 +97,13 @@ class Scenario:
     def workload(self, seed: int) -> Workload:
         return _build_workload(self.workload_config, seed, self.source.parent)
 
-    def workload_factory(self) -> Callable[[int], Workload]:
-        return self.workload
-
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "preset": self.preset,
                 "set": list(self.overrides), "layerwise": self.layerwise,
                 "workload": dict(self.workload_config),
                 "seeds": {"train": list(self.train_seeds), "eval": list(self.eval_seeds)},
                 "train": {"mode": self.train.mode, "steps": self.train.steps},
+                "heuristics": list(self.heuristics),
                 "source": str(self.source)}
 
     def _preset_path(self) -> str:
@@ -154,10 +161,21 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         name=str(data["name"]), description=str(data.get("description", "")),
         preset=str(data["preset"]), overrides=tuple(overrides), layerwise=layerwise,
         workload_config=workload, train_seeds=train, eval_seeds=evaluate,
-        train=TrainDefaults(**data.get("train", {})), source=path.resolve())
+        train=TrainDefaults(**data.get("train", {})), source=path.resolve(),
+        heuristics=_heuristics(data.get("heuristics", list(HEURISTICS))))
     scenario.cluster()  # fail now, naming the scenario, if the preset or overrides are bad
     scenario.workload(evaluate[0])
     return scenario
+
+
+def _heuristics(specs: Any) -> tuple[str, ...]:
+    if not isinstance(specs, list) or not specs or not all(isinstance(s, str) for s in specs):
+        raise ValueError(f"heuristics must be a non-empty list of heuristic specs, got {specs!r}")
+    for spec in specs:
+        if parse_heuristic(spec) is None:
+            raise ValueError(f"heuristics: {spec!r} is not a heuristic spec; expected one of "
+                             f"{', '.join(HEURISTICS)} with optional parameters")
+    return tuple(specs)
 
 
 def _seeds(seeds: Any, key: str) -> tuple[int, ...]:

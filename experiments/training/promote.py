@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.heuristics import HEURISTICS as ALL_HEURISTICS
 from experiments.evaluation.evaluate import run_all, summarize_seeds
 from experiments.evaluation.scenario import Scenario
 from experiments.evaluation.stats import promote_decision
 from experiments.tracking import mlflow_runs as tracking
-
-HEURISTICS = tuple(ALL_HEURISTICS)
 
 
 def promote(scenario: Scenario, challenger: str, *, jobs: int = 1, seeds: int | None = None,
@@ -23,10 +20,11 @@ def promote(scenario: Scenario, challenger: str, *, jobs: int = 1, seeds: int | 
         version = tracking.model_version(challenger)
         challenger = f"models:/{tracking.MODEL_NAME}/{version}"  # pin what is evaluated
     chosen = list(scenario.eval_seeds[:seeds] if seeds else scenario.eval_seeds)
-    specs = [challenger, *HEURISTICS]
+    heuristics = list(scenario.heuristics)
+    specs = [challenger, *heuristics]
     rows = {r["policy"]: r for r in summarize_seeds(run_all(scenario, specs, chosen, jobs=jobs),
                                                specs)}
-    best = min(HEURISTICS, key=lambda h: rows[h]["jct_mean_s"])
+    best = min(heuristics, key=lambda h: rows[h]["jct_mean_s"])
     ok, reason = promote_decision(
         rows[challenger]["per_seed_jct_mean_s"], rows[best]["per_seed_jct_mean_s"],
         rows[challenger]["per_seed_ttft_p99_s"], rows[best]["per_seed_ttft_p99_s"])

@@ -76,19 +76,28 @@ def test_train_logs_registers_and_compare_evaluates(store, capsys, tmp_path, mod
     assert client.get_run(out["mlflow_run_id"]).info.status == "FINISHED"
 
 
-def test_promote_moves_champion_only_when_the_rule_passes(store, capsys, tmp_path):
+@pytest.mark.parametrize(("heuristics", "wins"), [
+    # Layer-wise prefill and the dual path against neither: a clear win.
+    (["pe_only:layerwise=false"], True),
+    # Against the zero-I/O oracle no policy can win.
+    (["pe_only", "dualpath:oracle=true"], False),
+])
+def test_promote_moves_champion_only_when_the_rule_passes(store, capsys, tmp_path, heuristics,
+                                                          wins):
     scenario, uri = store
-    run_json(capsys, ["train", "--scenario", str(scenario), "--steps", "64",
-                      "--imitate-steps", "64", "--out", str(tmp_path / "a"),
+    run_json(capsys, ["train", "--scenario", str(scenario), "--mode", "tune", "--steps", "32",
+                      "--imitate", "none", "--window", "5", "--out", str(tmp_path / "a"),
                       "--tracking-uri", uri, "--json"])
-    result = run_json(capsys, ["promote", "--scenario", str(scenario), "--seeds", "2",
+    bar = tmp_path / "bar.toml"
+    bar.write_text("heuristics = " + json.dumps(heuristics) + "\n" + SCENARIO)
+    result = run_json(capsys, ["promote", "--scenario", str(bar), "--seeds", "3",
                                "--jobs", "1", "--tracking-uri", uri, "--json"])
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    aliases = client.get_registered_model(MODEL_NAME).aliases
-    assert result["reason"]
-    assert ("champion" in aliases) == result["promoted"]
-    if not result["promoted"]:
-        assert "refused" in result["reason"]
+    aliases = MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model(
+        MODEL_NAME).aliases
+    assert result["promoted"] is wins
+    assert ("champion" in aliases) is wins
+    assert result["best_heuristic"] == min(heuristics, key=result["jct_mean_s"].get)
+    assert result["reason"].startswith("promoted" if wins else "refused")
 
 
 def test_training_seeds_fan_out_and_only_the_parent_logs(store, capsys, tmp_path):
