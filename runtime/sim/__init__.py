@@ -5,8 +5,7 @@ the timeline file); what the live runtime runs too (jobs, links, the batch
 formers, the recorder, the metrics) is in :mod:`runtime.execution`.
 """
 
-from runtime.execution.job import outcome
 from runtime.sim.simulator import SimOptions, SimResult, SimulationStuck, Simulator
 from runtime.sim.timeline import write_timeline
 
-__all__ = ["SimOptions", "SimResult", "SimulationStuck", "Simulator", "outcome", "write_timeline"]
+__all__ = ["SimOptions", "SimResult", "SimulationStuck", "Simulator", "write_timeline"]

@@ -19,7 +19,6 @@ from runtime.cost import CostModel
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.execution.decode import DecodeEngine
 from runtime.execution.job import Job, completion_hook
-from runtime.execution.job import outcome as outcome  # re-exported until its importers move
 from runtime.execution.link import Link, reserve_pair
 from runtime.execution.metrics import summarize
 from runtime.execution.prefill import PrefillEngine
