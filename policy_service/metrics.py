@@ -3,6 +3,8 @@ can run in one process, as the tests do)."""
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Decisions cost tens of microseconds; calls with a batch, milliseconds.
@@ -35,7 +37,7 @@ class Metrics:
         self.log_pending = Gauge("dualpath_decision_log_pending", "Decision-log rows not yet "
                                  "committed", registry=r)
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> object:
+    def serve(self, port: int, host: str = "127.0.0.1") -> WSGIServer:
         """Expose ``/metrics`` over HTTP on ``port`` (0: any free port); returns the server,
         whose ``server_port`` is the port bound."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

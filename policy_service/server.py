@@ -17,6 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -146,7 +147,7 @@ class SchedulerServer:
         self.port = 0
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
-        self._metrics_http: object | None = None
+        self._metrics_http: WSGIServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.watched_version: int | None = None
 
@@ -172,7 +173,7 @@ class SchedulerServer:
         if cfg.metrics_port is not None:
             http = self.metrics.serve(cfg.metrics_port, cfg.host)
             self._metrics_http = http
-            self.metrics_port = http.server_port  # type: ignore[attr-defined]
+            self.metrics_port = http.server_port
         if cfg.policy is not None:
             await self.admin.swap(cfg.policy, kind="initial")
         if cfg.watch_alias is not None:
@@ -221,7 +222,7 @@ class SchedulerServer:
             await self._server.stop(self.config.grace_s if grace_s is None else grace_s)
         await asyncio.to_thread(self.core.close)
         if self._metrics_http is not None:
-            self._metrics_http.shutdown()  # type: ignore[attr-defined]
+            self._metrics_http.shutdown()
 
     async def wait(self) -> None:
         assert self._server is not None

@@ -3,6 +3,7 @@ a tool the repository installs (``scripts/bootstrap.sh``) must be there."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
@@ -13,11 +14,16 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
-def require_module(name: str) -> ModuleType:
-    """The module ``name``; the test skips without it, or fails under ``CI=true``."""
+def require_module(name: str, reason: str = "") -> ModuleType:
+    """The module ``name`` (``reason``: what it is needed for); the test skips without it,
+    as ``pytest.importorskip`` does, or fails under ``CI=true``: the repository's bootstrap
+    (``scripts/bootstrap.sh``) installs it there."""
+    why = f" ({reason})" if reason else ""
+    if not in_ci():
+        module: ModuleType = pytest.importorskip(name, reason=f"{name} is not installed{why}")
+        return module
     try:
-        return __import__(name)
+        return importlib.import_module(name)
     except ImportError as err:
-        if in_ci():
-            pytest.fail(f"{name} is missing, but scripts/bootstrap.sh installs it: {err}")
-        pytest.skip(f"{name} is not installed: {err}", allow_module_level=True)
+        pytest.fail(f"module {name!r} is missing under CI=true{why}, but the repository's "
+                    f"bootstrap (scripts/bootstrap.sh) installs it: {err}", pytrace=False)

@@ -10,7 +10,8 @@ from runtime.view import ClusterView, EngineView
 
 class RoundRobin(PeOnly):
     """Engines as :class:`PeOnly`; the whole request reads on the PE or DE node,
-    whichever read queue is shorter (ties: DE, whose storage NIC is the idle one)."""
+    whichever read queue is shorter; ties (both queues empty, typically) go to the DE,
+    keeping the scarcer prefill-side storage NICs free (see :func:`shorter_queue_share`)."""
 
     name = "round_robin"
 

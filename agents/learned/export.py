@@ -78,7 +78,7 @@ def _export_checks(model: Any, mode: str, encoding: Encoding, tuning: Tuning | N
                          "artifact needs the fallback that decides the rest")
     if fallback is not None:
         fallback_policy(fallback)
-    nvec = encoding.action_nvec if mode == "route" else tuning.action_nvec  # type: ignore[union-attr]
+    nvec = tuning.action_nvec if mode == "tune" and tuning is not None else encoding.action_nvec
     got_nvec = tuple(int(n) for n in getattr(model.action_space, "nvec", ()))
     if got_nvec != nvec:
         raise ValueError(f"the model's action space {model.action_space} does not match the "

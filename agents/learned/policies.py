@@ -136,15 +136,16 @@ class TunedHeuristic:
         self._end = -math.inf
 
     def decide(self, request: Request, view: ClusterView) -> Decision | Defer | None:
-        if self.policy is None or view.time_s >= self._end:
-            self._retune(view)
-        return self.policy.decide(request, view)  # type: ignore[union-attr]
+        policy = self.policy
+        if policy is None or view.time_s >= self._end:
+            policy = self._retune(view)
+        return policy.decide(request, view)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The level index per parameter for one observation."""
         return np.array(self._actor(obs), dtype=np.int64)
 
-    def _retune(self, view: ClusterView) -> None:
+    def _retune(self, view: ClusterView) -> Policy:
         if view.spec is not self.cluster and view.spec != self.cluster:
             raise ValueError(f"{self.name} was built for cluster {self.cluster.name!r}; the "
                              f"view's cluster {view.spec.name!r} differs from it")
@@ -152,3 +153,4 @@ class TunedHeuristic:
         self.params = self.tuning.params(action)
         self.policy = self._tunable(self.params)
         self._end = view.time_s + self.tuning.window_s
+        return self.policy

@@ -29,10 +29,10 @@ def cmd_bench_policy(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_transport(args: argparse.Namespace) -> None:
-    from experiments.bench.transfers import bench_transport, render_transfers
+    from experiments.bench.transport import bench_transport, render_transport
 
     payload = bench_transport(size=args.size_mib << 20, repeats=args.repeats)
-    emit(args, payload, render_transfers(payload))
+    emit(args, payload, render_transport(payload))
 
 
 def cmd_bench_grpc(args: argparse.Namespace) -> None:

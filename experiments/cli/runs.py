@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from experiments.cli.common import add_run_args, emit, key_values, run_config
 from experiments.evaluation.compare import (
     SUMMARY,
     ablation,
-    compare,
     compare_runs,
-    default_specs,
+    compare_scenario,
     main_job_policies,
-    pick_seeds,
     render_compare,
-    shipped_policies,
-    split_specs,
 )
 from experiments.evaluation.runner import run
 from experiments.evaluation.scenario import list_scenarios, load_scenario
@@ -55,13 +50,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _compare_scenario(args: argparse.Namespace) -> None:
-    scenario = load_scenario(args.scenario)
-    specs = (split_specs(args.policies) if args.policies is not None
-             else (args.policy or default_specs(scenario, shipped_policies())))
-    seeds = pick_seeds(scenario, args.seeds)
-    out = Path(args.out) if args.out else Path("results") / "compare" / scenario.name
-    payload = compare(scenario, specs, seeds, jobs=args.jobs, out_dir=out,
-                      tracking_uri=args.tracking_uri, progress=not args.json)
+    payload = compare_scenario(args.scenario, policies=args.policies, policy=args.policy,
+                               seeds=args.seeds, jobs=args.jobs, out=args.out,
+                               tracking_uri=args.tracking_uri, progress=not args.json)
     emit(args, payload, render_compare(payload))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import agents
 from experiments.evaluation.evaluate import DEFAULT_POLICIES, METRICS, run_all, summarize_seeds
 from experiments.evaluation.runner import RunConfig, run_many
-from experiments.evaluation.scenario import Scenario
+from experiments.evaluation.scenario import Scenario, load_scenario
 from experiments.evaluation.table import format_table
 from experiments.tracking import mlflow_runs as tracking
 from experiments.tracking import plots
@@ -132,6 +132,20 @@ def compare(scenario: Scenario, specs: Sequence[str], seeds: Sequence[int], *, j
     return {"scenario": scenario.name, "seeds": list(seeds), "mlflow_run_id": run_id,
             "plot": str(figure), "rows": [{k: row[k] for k in JSON_KEYS if k in row}
                                           for row in rows]}
+
+
+def compare_scenario(name: str, *, policies: str | None, policy: Sequence[str] | None,
+                     seeds: int | None, jobs: int, out: str | None, tracking_uri: str | None,
+                     progress: bool) -> dict[str, Any]:
+    """``compare --scenario``: the policies (``policies``' comma-separated specs, else each
+    ``policy``, else :func:`default_specs`) on the first ``seeds`` evaluation seeds (all
+    when ``None``), plots to ``out`` (default ``results/compare/SCENARIO``)."""
+    scenario = load_scenario(name)
+    specs = (split_specs(policies) if policies is not None
+             else (list(policy or []) or default_specs(scenario, shipped_policies())))
+    out_dir = Path(out) if out else Path("results") / "compare" / scenario.name
+    return compare(scenario, specs, pick_seeds(scenario, seeds), jobs=jobs, out_dir=out_dir,
+                   tracking_uri=tracking_uri, progress=progress)
 
 
 def render_compare(payload: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from agents.running import policy_run
 from experiments.evaluation.runner import RunConfig, build_workload
 from experiments.evaluation.scenario import Scenario
 from runtime.cluster import ClusterSpec
+from runtime.execution.metrics import latencies
 from runtime.preset import load_preset
 from runtime.request import Request
 from runtime.sim import SimOptions, Simulator
@@ -171,9 +172,7 @@ def _measure(sim: Simulator, slo: Slo, end: float) -> dict[str, Any]:
     first = np.asarray(rec.first_token)[keep]
     finish = np.asarray(rec.finish)[keep]
     gen = np.asarray(rec.gen)[keep]
-    multi = gen > 1
-    tpot = (finish[multi] - first[multi]) / (gen[multi] - 1)
-    ttft = first - arrival[keep]
+    ttft, tpot, _ = latencies(arrival[keep], first, finish, gen)
     late = arrival[keep] >= (slo.warmup_s + end) / 2
     ttft_mean = float(ttft.mean())
     tpot_mean = float(tpot.mean()) if len(tpot) else 0.0

@@ -39,12 +39,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from experiments.evaluation.runner import RunConfig
 from experiments.evaluation.runner import run as run_config
 from experiments.evaluation.table import format_table
 from experiments.sweeps.sweep_file import Sweep, config_of, load_sweep
+
+if TYPE_CHECKING:
+    from experiments.evaluation.fanout import Fanout
 
 
 # -- running ---------------------------------------------------------------------------
@@ -81,7 +84,7 @@ def tasks_of(sweep: Sweep) -> list[Task]:
             for policy in sweep.policies for seed in sweep.seeds]
 
 
-def run_sweep(sweep: Sweep, fanout: Any, progress: Callable[[int, int], None] | None = None
+def run_sweep(sweep: Sweep, fanout: Fanout, progress: Callable[[int, int], None] | None = None
               ) -> list[dict[str, Any]]:
     """Every task of ``sweep`` through ``fanout``; one row per (point, policy, seed)."""
     tasks = tasks_of(sweep)

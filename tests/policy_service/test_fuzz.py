@@ -1,6 +1,6 @@
 """Fuzzing the service: random bytes and random field values, 5,000+ messages in all,
 the admin calls with the valid token (so their parsing is reached) and without one, and
-``SwapPolicy`` with random and near-valid policy specs.
+``SwapPolicy`` and ``SetShadow`` with random and near-valid policy specs.
 
 Every answer must be a clean status (OK, or an error the API documents with a
 message); the server must still serve a valid request afterwards.
@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents import HEURISTICS
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.servicer import ADMIN, SCHEDULER
 from tests.policy_service.conftest import TOKEN, schedule_msg, sim_points
@@ -91,8 +92,8 @@ def test_admin_calls_without_the_token_are_refused(server_and_calls, method, tex
     assert _status(calls[method], raw, metadata) is grpc.StatusCode.UNAUTHENTICATED
 
 
-NAMES = ["pe_only", "round_robin", "least_tokens", "dualpath", "dualpath_split", "dualpth",
-         "pretrained", "grpc", "", "DUALPATH"]
+# Every heuristic, and near misses of them.
+NAMES = [*HEURISTICS, "dualpth", "pretrained", "grpc", "", "DUALPATH"]
 KEYS = ["alpha_s", "beta_s", "z_slack", "layerwise", "oracle", "speed", "", "alpha"]
 VALUES = st.one_of(st.sampled_from(["1", "-1", "0", "nan", "inf", "true", "x", "1e309", ""]),
                    st.text(max_size=8))
@@ -106,13 +107,14 @@ SPECS = st.one_of(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(spec=SPECS)
-def test_swap_policy_specs_get_clean_statuses(server_and_calls, spec):
-    """With the token, any spec: swapped (OK), or refused with a message; the server then
-    still decides with whatever it serves."""
+@given(method=st.sampled_from(["SwapPolicy", "SetShadow"]), spec=SPECS)
+def test_policy_specs_get_clean_statuses(server_and_calls, method, spec):
+    """With the token, any spec to ``SwapPolicy`` or ``SetShadow``: taken (OK), or refused
+    with a message (INVALID_ARGUMENT, FAILED_PRECONDITION); the server then still decides
+    with whatever it serves."""
     _, calls = server_and_calls
-    msg = pb.SwapPolicyRequest(spec=spec).SerializeToString()
-    assert _status(calls["SwapPolicy"], msg, AUTH) in CLEAN
+    msg = ADMIN_MESSAGES[method](spec).SerializeToString()
+    assert _status(calls[method], msg, AUTH) in CLEAN
     reply = pb.Decision.FromString(calls["Schedule"](_base().SerializeToString(), timeout=30))
     assert reply.policy_version
 

@@ -13,6 +13,7 @@ import grpc
 import mlflow
 import pytest
 
+from agents import HEURISTICS
 from agents.learned import PRETRAINED_ROOT
 from experiments.tracking import mlflow_runs as tracking
 from policy_service.proto import scheduler_pb2 as pb
@@ -88,8 +89,7 @@ def test_swaps_under_load_lose_no_call(start_server, registry):
     load = Load(server.target)
     try:
         time.sleep(0.3)
-        for spec in ("pe_only", "dualpath_split", "least_tokens", "round_robin",
-                     "pretrained:paper-offline", "dualpath:alpha_s=2,beta_s=4"):
+        for spec in (*HEURISTICS, "pretrained:paper-offline", "dualpath:alpha_s=2,beta_s=4"):
             assert admin.admin("SwapPolicy", pb.SwapPolicyRequest(spec=spec)).spec == spec
             time.sleep(0.15)
         assert admin.admin("Rollback", pb.RollbackRequest()).spec == "pretrained:paper-offline"
@@ -105,7 +105,7 @@ def test_swaps_under_load_lose_no_call(start_server, registry):
     finally:
         load.finish()
     info = admin.GetPolicy(pb.GetPolicyRequest(), timeout=5)
-    assert info.swaps >= 12  # initial + 6 swaps + 2 rollbacks + 3 watch swaps + 1
+    assert info.swaps >= 13  # initial + 7 swaps + 2 rollbacks + 3 watch swaps + 1
     assert load.failures == []
     assert load.calls > 200
     # The load saw the policies change under it.

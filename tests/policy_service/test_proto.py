@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.requirements import require_module
 
-require_module("grpc_tools")  # grpcio-tools, a dev dependency, generates the code
+require_module("grpc_tools", "grpcio-tools, a dev dependency, generates the proto code")
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402

@@ -12,6 +12,14 @@ import pytest
 from agents import resolve_policy
 from policy_service.client import RemotePolicy, RemoteSpec
 from policy_service.proto import scheduler_pb2 as pb
+from runtime.policy import (
+    FallsBack,
+    HoldsResources,
+    LearnsOnline,
+    Policy,
+    as_learner,
+    close_policy,
+)
 from tests.policy_service.conftest import Client, schedule_msg, sim_points
 
 
@@ -29,7 +37,7 @@ def _make_cert(folder):
 
 def test_tls_serves_trusted_clients_and_refuses_plaintext(start_server, tmp_path):
     cert, key = _make_cert(tmp_path)
-    server = start_server(tls_cert=cert, tls_key=key)
+    server = start_server(tls_cert=cert, tls_key=key, policy="dualpath_split")
     creds = grpc.ssl_channel_credentials(Path(cert).read_bytes())
     client = Client(server.target, creds)
     request, view = sim_points(1)[0]
@@ -38,11 +46,15 @@ def test_tls_serves_trusted_clients_and_refuses_plaintext(start_server, tmp_path
     with pytest.raises(grpc.RpcError) as err:
         plain.Ping(pb.PingRequest(), timeout=2)
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
-    # RemotePolicy over TLS, through the resolver's grpc:// spec.
-    remote = resolve_policy(f"grpc://127.0.0.1:{server.port}?ca={cert}").policy
-    assert remote.decide(request, view) == resolve_policy("dualpath").policy.decide(request,
-                                                                                    view)
-    assert remote.fallbacks == 0
+    # RemotePolicy over TLS, through the resolver's grpc:// spec. The server serves
+    # dualpath_split and the client falls back to pe_only: they decide this request
+    # otherwise, so a fallback could not pass for the service's answer.
+    remote = resolve_policy(f"grpc://127.0.0.1:{server.port}?ca={cert}&fallback=pe_only").policy
+    assert isinstance(remote, FallsBack)
+    served = resolve_policy("dualpath_split").policy.decide(request, view)
+    assert remote.fallback.decide(request, view) != served
+    assert remote.decide(request, view) == served
+    assert (remote.fallbacks, remote.served) == (0, 1)
     remote.close()
     client.close()
     plain.close()
@@ -61,7 +73,7 @@ def test_remote_policy_falls_back_when_the_service_does_not_answer():
     points = sim_points(5)
     for request, view in points:
         assert remote.decide(request, view) == local.decide(request, view)
-    assert remote.fallbacks == len(points)
+    assert (remote.fallbacks, remote.served) == (len(points), 0)
     remote.close()
 
 
@@ -71,8 +83,18 @@ def test_remote_policy_raises_on_a_refused_call(served):
     request, view = sim_points(1, preset="tiny")[0]  # another cluster than the service's
     with pytest.raises(ValueError, match="INVALID_ARGUMENT.*another cluster"):
         remote.decide(request, view)
-    assert remote.fallbacks == 0
+    assert (remote.fallbacks, remote.served) == (0, 0)
     remote.close()
+
+
+def test_remote_policy_declares_its_capabilities():
+    remote = RemotePolicy(RemoteSpec.parse(f"grpc://127.0.0.1:{_free_port()}"))
+    assert isinstance(remote, Policy)
+    assert isinstance(remote, FallsBack)
+    assert isinstance(remote, HoldsResources)
+    assert isinstance(remote, LearnsOnline)
+    assert as_learner(remote) is remote
+    close_policy(remote)
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -101,13 +123,28 @@ def test_simulation_through_the_service_equals_the_local_one(start_server):
     local = run(cfg)
     cluster = load_preset(cfg.preset)
     with policy_run(f"grpc://{server.target}", cluster) as remote:
-        assert remote.policy.fallback.name == "dualpath"
-        metrics = Simulator(cluster, build_workload(cfg, cluster)).run(remote.policy).metrics
+        policy = remote.policy
+        assert isinstance(policy, RemotePolicy) and policy.fallback.name == "dualpath"
+        decisions = _count_decisions(policy)
+        metrics = Simulator(cluster, build_workload(cfg, cluster)).run(policy).metrics
         counts = remote.counts()
     assert counts["policy_fallbacks"] == 0
-    assert counts["policy_served"] >= metrics["requests"] > 50
+    assert counts["policy_served"] == decisions["n"] >= metrics["requests"] > 50
     assert {k: v for k, v in local.items() if k in metrics and k not in wall} == \
         {k: v for k, v in metrics.items() if k not in wall}
     # The fallback would have given other results: a fallback could not pass unseen.
     fallback_run = run(RunConfig(preset=cfg.preset, agents=24, mal="32k", policy="dualpath"))
     assert fallback_run["jct_s"] != local["jct_s"]
+
+
+def _count_decisions(policy: RemotePolicy) -> dict[str, int]:
+    """Count ``policy``'s ``decide`` calls (into the returned dict's ``n``)."""
+    counted = {"n": 0}
+    decide = policy.decide
+
+    def counting(request, view):
+        counted["n"] += 1
+        return decide(request, view)
+
+    policy.decide = counting
+    return counted

@@ -106,7 +106,7 @@ def bench_transport(size: int = 64 << 20, repeats: int = 5,
             "gib_per_s": rates, "unavailable": unavailable}
 
 
-def render_transfers(result: dict[str, Any]) -> str:
+def render_transport(result: dict[str, Any]) -> str:
     """A human-readable table of a :func:`bench_transport` result."""
     rates = result["gib_per_s"]
     memcpy = rates.get("memcpy")
