@@ -18,10 +18,16 @@ class NodeSpec:
     costs, besides bandwidth, one submission per block and layer (KV is paged
     per layer in HBM): ``h2d_copy_us`` per host-to-GPU copy and
     ``rdma_write_us`` per RDMA write.
+
+    ``storage_efficiency`` is the share of the storage NIC's line rate that the storage
+    service delivers (reads and write-backs): line rate is an upper bound that a
+    distributed store reaches only with enough reads in flight on every target.
+    ``snic_bytes_s`` is the delivered rate.
     """
 
     gpus: int = 8
     snic_gb_s: float = 50.0
+    storage_efficiency: float = 1.0
     cnic_gb_s: float = 50.0
     cnic_kv_share: float = 0.5
     pcie_gb_s: float = 50.0
@@ -41,12 +47,15 @@ class NodeSpec:
         for key in ("h2d_copy_us", "rdma_write_us"):
             value = getattr(self, key)
             require(value >= 0, f"node.{key}", f"must be >= 0, got {value}")
+        require(0 < self.storage_efficiency <= 1, "node.storage_efficiency",
+                f"must lie in (0, 1], got {self.storage_efficiency}")
         require(0 < self.cnic_kv_share <= 1, "node.cnic_kv_share",
                 f"must lie in (0, 1], got {self.cnic_kv_share}")
 
     @property
     def snic_bytes_s(self) -> float:
-        return self.snic_gb_s * GB
+        """What the storage service delivers through one node's SNIC, bytes/s."""
+        return self.snic_gb_s * self.storage_efficiency * GB
 
     @property
     def cnic_kv_bytes_s(self) -> float:

@@ -11,7 +11,9 @@ Definitions (also in the README):
 - ``snic_util``/``cnic_util``: bytes carried / (bandwidth x makespan), per SNIC (reads)
   and per engine CNIC (KV lane, both directions averaged);
 - ``snic_max_over_avg``: mean over 1-second windows with traffic of (busiest SNIC's
-  read bytes / mean SNIC read bytes).
+  read bytes / mean SNIC read bytes);
+- ``snic_max_over_avg_steady``: the same over the windows of the middle 80% of the run
+  (the first and last tenths, while queues fill and drain, left out).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def summarize(rec: Recorder, spec: ClusterSpec, snics: list[Link],
         "cnic_util_mean": float(np.mean(cnic_util)),
         "cnic_util_max": float(np.max(cnic_util)),
         "snic_max_over_avg": snic_max_over_avg(snics, t0, t1),
+        "snic_max_over_avg_steady": snic_max_over_avg(snics, t0 + 0.1 * span, t1 - 0.1 * span),
         "hit_bytes": hit_bytes,
         "read_bytes_pe_side": read_pe,
         "read_bytes_de_side": read_de,

@@ -83,6 +83,17 @@ def test_no_hit_tokens_means_share_zero(cls):
     assert d.decode_share == 0.0
 
 
+def test_round_robin_alternating_reads_ignore_the_queues():
+    spec = make_spec(1, 1, gpus=1)
+    view = make_view(spec, read_q=[1e6, 0.0])  # the PE node's queue is far longer
+    policy = RoundRobin(read="alternate")
+    shares = [policy.decide(make_request(), view).decode_share for _ in range(4)]
+    assert shares == [0.0, 1.0, 0.0, 1.0]
+    # A request with nothing to read does not take a turn.
+    assert policy.decide(make_request(hit=0), view).decode_share == 0.0
+    assert policy.decide(make_request(), view).decode_share == 0.0
+
+
 # -- least_tokens ---------------------------------------------------------------------
 
 def test_least_tokens_picks_fewest_tokens_with_ties_to_lowest_id():

@@ -80,7 +80,9 @@ def test_each_resolution_builds_a_fresh_policy():
     ("dualpath:alpha_s=1,alpha_s=2", "'alpha_s' given twice"),
     ("dualpath:alpha=2", r"unknown parameter 'alpha' \(did you mean 'alpha_s'\?\); "
                          "dualpath accepts alpha_s, beta_s, z_slack"),
-    ("round_robin:alpha_s=2", "unknown parameter 'alpha_s'.*round_robin accepts no parameters"),
+    ("round_robin:alpha_s=2", "unknown parameter 'alpha_s'.*round_robin accepts read"),
+    ("pe_only:alpha_s=2", "unknown parameter 'alpha_s'.*pe_only accepts no parameters"),
+    ("round_robin:read=fast", "read must be one of shorter, alternate, got 'fast'"),
     ("dualpath:alpha_s=fast", "alpha_s must be a number, got 'fast'"),
     ("dualpath:beta_s=true", "beta_s must be a number, got True"),
     ("dualpath:alpha_s=-1", "alpha_s must be .*>= 0"),
