@@ -36,6 +36,7 @@ started and is raised as the original exception, with a note naming the item.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -210,33 +211,42 @@ class _Ray(Fanout):
 
     def map(self, fn: Callable[[T], R], items: Sequence[T],
             progress: Progress | None = None) -> list[R]:
+        """At most ``workers`` tasks in flight, the next submitted as one finishes: after a
+        failure nothing more is submitted, and the tasks still running finish on their
+        own (their results are dropped). Nothing is ``ray.cancel``-ed: cancelling a task
+        as it completes can abort this process (a failed internal check in Ray 2.x)."""
         ray = self._ray
-        refs = [self._task.remote(fn, item) for item in items]
-        index_of = {ref: index for index, ref in enumerate(refs)}
         results: list[Any] = [None] * len(items)
-        pending = list(refs)
+        index_of: dict[Any, int] = {}
+        waiting = iter(range(len(items)))
+        pending: list[Any] = []
+        for index in itertools.islice(waiting, self.workers):
+            pending.append(self._submit(fn, items, index, index_of))
         finished = 0
-        try:
-            while pending:
-                # One at a time, so progress is reported as each task finishes.
-                (ref,), pending = ray.wait(pending, num_returns=1)
-                index = index_of[ref]
-                try:
-                    results[index] = ray.get(ref)
-                except ray.exceptions.RayError as err:
-                    cause = _name_item(_unwrap(err), self.name, fn, index, len(items),
-                                       items[index])
-                    if cause is err:  # not the task's own error (a crash, a lost object)
-                        raise
-                    raise cause from err
-                finished += 1
-                if progress is not None:
-                    progress(finished, len(items))
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref)
-            raise
+        while pending:
+            # One at a time, so progress is reported as each task finishes.
+            (ref,), pending = ray.wait(pending, num_returns=1)
+            index = index_of.pop(ref)
+            try:
+                results[index] = ray.get(ref)
+            except ray.exceptions.RayError as err:
+                cause = _name_item(_unwrap(err), self.name, fn, index, len(items),
+                                   items[index])
+                if cause is err:  # not the task's own error (a crash, a lost object)
+                    raise
+                raise cause from err
+            finished += 1
+            if progress is not None:
+                progress(finished, len(items))
+            for index in itertools.islice(waiting, 1):
+                pending.append(self._submit(fn, items, index, index_of))
         return results
+
+    def _submit(self, fn: Callable[[T], R], items: Sequence[T], index: int,
+                index_of: dict[Any, int]) -> Any:
+        ref = self._task.remote(fn, items[index])
+        index_of[ref] = index
+        return ref
 
     def close(self) -> None:
         if self._owns and self._ray.is_initialized():

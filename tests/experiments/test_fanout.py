@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -111,6 +112,29 @@ def test_ray_failure_names_the_item(ray_local):
         ray_local.map(_fail_on_three, [1, 2, 3, 4])
     assert "_fail_on_three failed on item 2 of 4: 3" in _notes(info.value)
     assert ray_local.map(_square, [4, 5]) == [16, 25]  # still usable afterwards
+
+
+def _mark_or_fail(item: tuple[str, int]) -> int:
+    """Item 0 fails at once; the others leave a file named by their index."""
+    folder, index = item
+    if index == 0:
+        raise ValueError("first item fails")
+    time.sleep(1.0)
+    Path(folder, str(index)).touch()
+    return index
+
+
+def test_ray_submits_nothing_after_a_failure(ray_local, tmp_path):
+    """At most ``workers`` tasks are in flight: after the first fails, the rest never
+    start (and nothing is cancelled under a task as it finishes)."""
+    items = [(str(tmp_path), i) for i in range(12)]
+    with pytest.raises(ValueError, match="first item fails"):
+        ray_local.map(_mark_or_fail, items)
+    time.sleep(2.0)  # the tasks that were running when it failed finish
+    # The first batch (item 0 and one more), and at most one submitted should item 1
+    # finish before item 0's failure comes back on a slow machine.
+    assert len(list(tmp_path.iterdir())) <= ray_local.workers
+    assert ray_local.map(_square, [3]) == [9]
 
 
 def test_ray_fanout_reuses_an_existing_connection(ray_local):
