@@ -4,9 +4,10 @@ The search is Gauss-Newton on log errors in log-parameter space: residual ``i`` 
 ``ln(ours_i / target_i)``, so over- and under-shoots weigh alike and a parameter's
 scale does not matter. The Jacobian comes from one forward difference per parameter at
 the start (all evaluated in one batch, so a fan-out runs them side by side) and is then
-kept current by Broyden's update; every step is clipped to the parameters' ranges, and a
-step that does not lower the squared error is halved. The best point seen is the answer.
-Given the same evaluator (the simulator is deterministic), the same points are visited.
+kept current by Broyden's update; every step is clipped to a trust region and to the
+parameters' ranges, and a step that does not lower the squared error is halved. The
+best point seen is the answer. Given the same evaluator (the simulator is
+deterministic), the same points are visited.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ TABLE_KEY = "model.prefill_efficiency"
 
 @dataclass(frozen=True)
 class Parameter:
-    """A free preset value: its dotted key, plausible range, unit and what it stands for.
+    """A free preset value: its dotted key, plausible range, unit, what it stands for and
+    where a search starts.
 
     For ``model.prefill_efficiency`` the value is the table's top efficiency; the
     table is scaled as a whole, so its shape (the paper's relative throughput by batch)
@@ -40,6 +42,7 @@ class Parameter:
     high: float
     unit: str
     meaning: str
+    start: float | None = None  # where a search starts (None: the preset's value)
 
     def __post_init__(self) -> None:
         if not 0 < self.low < self.high:
@@ -84,13 +87,15 @@ def errors_pct(fitted: Sequence[float], targets: Sequence[float]) -> list[float]
 
 def fit(evaluate: Evaluate, params: Sequence[Parameter], start: Sequence[float],
         targets: Sequence[float], *, steps: int = 4, probe: float = 0.15,
-        tolerance: float = 0.005) -> FitResult:
+        max_step: float = 0.4, tolerance: float = 0.005) -> FitResult:
     """Search ``params`` (from ``start``) for the point whose evaluated quantities come
     closest to ``targets`` (sum of squared log errors).
 
     ``steps``: Gauss-Newton steps after the Jacobian; ``probe``: the relative size of
-    the forward differences; the search stops early once a step moves every parameter
-    by less than ``tolerance`` (relative)."""
+    the forward differences; ``max_step``: the most a step moves a parameter, in log
+    units (0.4: a factor of 1.5), a trust region for a model that is only locally
+    linear; the search stops early once a step moves every parameter by less than
+    ``tolerance`` (relative)."""
     if len(start) != len(params):
         raise ValueError(f"{len(params)} parameters but {len(start)} start values")
     lo = np.log([p.low for p in params])
@@ -103,7 +108,8 @@ def fit(evaluate: Evaluate, params: Sequence[Parameter], start: Sequence[float],
     r = search.residuals[0]
     shrink = 1.0
     for _ in range(steps):
-        delta = np.clip(u + shrink * _gauss_newton(jac, r), lo, hi) - u
+        step = np.clip(shrink * _gauss_newton(jac, r), -max_step, max_step)
+        delta = np.clip(u + step, lo, hi) - u
         if np.max(np.abs(delta)) < math.log1p(tolerance):
             break
         r_new = search.at(u + delta)
