@@ -103,23 +103,29 @@ def calibrate_paper(*, jobs: int, steps: int = 4, write: bool = True,
                        steps=steps, progress=progress)
     runs = run_points(paper.PRESET, paper.PAPER_TARGETS + paper.CHECK_RUNS, PAPER_PARAMETERS,
                       [result.values], jobs)[0]
-    by_name = {t.name: row for t, row in zip(paper.PAPER_TARGETS + paper.CHECK_RUNS, runs,
-                                             strict=True)}
-    measured = _measured(paper.PAPER_TARGETS, runs)
-    errors = errors_pct(measured, [t.paper_s for t in paper.PAPER_TARGETS])
+    payload = summarize(result, runs)
+    payload["written"] = write_fitted(result.values) if write else []
+    payload["wall_s"] = time.perf_counter() - began
+    return payload
+
+
+def summarize(result: FitResult, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The fit's table, parameters and checks from the runs of its best point (the
+    paper's targets, then the check runs, in order)."""
+    targets = paper.PAPER_TARGETS
+    measured = _measured(targets, runs[:len(targets)])
+    errors = errors_pct(measured, [t.paper_s for t in targets])
     rows = [{"name": t.name, "policy": t.policy, "agents": t.agents, "metric": t.metric,
              "paper_s": t.paper_s, "ours_s": ours, "error_pct": err}
-            for t, ours, err in zip(paper.PAPER_TARGETS, measured, errors, strict=True)]
+            for t, ours, err in zip(targets, measured, errors, strict=True)]
     spec = load_preset(paper.PRESET)
-    parameters = [{"key": p.key, "value": v, "before": p.value_in(spec), "low": p.low,
-                   "high": p.high, "unit": p.unit, "meaning": p.meaning}
+    parameters = [{"key": p.key, "value": v, "start": p.start, "low": p.low, "high": p.high,
+                   "unit": p.unit, "meaning": p.meaning}
                   for p, v in zip(PAPER_PARAMETERS, result.values, strict=True)]
-    written = write_fitted(result.values) if write else []
-    return {"preset": paper.PRESET, "rows": rows,
-            "max_error_pct": max(abs(e) for e in errors),
+    by_name = dict(zip([t.name for t in targets + paper.CHECK_RUNS], runs, strict=True))
+    return {"preset": spec.name, "rows": rows, "max_error_pct": max(abs(e) for e in errors),
             "parameters": parameters, "checks": paper_checks(by_name),
-            "evaluations": result.evaluations, "history": result.history,
-            "written": written, "wall_s": time.perf_counter() - began}
+            "evaluations": result.evaluations, "history": result.history}
 
 
 def write_fitted(values: Sequence[float]) -> list[str]:
@@ -201,7 +207,7 @@ def render(payload: dict[str, Any]) -> str:
            f"({payload['evaluations']} evaluations, {payload['wall_s']:.0f} s)",
            format_table(payload["rows"], ["name", "paper_s", "ours_s", "error_pct"]),
            f"max |error| {payload['max_error_pct']:.1f}%", "",
-           format_table(payload["parameters"], ["key", "before", "value", "low", "high",
+           format_table(payload["parameters"], ["key", "start", "value", "low", "high",
                                                 "unit"]), "",
            format_table([{**c, "holds": {True: "yes", False: "NO", None: "-"}[c["holds"]]}
                          for c in payload["checks"]], ["name", "value", "want", "holds"])]

@@ -7,8 +7,14 @@ import math
 
 import pytest
 
-from experiments.calibration.fit import Parameter, errors_pct, fit
-from experiments.calibration.paper import calibrate, paper_checks
+from experiments.calibration.fit import FitResult, Parameter, errors_pct, fit
+from experiments.calibration.paper import (
+    PAPER_PARAMETERS,
+    calibrate,
+    paper_checks,
+    render,
+    summarize,
+)
 from experiments.calibration.preset_file import set_value, write_values
 from experiments.calibration.targets import CHECK_RUNS, PAPER_TARGETS, Target
 from experiments.cli import main
@@ -155,6 +161,24 @@ def test_paper_checks_on_the_papers_own_figures():
     checks = {c["name"]: c for c in paper_checks(_runs(jct, tpot=0.045))}
     assert checks["largest fall of the gain, 512 -> 4,096 agents"]["holds"] is False
     assert checks["dualpath mean TPOT, s (worst run)"]["holds"] is False
+
+
+def test_summary_rows_follow_the_targets_and_render():
+    jct = {t.name: t.paper_s * 1.1 for t in PAPER_TARGETS}
+    jct.update({"baseline, 512 agents": 2_900.0, "dualpath, 512 agents": 1_600.0,
+                "round-robin reads alternating, 1,024 agents": 3_300.0})
+    runs = _runs(jct, tpot=0.0375 * 0.95)
+    values = tuple(p.start for p in PAPER_PARAMETERS)
+    payload = summarize(FitResult(values, (), 7), [runs[t.name] for t in PAPER_TARGETS
+                                                    + CHECK_RUNS])
+    assert [r["name"] for r in payload["rows"]] == [t.name for t in PAPER_TARGETS]
+    errors = {r["metric"]: r["error_pct"] for r in payload["rows"]}
+    assert errors["jct_s"] == pytest.approx(10.0)
+    assert errors["tpot_mean_s"] == pytest.approx(-5.0)
+    assert payload["max_error_pct"] == pytest.approx(10.0)
+    assert [p["key"] for p in payload["parameters"]] == [p.key for p in PAPER_PARAMETERS]
+    text = render({**payload, "written": ["a.toml"], "wall_s": 1.0})
+    assert "max |error| 10.0%" in text and "wrote a.toml" in text
 
 
 @pytest.mark.parametrize(("argv", "message"), [
