@@ -71,11 +71,18 @@ def run_points(preset: str, targets: Sequence[paper.Target], params: Sequence[Pa
 
 def calibrate(preset: str, targets: Sequence[paper.Target], params: Sequence[Parameter], *,
               jobs: int, steps: int, mal: str = paper.MAL,
+              ratios: Sequence[tuple[str, str]] = (),
               progress: Progress | None = None) -> FitResult:
-    """Fit ``params`` so that ``targets``' JCTs on ``preset`` (agent set ``mal``) come
-    closest to theirs."""
+    """Fit ``params`` so that ``targets``' values on ``preset`` (agent set ``mal``) come
+    closest to theirs, and each ratio of two targets (``ratios``: pairs of target names)
+    to the same ratio of theirs: a relative result the fit is to keep weighs once more."""
     spec = load_preset(preset)
     start = [p.value_in(spec) if p.start is None else p.start for p in params]
+    index = {t.name: i for i, t in enumerate(targets)}
+    pairs = [(index[a], index[b]) for a, b in ratios]
+
+    def with_ratios(values: list[float]) -> list[float]:
+        return values + [values[i] / values[j] for i, j in pairs]
 
     def evaluate(points: Sequence[tuple[float, ...]]) -> list[list[float]]:
         runs = run_points(preset, targets, params, points, jobs, mal)
@@ -86,21 +93,22 @@ def calibrate(preset: str, targets: Sequence[paper.Target], params: Sequence[Par
                 values = ", ".join(f"{p.key.split('.')[1]}={v:.4g}"
                                    for p, v in zip(params, point, strict=True))
                 progress(f"{values}: max error {worst:.1f}%")
-        return [_measured(targets, rows) for rows in runs]
+        return [with_ratios(_measured(targets, rows)) for rows in runs]
 
-    return fit(evaluate, params, start, [t.paper_s for t in targets], steps=steps)
+    return fit(evaluate, params, start, with_ratios([t.paper_s for t in targets]),
+               steps=steps)
 
 
 def _measured(targets: Sequence[paper.Target], rows: Sequence[dict[str, Any]]) -> list[float]:
     return [float(row[t.metric]) for t, row in zip(targets, rows, strict=True)]
 
 
-def calibrate_paper(*, jobs: int, steps: int = 4, write: bool = True,
+def calibrate_paper(*, jobs: int, steps: int = 6, write: bool = True,
                     progress: Progress | None = None) -> dict[str, Any]:
     """The whole calibration: fit, check, and (``write``) the values into the presets."""
     began = time.perf_counter()
     result = calibrate(paper.PRESET, paper.PAPER_TARGETS, PAPER_PARAMETERS, jobs=jobs,
-                       steps=steps, progress=progress)
+                       steps=steps, ratios=paper.FITTED_RATIOS, progress=progress)
     runs = run_points(paper.PRESET, paper.PAPER_TARGETS + paper.CHECK_RUNS, PAPER_PARAMETERS,
                       [result.values], jobs)[0]
     payload = summarize(result, runs)
@@ -122,9 +130,14 @@ def summarize(result: FitResult, runs: Sequence[dict[str, Any]]) -> dict[str, An
     parameters = [{"key": p.key, "value": v, "start": p.start, "low": p.low, "high": p.high,
                    "unit": p.unit, "meaning": p.meaning}
                   for p, v in zip(PAPER_PARAMETERS, result.values, strict=True)]
-    by_name = dict(zip([t.name for t in targets + paper.CHECK_RUNS], runs, strict=True))
+    names = [t.name for t in targets + paper.CHECK_RUNS]
+    by_name = dict(zip(names, runs, strict=True))
+    kept = ("policy", "agents", "jct_s", "tpot_mean_s", "snic_max_over_avg",
+            "snic_max_over_avg_steady")
     return {"preset": spec.name, "rows": rows, "max_error_pct": max(abs(e) for e in errors),
             "parameters": parameters, "checks": paper_checks(by_name),
+            "runs": [{"name": name, **{k: row[k] for k in kept if k in row}}
+                     for name, row in by_name.items()],
             "evaluations": result.evaluations, "history": result.history}
 
 

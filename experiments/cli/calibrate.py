@@ -26,7 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", choices=["paper"],
                    help="what to fit to: the DualPath paper's offline results")
     p.add_argument("--jobs", type=int, default=JOBS, help="parallel simulation processes")
-    p.add_argument("--steps", type=int, default=4,
+    p.add_argument("--steps", type=int, default=6,
                    help="search steps after the first batch (the start and one probe per "
                         "parameter)")
     p.add_argument("--dry-run", action="store_true",

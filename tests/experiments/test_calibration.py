@@ -133,8 +133,10 @@ def test_calibrate_finds_the_values_a_simulated_cluster_was_run_with():
         cfg = RunConfig(policy=policy, preset="tiny", agents=agents, mal="32k",
                         overrides=(A.override(truth[0], spec), B.override(truth[1], spec)))
         targets.append(Target(policy, policy, agents, run(cfg)["jct_s"]))
-    result = calibrate("tiny", targets, [A, B], jobs=2, steps=5, mal="32k")
-    errors = errors_pct(result.fitted, [t.paper_s for t in targets])
+    result = calibrate("tiny", targets, [A, B], jobs=2, steps=5, mal="32k",
+                       ratios=[("pe_only", "dualpath"), ("dualpath", "dualpath:oracle=true")])
+    assert len(result.fitted) == len(targets) + 2
+    errors = errors_pct(result.fitted[:len(targets)], [t.paper_s for t in targets])
     assert max(abs(e) for e in errors) < 2.0
     assert result.values == pytest.approx(truth, rel=0.1)
 
