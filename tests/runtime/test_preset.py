@@ -108,9 +108,10 @@ def test_ds660b_matches_the_papers_derived_costs() -> None:
     # relative prefill throughput 1.0 / 2.6 / 2.9 / 3.0 at 300 / 1500 / 3000 / 6000 tokens
     effs = [s.model.efficiency(t) for t in (300, 1500, 3000, 6000)]
     assert [e / effs[0] for e in effs] == pytest.approx([1.0, 2.6, 2.9, 3.0], rel=0.01)
-    # TPOT ~36-39 ms at batches of 15-30 requests of ~33k context
-    tpots = [s.model.decode_iteration_s(b, b * 33_000) for b in (15, 20, 30)]
-    assert 0.0355 <= tpots[0] < tpots[1] < tpots[2] <= 0.0395
+    # TPOT 36-39 ms at the decode batches the offline runs have (5-10 requests of ~33k
+    # context per engine: `dualpath calibrate paper` fits the step to the runs' TPOT)
+    tpots = [s.model.decode_iteration_s(b, b * 33_000) for b in (5, 8, 10)]
+    assert 0.036 <= tpots[0] < tpots[1] < tpots[2] <= 0.039
 
 
 @pytest.mark.parametrize(("name", "low", "high"), [
@@ -165,7 +166,10 @@ def test_every_preset_value_has_a_sourcing_comment(name: str) -> None:
         if key is None or key.group(1) == "name":
             continue
         above = lines[i - 1].strip()
-        assert re.match(r"# (paper|chosen): \S", above), f"{name}.toml:{i + 1} {line!r}"
+        # paper: a figure of the paper; chosen: ours, with the reason; fitted: by a
+        # calibration command, named in the comment
+        assert re.match(r"# (paper|chosen): \S|# fitted \(.*\) by `dualpath calibrate ",
+                        above), f"{name}.toml:{i + 1} {line!r}"
 
 
 # -- overrides and paths ----------------------------------------------------------
