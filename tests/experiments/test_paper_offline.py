@@ -20,7 +20,8 @@ ABSOLUTE_TOLERANCE = 0.15
 
 
 def _paper_jct(policy: str, agents: int) -> float:
-    found = [t.paper_s for t in PAPER_TARGETS if (t.policy, t.agents) == (policy, agents)]
+    found = [t.paper_s for t in PAPER_TARGETS
+             if (t.policy, t.agents, t.metric) == (policy, agents, "jct_s")]
     assert len(found) == 1, (policy, agents)
     return found[0]
 
