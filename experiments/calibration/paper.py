@@ -54,17 +54,20 @@ Progress = Callable[[str], None]
 
 
 def run_points(preset: str, targets: Sequence[paper.Target], params: Sequence[Parameter],
-               points: Sequence[tuple[float, ...]], jobs: int,
-               mal: str = paper.MAL) -> list[list[dict[str, Any]]]:
+               points: Sequence[tuple[float, ...]], jobs: int, mal: str = paper.MAL,
+               done: dict[RunConfig, dict[str, Any]] | None = None
+               ) -> list[list[dict[str, Any]]]:
     """Every target's run at every point (one fan-out, largest runs first, each distinct
-    run once); per point, the runs in target order."""
+    run once, none already in ``done``, which gains the new ones); per point, the runs in
+    target order."""
     spec = load_preset(preset)
     configs = [RunConfig(policy=t.policy, preset=preset, agents=t.agents, mal=mal,
                          overrides=tuple(p.override(v, spec) for p, v in zip(params, point,
                                                                              strict=True)))
                for point in points for t in targets]
-    distinct = sorted(set(configs), key=lambda c: (-c.agents, configs.index(c)))
-    rows = dict(zip(distinct, run_many(distinct, jobs), strict=True))
+    rows = {} if done is None else done
+    todo = sorted(set(configs) - rows.keys(), key=lambda c: (-c.agents, configs.index(c)))
+    rows.update(zip(todo, run_many(todo, jobs), strict=True))
     n = len(targets)
     return [[rows[configs[k * n + i]] for i in range(n)] for k in range(len(points))]
 
@@ -72,10 +75,12 @@ def run_points(preset: str, targets: Sequence[paper.Target], params: Sequence[Pa
 def calibrate(preset: str, targets: Sequence[paper.Target], params: Sequence[Parameter], *,
               jobs: int, steps: int, mal: str = paper.MAL,
               ratios: Sequence[tuple[str, str]] = (),
-              progress: Progress | None = None) -> FitResult:
+              progress: Progress | None = None,
+              done: dict[RunConfig, dict[str, Any]] | None = None) -> FitResult:
     """Fit ``params`` so that ``targets``' values on ``preset`` (agent set ``mal``) come
     closest to theirs, and each ratio of two targets (``ratios``: pairs of target names)
-    to the same ratio of theirs: a relative result the fit is to keep weighs once more."""
+    to the same ratio of theirs: a relative result the fit is to keep weighs once more.
+    ``done`` keeps every run (see :func:`run_points`)."""
     spec = load_preset(preset)
     start = [p.value_in(spec) if p.start is None else p.start for p in params]
     index = {t.name: i for i, t in enumerate(targets)}
@@ -85,7 +90,7 @@ def calibrate(preset: str, targets: Sequence[paper.Target], params: Sequence[Par
         return values + [values[i] / values[j] for i, j in pairs]
 
     def evaluate(points: Sequence[tuple[float, ...]]) -> list[list[float]]:
-        runs = run_points(preset, targets, params, points, jobs, mal)
+        runs = run_points(preset, targets, params, points, jobs, mal, done)
         if progress is not None:
             for point, rows in zip(points, runs, strict=True):
                 worst = max(abs(e) for e in errors_pct(_measured(targets, rows),
@@ -107,10 +112,11 @@ def calibrate_paper(*, jobs: int, steps: int = 6, write: bool = True,
                     progress: Progress | None = None) -> dict[str, Any]:
     """The whole calibration: fit, check, and (``write``) the values into the presets."""
     began = time.perf_counter()
+    done: dict[RunConfig, dict[str, Any]] = {}  # the best point's runs are not run again
     result = calibrate(paper.PRESET, paper.PAPER_TARGETS, PAPER_PARAMETERS, jobs=jobs,
-                       steps=steps, ratios=paper.FITTED_RATIOS, progress=progress)
+                       steps=steps, ratios=paper.FITTED_RATIOS, progress=progress, done=done)
     runs = run_points(paper.PRESET, paper.PAPER_TARGETS + paper.CHECK_RUNS, PAPER_PARAMETERS,
-                      [result.values], jobs)[0]
+                      [result.values], jobs, done=done)[0]
     payload = summarize(result, runs)
     payload["written"] = write_fitted(result.values) if write else []
     payload["wall_s"] = time.perf_counter() - began

@@ -13,6 +13,7 @@ from experiments.calibration.paper import (
     calibrate,
     paper_checks,
     render,
+    run_points,
     summarize,
 )
 from experiments.calibration.preset_file import set_value, write_values
@@ -139,6 +140,18 @@ def test_calibrate_finds_the_values_a_simulated_cluster_was_run_with():
     errors = errors_pct(result.fitted[:len(targets)], [t.paper_s for t in targets])
     assert max(abs(e) for e in errors) < 2.0
     assert result.values == pytest.approx(truth, rel=0.1)
+
+
+def test_run_points_runs_only_what_it_has_not_run():
+    targets = [Target("a", "pe_only", 4, 1.0), Target("b", "dualpath", 4, 1.0)]
+    done: dict = {}
+    first = run_points("tiny", targets, [A], [(0.5,)], jobs=1, mal="32k", done=done)
+    assert len(done) == 2
+    (key,) = [c for c in done if c.policy == "pe_only"]
+    done[key] = {"jct_s": -1.0}  # a run it would not have made: it must be reused
+    again = run_points("tiny", targets, [A], [(0.5,)], jobs=1, mal="32k", done=done)
+    assert again[0][0] == {"jct_s": -1.0}
+    assert again[0][1] == first[0][1]
 
 
 def _runs(jct: dict[str, float], tpot: float = 0.037) -> dict[str, dict[str, float | str]]:
