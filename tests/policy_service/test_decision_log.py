@@ -82,7 +82,9 @@ def _rows(url: str, query: str) -> list[sa.Row]:
         engine.dispose()
 
 
-def _wait(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+def _wait(cond: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    # Generous: the writer is a fresh process, which takes seconds to start when every
+    # core is busy; a condition that holds returns at once.
     deadline = time.monotonic() + timeout_s
     while not cond():
         assert time.monotonic() < deadline, "condition not reached in time"
