@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from runtime.errors import require
+from runtime.eviction import EVICTIONS
 from runtime.model import ModelSpec
 from runtime.node import NodeSpec
 from runtime.role import Role
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """How the KV-cache tiers behave (their sizes are ``node.dram_cache_gb`` and
+    ``node.hbm_cache_gb``).
+
+    ``peer_fetch``: a prefill engine may take hit blocks from another node's DRAM
+    cache (the decode node's included) over the compute network. ``eviction``: which
+    blocks a full cache gives up first (a name of :data:`runtime.eviction.EVICTIONS`).
+    """
+
+    peer_fetch: bool = True
+    eviction: str = "lru"
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.peer_fetch, bool), "cache.peer_fetch",
+                f"must be true or false, got {self.peer_fetch!r}")
+        require(self.eviction in EVICTIONS, "cache.eviction",
+                f"must be one of {', '.join(EVICTIONS)}, got {self.eviction!r}")
 
 
 @dataclass(frozen=True)
@@ -26,6 +48,9 @@ class ClusterSpec:
     at the nominal ``node.snic_bytes_s``; otherwise it holds one factor in
     (0, 1] per node, and node ``n`` reads and writes storage at
     :meth:`snic_bytes_s_of` ``(n)`` = nominal × ``snic_factors[n]``.
+    ``compute_factors`` likewise makes nodes differ in compute speed: one factor
+    > 0 per node (1 = the nominal GPU), which scales the speed of prefill and decode
+    on that node's engines (see :class:`runtime.cost.CostModel`).
     """
 
     name: str
@@ -43,6 +68,8 @@ class ClusterSpec:
     slo_ttft_s: float = 4.0
     slo_tpot_s: float = 0.05
     snic_factors: tuple[float, ...] = ()
+    compute_factors: tuple[float, ...] = ()
+    cache: CacheSpec = field(default_factory=CacheSpec)
 
     def __post_init__(self) -> None:
         require(self.prefill_nodes > 0, "prefill_nodes",
@@ -62,22 +89,23 @@ class ClusterSpec:
         require(self.decode_group_nodes > 0 and self.decode_nodes % self.decode_group_nodes == 0,
                 "decode_group_nodes",
                 f"must divide decode_nodes={self.decode_nodes}, got {self.decode_group_nodes}")
-        self._check_snic_factors()
+        self._check_factors("snic_factors", 1.0)
+        self._check_factors("compute_factors", math.inf)
 
-    def _check_snic_factors(self) -> None:
-        factors = self.snic_factors
-        require(isinstance(factors, tuple), "snic_factors",
+    def _check_factors(self, key: str, most: float) -> None:
+        factors = getattr(self, key)
+        require(isinstance(factors, tuple), key,
                 f"must be a tuple of numbers, got {type(factors).__name__} {factors!r}")
         if not factors:
             return
-        require(len(factors) == self.nodes, "snic_factors",
+        require(len(factors) == self.nodes, key,
                 f"must hold one factor per node ({self.nodes}: {self.prefill_nodes} prefill "
                 f"then {self.decode_nodes} decode), got {len(factors)}: {list(factors)}")
+        bound = "(0, 1]" if most == 1.0 else "(0, inf)"
         for n, factor in enumerate(factors):
             ok = (isinstance(factor, int | float) and not isinstance(factor, bool)
-                  and 0 < factor <= 1)  # NaN fails the comparison
-            require(ok, "snic_factors",
-                    f"factor of node {n} must lie in (0, 1], got {factor!r}")
+                  and 0 < factor <= most and math.isfinite(factor))  # NaN fails too
+            require(ok, key, f"factor of node {n} must lie in {bound}, got {factor!r}")
 
     @cached_property
     def nodes(self) -> int:
@@ -99,6 +127,10 @@ class ClusterSpec:
         """Storage NIC bandwidth of node ``node_id`` in bytes/s (nominal × its factor)."""
         nominal = self.node.snic_bytes_s
         return nominal * self.snic_factors[node_id] if self.snic_factors else nominal
+
+    def compute_factor_of(self, node_id: int) -> float:
+        """Compute speed of node ``node_id``'s engines relative to the nominal GPU."""
+        return self.compute_factors[node_id] if self.compute_factors else 1.0
 
     def node_of(self, engine_id: int) -> int:
         return engine_id // self.node.gpus

@@ -55,8 +55,9 @@ class CostModel:
         """Compute time of one prefill batch (all layers)."""
         return self.batch_prefill_s([(c.tokens, c.context) for c in chunks])
 
-    def batch_prefill_s(self, parts: Sequence[tuple[int, int]]) -> float:
-        """:meth:`prefill_s` of a batch given as ``(tokens, context)`` pairs."""
+    def batch_prefill_s(self, parts: Sequence[tuple[int, int]], speed: float = 1.0) -> float:
+        """:meth:`prefill_s` of a batch given as ``(tokens, context)`` pairs, on an engine
+        of relative ``speed`` (:meth:`speed`)."""
         # One loop in place of two sums over generators; the additions are the
         # sums' own, in the same order (0 + x is x, whether 0 is an int or a float).
         tokens = 0
@@ -66,15 +67,21 @@ class CostModel:
             flops += self.flops(n, ctx)
         if tokens == 0:
             return 0.0
-        return self._seconds(flops, tokens)
+        return self._seconds(flops, tokens) / speed
 
     def attention_s(self, chunk: Chunk, batch_tokens: int) -> float:
         """Predicted attention time of ``chunk`` in a batch of ``batch_tokens`` (for the quota)."""
         return self.chunk_attention_s(chunk.tokens, chunk.context, batch_tokens)
 
-    def chunk_attention_s(self, tokens: int, context: int, batch_tokens: int) -> float:
+    def chunk_attention_s(self, tokens: int, context: int, batch_tokens: int,
+                          speed: float = 1.0) -> float:
         """:meth:`attention_s` of ``tokens`` new tokens after ``context``."""
-        return self._seconds(self.attention_flops(tokens, context), max(batch_tokens, 1))
+        return self._seconds(self.attention_flops(tokens, context), max(batch_tokens, 1)) / speed
+
+    def speed(self, node_id: int) -> float:
+        """Relative compute speed of node ``node_id``'s engines (``compute_factors``): every
+        prefill and decode duration on them is the nominal one divided by it."""
+        return self.spec.compute_factor_of(node_id)
 
     def prefill_tokens_per_s(self, context: float) -> float:
         """Tokens one GPU prefills per second at ``context``, in large batches."""

@@ -23,6 +23,11 @@ class NodeSpec:
     service delivers (reads and write-backs): line rate is an upper bound that a
     distributed store reaches only with enough reads in flight on every target.
     ``snic_bytes_s`` is the delivered rate.
+
+    KV-cache tiers beside storage (0 = none, as on the paper's testbed):
+    ``dram_cache_gb`` of host DRAM per node keeps KV blocks (apart from the
+    staging ``host_buffer_gb``), and ``hbm_cache_gb`` of HBM per prefill engine
+    keeps a prefix cache (apart from the HBM its batches use, ``pe_hbm_kv_gb``).
     """
 
     gpus: int = 8
@@ -37,6 +42,8 @@ class NodeSpec:
     gpu_tflops: float = 1350.0
     h2d_copy_us: float = 6.0
     rdma_write_us: float = 1.0
+    dram_cache_gb: float = 0.0
+    hbm_cache_gb: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.gpus > 0, "node.gpus", f"must be > 0 engines per node, got {self.gpus}")
@@ -44,9 +51,10 @@ class NodeSpec:
                     "pe_hbm_kv_gb", "de_hbm_kv_gb", "gpu_tflops"):
             value = getattr(self, key)
             require(value > 0, f"node.{key}", f"must be > 0, got {value}")
-        for key in ("h2d_copy_us", "rdma_write_us"):
+        for key in ("h2d_copy_us", "rdma_write_us", "dram_cache_gb", "hbm_cache_gb"):
             value = getattr(self, key)
-            require(value >= 0, f"node.{key}", f"must be >= 0, got {value}")
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+            require(ok, f"node.{key}", f"must be a number >= 0, got {value!r}")
         require(0 < self.storage_efficiency <= 1, "node.storage_efficiency",
                 f"must lie in (0, 1], got {self.storage_efficiency}")
         require(0 < self.cnic_kv_share <= 1, "node.cnic_kv_share",
@@ -77,6 +85,14 @@ class NodeSpec:
     @property
     def de_hbm_kv_bytes(self) -> float:
         return self.de_hbm_kv_gb * GB
+
+    @property
+    def dram_cache_bytes(self) -> float:
+        return self.dram_cache_gb * GB
+
+    @property
+    def hbm_cache_bytes(self) -> float:
+        return self.hbm_cache_gb * GB
 
     @property
     def gpu_flops(self) -> float:

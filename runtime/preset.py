@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime.cluster import ClusterSpec
+from runtime.cluster import CacheSpec, ClusterSpec
 from runtime.errors import ConfigError
 from runtime.model import ModelSpec
 from runtime.node import NodeSpec
@@ -34,7 +34,7 @@ from runtime.node import NodeSpec
 PRESET_DIR = Path(__file__).parent / "presets"
 OVERRIDE_SOURCE = "--set"
 
-_TABLES: dict[str, type] = {"node": NodeSpec, "model": ModelSpec}
+_TABLES: dict[str, type] = {"node": NodeSpec, "model": ModelSpec, "cache": CacheSpec}
 _NUMBERS = tuple[float, ...]  # the type of a field holding a list of numbers
 _TOML_TYPE = {bool: "boolean", int: "integer", float: "float", str: "string",
               list: "array", dict: "table"}
@@ -230,9 +230,9 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
         return ConfigError(f"{where}: {key}: expected {expected}, "
                            f"got {_type_name(value)} {value!r}")
 
-    if hint in (int, float, str):
+    if hint in (bool, int, float, str):
         return _coerce_scalar(key, value, hint, where, wrong)
-    if hint == _NUMBERS:  # snic_factors: one number per node
+    if hint == _NUMBERS:  # snic_factors, compute_factors: one number per node
         if not (isinstance(value, list) and all(type(x) in (int, float) for x in value)):
             raise wrong("an array of numbers, e.g. [1.0, 0.25]")
         return tuple(float(x) for x in value)
@@ -248,7 +248,11 @@ def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
 
 def _coerce_scalar(key: str, value: Any, hint: type, where: str,
                    wrong: Callable[[str], ConfigError]) -> Any:
-    """``value`` as an int, a (finite) float or a str."""
+    """``value`` as a bool, an int, a (finite) float or a str."""
+    if hint is bool:
+        if type(value) is not bool:
+            raise wrong("true or false")
+        return value
     if hint is int:
         if type(value) is not int:
             raise wrong("an integer")
@@ -278,7 +282,8 @@ def _build(values: dict[str, Any], where: Callable[[str], str]) -> ClusterSpec:
     try:
         node = NodeSpec(**kwargs["node"])
         model = ModelSpec(**kwargs["model"])
-        return ClusterSpec(node=node, model=model, **kwargs[""])
+        cache = CacheSpec(**kwargs["cache"])
+        return ClusterSpec(node=node, model=model, cache=cache, **kwargs[""])
     except ConfigError as exc:
         key = str(exc).partition(":")[0]
         raise ConfigError(f"{where(key)}: {exc}") from exc

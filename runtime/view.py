@@ -37,13 +37,15 @@ class EngineView:
 @dataclass(frozen=True, slots=True)
 class NodeView:
     """One node. ``read_q_tokens`` is the node's storage read queue (its SNIC link view):
-    tokens of KV requested from storage through this node and not yet read."""
+    tokens of KV requested from storage through this node and not yet read.
+    ``cache_used_bytes``: what its DRAM KV cache holds (of ``node.dram_cache_gb``)."""
 
     node_id: int
     role: Role
     read_q_tokens: float
     snic_bytes_s: float
     free_buffer_bytes: float
+    cache_used_bytes: float = 0.0
 
 
 @slot_init
@@ -57,14 +59,37 @@ class QueueView:
 
 @slot_init
 @dataclass(frozen=True, slots=True)
+class PrefixView:
+    """Where the prefix of the request at hand (``request_id``) sits in the caches:
+    ``dram_blocks[n]`` leading blocks of it in node ``n``'s DRAM, ``hbm_blocks[e]`` in
+    prefill engine ``e``'s HBM cache; a block holds ``block_tokens`` tokens."""
+
+    request_id: int
+    block_tokens: int
+    dram_blocks: tuple[int, ...]
+    hbm_blocks: tuple[int, ...]
+
+    @property
+    def anywhere(self) -> bool:
+        """Some cache holds some of the prefix."""
+        return any(self.dram_blocks) or any(self.hbm_blocks)
+
+
+@slot_init
+@dataclass(frozen=True, slots=True)
 class ClusterView:
-    """A snapshot of the cluster at ``time_s`` that a policy decides on; never mutated."""
+    """A snapshot of the cluster at ``time_s`` that a policy decides on; never mutated.
+
+    ``prefix`` is where the prefix of the request the policy is asked about sits
+    (``None`` where the cluster has no cache).
+    """
 
     time_s: float
     spec: ClusterSpec
     engines: tuple[EngineView, ...]
     nodes: tuple[NodeView, ...]
     queue: QueueView
+    prefix: PrefixView | None = None
 
     def prefill_engines(self) -> tuple[EngineView, ...]:
         return self.engines[: self.spec.prefill_engines]

@@ -22,7 +22,7 @@ class DecodeEngine(EngineLoad):
     :class:`EngineLoad` it is."""
 
     __slots__ = ("engine_id", "node_id", "heap", "iters", "t_last", "iter_s", "ctx_base",
-                 "version", "cnic_in", "cnic_out", "_cost", "_n")
+                 "version", "cnic_in", "cnic_out", "_cost", "_n", "_speed")
 
     def __init__(self, engine_id: int, node_id: int, cost: CostModel) -> None:
         node = cost.spec.node
@@ -41,6 +41,7 @@ class DecodeEngine(EngineLoad):
         self.cnic_out = Link(f"cnic{engine_id}-out", node.cnic_kv_bytes_s)
         self._cost = cost
         self._n = 0
+        self._speed = cost.speed(node_id)
 
     def _advance(self, now: float) -> None:
         if self.heap and self.iter_s > 0:
@@ -54,7 +55,8 @@ class DecodeEngine(EngineLoad):
             self.iter_s = 0.0
             return None
         size = len(self.heap)
-        self.iter_s = self._cost.decode_iteration_s(size, self.ctx_base + size * self.iters)
+        self.iter_s = (self._cost.decode_iteration_s(size, self.ctx_base + size * self.iters)
+                       / self._speed)  # the cost model's compute factor (CostModel.speed)
         left = self.heap[0][0] - self.iters
         return self.t_last + (left if left > 0.0 else 0.0) * self.iter_s  # max(0.0, left)
 

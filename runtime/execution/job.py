@@ -16,7 +16,8 @@ class Job:
     """Mutable record of one request in either execution (simulated or live)."""
 
     __slots__ = (
-        "request", "state", "pe", "de", "share", "pe_bytes", "de_bytes", "reads_left",
+        "request", "state", "pe", "de", "share", "pe_bytes", "de_bytes", "dram_bytes",
+        "peer_bytes", "peer_engine", "cached", "reads_left",
         "remaining", "context", "loaded", "t_decision", "t_pe_read", "t_de_read",
         "t_prefill_start", "t_first_token", "t_transfer", "t_finish", "hbm_bytes",
     )
@@ -29,6 +30,10 @@ class Job:
         self.share = 0.0
         self.pe_bytes = 0.0
         self.de_bytes = 0.0
+        self.dram_bytes = 0.0     # hit KV from the PE node's DRAM cache
+        self.peer_bytes = 0.0     # hit KV from a peer node's DRAM cache ...
+        self.peer_engine = -1     # ... sent through this engine's CNIC
+        self.cached = 0           # hit tokens served by caches (the leading ones)
         self.reads_left = 0
         # A full hit still computes its last token to produce the first output.
         appended = request.appended_tokens

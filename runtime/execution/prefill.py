@@ -21,8 +21,8 @@ from runtime.execution.job import Job
 from runtime.execution.link import Link, reserve_pair
 from runtime.placement import EngineLoad
 
-# Returns the CNIC egress link of a decode engine.
-DecodeCnic = Callable[[int], Link]
+# Returns the CNIC egress link of an engine.
+EngineCnic = Callable[[int], Link]
 
 
 class PrefillEngine(EngineLoad):
@@ -30,7 +30,7 @@ class PrefillEngine(EngineLoad):
     :class:`EngineLoad` it is."""
 
     __slots__ = ("engine_id", "node_id", "ready", "busy", "hbm_bytes", "hbm_used",
-                 "cnic_in", "cnic_out", "pcie", "batch", "release_at")
+                 "cnic_in", "cnic_out", "pcie", "batch", "release_at", "speed")
 
     def __init__(self, engine_id: int, node_id: int, cost: CostModel) -> None:
         super().__init__()
@@ -46,6 +46,7 @@ class PrefillEngine(EngineLoad):
         self.pcie = Link(f"pcie{engine_id}", node.pcie_bytes_s)
         self.batch: list[tuple[Job, int]] = []
         self.release_at = 0.0  # free for the next batch (compute and P→D transfers done)
+        self.speed = cost.speed(node_id)
 
     def form_batch(self, cost: CostModel, layerwise: bool) -> list[tuple[Job, int]]:
         """Take ready requests FIFO while predicted attention fits the quota; chunk the last.
@@ -55,6 +56,7 @@ class PrefillEngine(EngineLoad):
         quota = cost.spec.prefill_quota_s
         kv_bytes = cost.model.kv_bytes_per_token
         attention_s = cost.chunk_attention_s
+        speed = self.speed
         ready = self.ready
         batch: list[tuple[Job, int]] = []
         tokens = 0
@@ -67,16 +69,16 @@ class PrefillEngine(EngineLoad):
                 if batch and self.hbm_used + need > self.hbm_bytes:
                     break
             n = job.remaining
-            a = attention_s(n, job.context, tokens + n)
+            a = attention_s(n, job.context, tokens + n, speed)
             if batch and attn + a > quota:
                 # Chunk: the share of the remaining tokens that fits what is left.
                 n = int(n * (quota - attn) / a)
                 if n <= 0:
                     break
-                a = attention_s(n, job.context, tokens + n)
+                a = attention_s(n, job.context, tokens + n, speed)
             elif not batch and a > quota:
                 n = max(1, int(n * quota / a))
-                a = attention_s(n, job.context, n)
+                a = attention_s(n, job.context, n, speed)
             if need:
                 self.hbm_used += need
                 job.hbm_bytes = need
@@ -89,9 +91,14 @@ class PrefillEngine(EngineLoad):
         return batch
 
     def batch_finish(self, now: float, batch: list[tuple[Job, int]], cost: CostModel,
-                     layerwise: bool, oracle: bool, de_cnic: DecodeCnic) -> float:
-        """Start ``batch`` at ``now``: reserve its loads, return when its compute ends."""
-        compute = cost.batch_prefill_s([(n, job.context) for job, n in batch])
+                     layerwise: bool, oracle: bool, cnic_out: EngineCnic) -> float:
+        """Start ``batch`` at ``now``: reserve its loads, return when its compute ends.
+
+        A job's hit KV comes over PCIe (``pe_bytes`` staged from storage and
+        ``dram_bytes`` from the node's DRAM cache) and by RDMA into this engine's CNIC
+        (``de_bytes`` from the decode engine's node, ``peer_bytes`` from a peer's DRAM
+        cache through engine ``peer_engine``'s CNIC); HBM-cached blocks need nothing."""
+        compute = cost.batch_prefill_s([(n, job.context) for job, n in batch], self.speed)
         if oracle:
             return now + compute
         layers = cost.model.layers
@@ -100,12 +107,14 @@ class PrefillEngine(EngineLoad):
         for job, _ in batch:
             if job.loaded:
                 continue
-            pe_bytes += job.pe_bytes
-            pe_overhead += cost.h2d_overhead_s(job.pe_bytes)
-            de_bytes = job.de_bytes
-            if de_bytes > 0:
-                start, end = reserve_pair(de_cnic(job.de), self.cnic_in, now, de_bytes,
-                                          cost.rdma_overhead_s(de_bytes))
+            host = job.pe_bytes + job.dram_bytes
+            pe_bytes += host
+            pe_overhead += cost.h2d_overhead_s(host)
+            for sender, nbytes in ((job.de, job.de_bytes), (job.peer_engine, job.peer_bytes)):
+                if nbytes <= 0:
+                    continue
+                start, end = reserve_pair(cnic_out(sender), self.cnic_in, now, nbytes,
+                                          cost.rdma_overhead_s(nbytes))
                 first = start + (end - start) / layers
                 # Comparisons rather than max(): the same result, without a call.
                 if first > de_first:

@@ -27,6 +27,7 @@ class Recorder:
         self.gen: list[int] = []
         self.prompt: list[int] = []
         self.hit: list[int] = []
+        self.slo_class: list[str] = []
         self.agent_first: dict[int, float] = {}
         self.agent_last: dict[int, float] = {}
         self.rows: list[tuple[Any, ...]] = []
@@ -44,6 +45,7 @@ class Recorder:
         self.gen.append(r.gen_tokens)
         self.prompt.append(r.prompt_tokens)
         self.hit.append(r.hit_tokens)
+        self.slo_class.append(r.slo_class)
         self.agent_last[r.agent_id] = job.t_finish
         if self.timeline:
             self.rows.append((

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from runtime.cluster import ClusterSpec
+from runtime.cluster import CacheSpec, ClusterSpec
 from runtime.live.transport import TRANSPORTS
 from runtime.model import ModelSpec
 from runtime.node import NodeSpec
@@ -151,11 +151,14 @@ def spec_to_dict(spec: ClusterSpec) -> dict[str, Any]:
     """A cluster spec as plain JSON-able values (what node processes are told)."""
     def plain(obj: Any) -> dict[str, Any]:
         return {f.name: getattr(obj, f.name) for f in fields(obj) if f.init}
-    return {**plain(spec), "node": plain(spec.node), "model": plain(spec.model)}
+    return {**plain(spec), "node": plain(spec.node), "model": plain(spec.model),
+            "cache": plain(spec.cache)}
 
 
 def spec_from_dict(data: dict[str, Any]) -> ClusterSpec:
     model = dict(data["model"])
     model["prefill_efficiency"] = tuple(tuple(p) for p in model["prefill_efficiency"])
     return ClusterSpec(**{**data, "node": NodeSpec(**data["node"]), "model": ModelSpec(**model),
-                          "snic_factors": tuple(data["snic_factors"])})
+                          "cache": CacheSpec(**data["cache"]),
+                          "snic_factors": tuple(data["snic_factors"]),
+                          "compute_factors": tuple(data["compute_factors"])})

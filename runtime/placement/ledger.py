@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, split_tokens
 from runtime.placement.load import EngineLoad
+from runtime.placement.plan import load_plan
 from runtime.request import Request
 from runtime.view import ClusterView, EngineView, NodeView, QueueView
 
@@ -68,9 +69,11 @@ class Ledger:
         self._block = spec.block_tokens
         self._max_batch = spec.decode_max_batch
 
-    def place(self, request: Request, d: Decision) -> tuple[int, int]:
-        """Check ``d`` and take its capacity; returns the hit tokens read on the (PE, DE)
-        side. Raises :class:`PlacementError` (taking nothing) unless ``d`` names a prefill
+    def place(self, request: Request, d: Decision,
+              storage_tokens: int | None = None) -> tuple[int, int]:
+        """Check ``d`` and take its capacity; returns the tokens read from storage on the
+        (PE, DE) side: of ``storage_tokens`` (the hit tokens no cache serves; all of
+        them when ``None``). Raises :class:`PlacementError` (taking nothing) unless ``d`` names a prefill
         and a decode engine and the decode engine has HBM and a batch slot for it."""
         if not (0 <= d.prefill_engine < self._npe <= d.decode_engine < self._engines):
             check_engines(self.spec, request, d)  # raises, naming the wrong engine
@@ -89,7 +92,8 @@ class Ledger:
         pe.seq += 1
         appended = request.appended_tokens
         pe.tok += appended if appended > 1 else 1  # prefill_tokens(request), inlined
-        return split_tokens(request.hit_tokens, d.decode_share, self._block)
+        stored = request.hit_tokens if storage_tokens is None else storage_tokens
+        return split_tokens(stored, d.decode_share, self._block)
 
     def prefilled(self, pe: int) -> None:
         """The request's last prefill chunk is done: its sequence leaves the prefill engine."""
@@ -137,14 +141,18 @@ def reserve_view(view: ClusterView, request: Request, decision: Decision) -> Clu
                                        de.tok + request.total_tokens, de.free_hbm_bytes - need,
                                        de.cnic_busy_until_s)
     nodes = list(view.nodes)
-    pe_tokens, de_tokens = split_tokens(request.hit_tokens, decision.decode_share,
-                                        spec.block_tokens)
+    prefix = view.prefix
+    stored = request.hit_tokens
+    if prefix is not None and prefix.request_id == request.request_id:
+        stored = load_plan(spec, request, prefix, decision.prefill_engine,
+                           decision.decode_engine).storage_tokens
+    pe_tokens, de_tokens = split_tokens(stored, decision.decode_share, spec.block_tokens)
     for node_id, tokens in ((pe.node_id, pe_tokens), (de.node_id, de_tokens)):
         if tokens:
             n = nodes[node_id]
             nodes[node_id] = NodeView(n.node_id, n.role, n.read_q_tokens + tokens, n.snic_bytes_s,
-                                      n.free_buffer_bytes)
+                                      n.free_buffer_bytes, n.cache_used_bytes)
     queue = view.queue
     if queue.requests > 0:
         queue = QueueView(queue.requests - 1, max(0, queue.tokens - request.prompt_tokens))
-    return ClusterView(view.time_s, spec, tuple(engines), tuple(nodes), queue)
+    return ClusterView(view.time_s, spec, tuple(engines), tuple(nodes), queue, prefix)

@@ -1,6 +1,7 @@
-"""The waiting queue: first-in first-out, with defer and ``WaitFor``.
+"""The waiting queue: in arrival order, with defer, ``WaitFor`` and a queue order.
 
-The head is asked about first. A policy that defers the head names what it
+The request the order picks (:meth:`WaitingQueue.pick`; the head under FIFO) is
+asked about first. A policy that defers the head names what it
 waits for (``WaitFor``); the queue is asked again only when that kind of
 capacity frees (or anything at all, for ``WaitFor.ANY``) or a request arrives.
 This is the one place that decides when a deferred request is asked again.
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from typing import Generic, Protocol, TypeVar
+from heapq import heappop, heappush
+from typing import Any, Generic, Protocol, TypeVar
 
+from runtime.cluster import ClusterSpec
 from runtime.decision import Defer, WaitFor
+from runtime.placement.order import FIFO, QueueOrder
 from runtime.request import Request
 from runtime.view import QueueView
 
@@ -30,11 +34,12 @@ T = TypeVar("T", bound=Queued)
 class WaitingQueue(Generic[T]):
     """Requests (any record with a ``request``) waiting for a decision.
 
-    ``due`` says whether the head should be asked now; ``items`` is public for
-    hot loops that only read it.
+    ``due`` says whether the queue should be asked now; ``items`` (in arrival
+    order) is public for hot loops that only read it.
     """
 
-    __slots__ = ("items", "tokens", "due", "_wait", "_view")
+    __slots__ = ("items", "tokens", "due", "_wait", "_view", "_order", "_key", "_heap",
+                 "_live", "_seq")
 
     def __init__(self) -> None:
         self.items: deque[T] = deque()
@@ -42,6 +47,45 @@ class WaitingQueue(Generic[T]):
         self.due = False
         self._wait: WaitFor | None = None  # what a deferred head waits for
         self._view = QueueView(0, 0)
+        self._order = FIFO
+        self._key: Any = None
+        # Non-FIFO orders: a heap of (key, seq, item), an entry valid while _live
+        # maps the item to its seq (taken items are dropped lazily).
+        self._heap: list[tuple[Any, int, T]] = []
+        self._live: dict[int, int] = {}
+        self._seq = 0
+
+    def set_order(self, order: QueueOrder, spec: ClusterSpec) -> None:
+        """Order the queue by ``order`` from now on (FIFO until set)."""
+        self._order = order
+        self._key = None if order.fifo else order.key(spec)
+        self._heap, self._live = [], {}
+        if self._key is not None:
+            for item in self.items:
+                self._index(item)
+
+    @property
+    def order(self) -> QueueOrder:
+        return self._order
+
+    def _index(self, item: T) -> None:
+        self._seq += 1
+        self._live[id(item)] = self._seq
+        heappush(self._heap, (self._key(item.request), self._seq, item))
+
+    def pick(self, now: float) -> int:
+        """Index in ``items`` of the request to ask about next: the one waiting longest
+        if it waited over ``max_wait_s``, else the order's first."""
+        items = self.items
+        if self._key is None or len(items) < 2:
+            return 0
+        if now - items[0].request.arrival_s > self._order.max_wait_s:
+            return 0
+        heap, live = self._heap, self._live
+        while live.get(id(heap[0][2])) != heap[0][1]:
+            heappop(heap)
+        first = heap[0][2]
+        return 0 if first is items[0] else items.index(first)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -62,6 +106,8 @@ class WaitingQueue(Generic[T]):
         """A new request joins at the tail; the head is asked again."""
         self.items.append(item)
         self.tokens += item.request.prompt_tokens
+        if self._key is not None:
+            self._index(item)
         wait = self._wait  # wake(None), inlined: once per arrival
         if wait is None or wait is _ANY:
             self.due = True
@@ -71,6 +117,8 @@ class WaitingQueue(Generic[T]):
         and is asked about at once: what the old head waited for does not hold for it."""
         self.items.appendleft(item)
         self.tokens += item.request.prompt_tokens
+        if self._key is not None:
+            self._index(item)
         self._wait = None
         self.due = True
 
@@ -79,11 +127,17 @@ class WaitingQueue(Generic[T]):
         self.due = False
         self._wait = answer.wait_for if answer is not None else _ANY
 
-    def take(self) -> T:
-        """The head was placed: remove and return it."""
+    def take(self, index: int = 0) -> T:
+        """The request at ``index`` (the head by default) was placed: remove and return it."""
         self._wait = None
-        item = self.items.popleft()
+        if index == 0:
+            item = self.items.popleft()
+        else:
+            item = self.items[index]
+            del self.items[index]
         self.tokens -= item.request.prompt_tokens
+        if self._key is not None:
+            del self._live[id(item)]
         return item
 
     def wake(self, freed: WaitFor | None) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from heapq import heappop
 from typing import TYPE_CHECKING, Any
 
+from runtime.cache import CacheTiers
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.decision import Decision, Defer, WaitFor
@@ -24,6 +25,8 @@ from runtime.execution.metrics import summarize
 from runtime.execution.prefill import PrefillEngine
 from runtime.execution.recorder import Recorder
 from runtime.placement import Ledger, WaitingQueue
+from runtime.placement.order import QueueOrder, order_of
+from runtime.placement.plan import LoadPlan, load_plan
 from runtime.placement.lifecycle import (
     DECODING,
     FINISHED,
@@ -43,7 +46,7 @@ from runtime.sim.events import (
     EventQueue,
 )
 from runtime.sim.node import NodeStorage
-from runtime.view import ClusterView, EngineView, NodeView, Role
+from runtime.view import ClusterView, EngineView, NodeView, PrefixView, Role
 from runtime.workload.base import Workload
 
 if TYPE_CHECKING:
@@ -114,6 +117,11 @@ class Simulator:
         self.in_system = 0  # arrived and not finished
         self.time_in_system = 0.0  # integral of in_system over simulated time
         self.hit_bytes = 0.0
+        self.caches = CacheTiers.of(spec, workload)
+        # Hit bytes by source, in the order of runtime.execution.metrics.SOURCES.
+        self.hit_by_source = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self._presented = 0  # index in the waiting queue of the request asked about
+        self._prefix: PrefixView | None = None  # where its prefix sits (with caches)
         # Indexed by event kind (a list: cheaper to index than a dict to look up).
         handlers: dict[int, Callable[[Any], None]] = {
             READ_DONE: self._on_read_done,
@@ -134,6 +142,7 @@ class Simulator:
         """Run to completion with ``policy`` deciding every request."""
         if (hook := completion_hook(policy)) is not None:
             self.on_finish = hook
+        self.set_order(order_of(policy))
         wall = wallclock.perf_counter()
         next_report = progress_every
         while (point := self.next_decision()) is not None:
@@ -144,6 +153,25 @@ class Simulator:
                 next_report += progress_every
         return self.result(wallclock.perf_counter() - wall)
 
+    def set_order(self, order: QueueOrder) -> None:
+        """Ask about waiting requests in ``order`` (FIFO until set)."""
+        self.waiting.set_order(order, self.spec)
+
+    def candidates(self, k: int) -> list[Request]:
+        """Up to ``k`` waiting requests, the one asked about first, then by arrival."""
+        items = self.waiting.items
+        first = self._presented
+        rest = [items[i].request for i in range(min(len(items), k + 1)) if i != first]
+        return ([items[first].request] + rest)[:k] if items else []
+
+    def present(self, index: int) -> tuple[Request, ClusterView]:
+        """Ask about :meth:`candidates` ``[index]`` instead (the env's queue choice)."""
+        items = self.waiting.items
+        order = [self._presented] + [i for i in range(min(len(items), index + 2))
+                                     if i != self._presented]
+        self._presented = order[index]
+        return items[self._presented].request, self.view()
+
     def next_decision(self) -> tuple[Request, ClusterView] | None:
         """Advance until a decision is needed; ``None`` when the run is over."""
         heap = self.events.heap  # popped here directly: this loop is the hot path
@@ -152,7 +180,8 @@ class Simulator:
         items = waiting.items
         while True:
             if waiting.due and items:
-                return items[0].request, self.view()
+                index = self._presented = waiting.pick(self.now)
+                return items[index].request, self.view()
             if not heap:
                 if items:
                     raise SimulationStuck(self._stuck_message())
@@ -171,14 +200,22 @@ class Simulator:
         if not isinstance(decision, Decision):
             waiting.defer(decision)
             return
-        split = self.ledger.place(waiting.items[0].request, decision)
-        self._place(waiting.take(), decision, split)
+        index = self._presented
+        request = waiting.items[index].request
+        plan = None
+        if self.caches is not None:
+            plan = load_plan(self.spec, request, self._prefix, decision.prefill_engine,
+                             decision.decode_engine)
+        split = self.ledger.place(request, decision,
+                                  None if plan is None else plan.storage_tokens)
+        self._place(waiting.take(index), decision, split, plan)
+        self._presented = 0
 
     def result(self, wall_s: float) -> SimResult:
         cnics = [(e.cnic_in, e.cnic_out) for e in self.pes]
         cnics += [(e.cnic_in, e.cnic_out) for e in self.des]
         metrics = summarize(self.recorder, self.spec, [node.snic for node in self.nodes], cnics,
-                            self.hit_bytes, wall_s)
+                            self.hit_bytes, wall_s, self.hit_by_source)
         return SimResult(metrics, self.recorder.rows)
 
     # -- the view -----------------------------------------------------------
@@ -193,16 +230,23 @@ class Simulator:
             self._stale.clear()
             self._engines_view = tuple(eviews)
         nodes = tuple([self._node_view(n, now) for n in self.nodes])
-        return ClusterView(now, self.spec, self._engines_view, nodes, self.waiting.view())
+        prefix = None
+        if self.caches is not None and self.waiting.items:
+            prefix = self.caches.locate(self.waiting.items[self._presented].request)
+        self._prefix = prefix
+        return ClusterView(now, self.spec, self._engines_view, nodes, self.waiting.view(),
+                           prefix)
 
     def _node_view(self, node: NodeStorage, now: float) -> NodeView:
         read_q = node.read_queue_bytes(now) / self._kvb
         free = node.buffer_bytes - node.buffer_used
+        cached = 0.0 if self.caches is None else self.caches.used_bytes(node.node_id)
         last = self._nviews[node.node_id]
-        if last is not None and last.read_q_tokens == read_q and last.free_buffer_bytes == free:
+        if (last is not None and last.read_q_tokens == read_q and last.free_buffer_bytes == free
+                and last.cache_used_bytes == cached):
             return last
         fresh = NodeView(node.node_id, self._node_roles[node.node_id], read_q,
-                         node.snic.bytes_s, free)
+                         node.snic.bytes_s, free, cached)
         self._nviews[node.node_id] = fresh
         return fresh
 
@@ -223,7 +267,8 @@ class Simulator:
                           de.free_hbm, busy)
 
     # -- decisions ----------------------------------------------------------
-    def _place(self, job: Job, d: Decision, split: tuple[int, int]) -> None:
+    def _place(self, job: Job, d: Decision, split: tuple[int, int],
+               plan: LoadPlan | None = None) -> None:
         kvb = self._kvb
         hit = job.request.hit_tokens
         pe = self.pes[d.prefill_engine]
@@ -234,6 +279,11 @@ class Simulator:
         job.de_bytes = de_bytes = de_tokens * kvb
         job.pe_bytes = pe_bytes = pe_tokens * kvb
         self.hit_bytes += hit * kvb
+        sources = self.hit_by_source
+        if plan is not None and plan.cached_tokens:
+            self._serve_cached(job, pe, plan)
+        sources[3] += pe_bytes
+        sources[4] += de_bytes
         stale = self._stale
         stale.add(pe.engine_id)
         stale.add(de.engine_id)
@@ -243,10 +293,39 @@ class Simulator:
             return
         job.state = LOADING_STORAGE
         job.reads_left = (pe_bytes > 0) + (de_bytes > 0)
+        if job.reads_left == 0:  # every hit block is cached: moved when the batch starts
+            self._ready(job)
+            return
         if pe_bytes > 0:
             self.nodes[pe.node_id].enqueue_read(job, pe_bytes, self.now)
         if de_bytes > 0:
             self.nodes[de.node_id].enqueue_read(job, de_bytes, self.now)
+
+    def _serve_cached(self, job: Job, pe: PrefillEngine, plan: LoadPlan) -> None:
+        """Take ``plan``'s cached blocks: count them by source, note what moves them, and
+        tell the caches they were hit."""
+        kvb, gpus = self._kvb, self._gpus
+        sources = self.hit_by_source
+        sources[0] += plan.hbm_tokens * kvb
+        sources[1] += plan.dram_local_tokens * kvb
+        sources[2] += plan.dram_peer_tokens * kvb
+        job.cached = plan.cached_tokens
+        job.dram_bytes = plan.dram_local_tokens * kvb
+        if plan.dram_peer_tokens:
+            job.peer_bytes = plan.dram_peer_tokens * kvb
+            # The peer's engine on the PE's rail (same local GPU index) sends it.
+            job.peer_engine = plan.peer_node * gpus + pe.engine_id % gpus
+        caches = self.caches
+        assert caches is not None
+        tokens = self._prefix.block_tokens if self._prefix is not None else 1
+        now, req = self.now, job.request
+        caches.touch(req, now, hbm_engine=pe.engine_id, hbm_blocks=-(-plan.hbm_tokens // tokens),
+                     dram_node=pe.node_id,
+                     dram_blocks=-(-(plan.hbm_tokens + plan.dram_local_tokens) // tokens)
+                     if plan.dram_local_tokens else 0)
+        if plan.dram_peer_tokens:
+            caches.touch(req, now, dram_node=plan.peer_node,
+                         dram_blocks=-(-plan.cached_tokens // tokens))
 
     # -- events -------------------------------------------------------------
     def _push_arrival(self, request: Request) -> None:
@@ -262,9 +341,17 @@ class Simulator:
             job.t_pe_read = (start, end)
         else:
             job.t_de_read = (start, end)
-        self._push(end, READ_DONE, job)
+        self._push(end, READ_DONE, (job, node_id))
 
-    def _on_read_done(self, job: Job) -> None:
+    def _on_read_done(self, payload: tuple[Job, int]) -> None:
+        job, node_id = payload
+        if self.caches is not None:
+            # The PE path reads the leading storage tokens, the DE path the rest.
+            first = job.cached + (0 if node_id < self.spec.prefill_nodes
+                                  else int(job.pe_bytes // self._kvb))
+            nbytes = job.pe_bytes if node_id < self.spec.prefill_nodes else job.de_bytes
+            self.caches.read_done(job.request, node_id, first, first + int(nbytes // self._kvb),
+                                  self.now)
         job.reads_left -= 1
         if job.reads_left == 0:
             self._ready(job)
@@ -282,7 +369,7 @@ class Simulator:
         batch = pe.form_batch(self.cost, opts.layerwise)
         now = self.now
         finish = pe.batch_finish(now, batch, self.cost, opts.layerwise, opts.oracle,
-                                 self._de_cnic_out)
+                                 self._cnic_out)
         pe.start(now, batch)
         sent = self._send_to_decode(pe, batch, now, finish)
         pe.release_at = sent if sent > finish else finish  # max(finish, sent)
@@ -313,8 +400,9 @@ class Simulator:
                 last = done
         return last
 
-    def _de_cnic_out(self, engine_id: int) -> Link:
-        return self.des[engine_id - self._npe].cnic_out
+    def _cnic_out(self, engine_id: int) -> Link:
+        npe = self._npe
+        return (self.des[engine_id - npe] if engine_id >= npe else self.pes[engine_id]).cnic_out
 
     def _on_prefill_done(self, pe: PrefillEngine) -> None:
         computed = 0
@@ -356,11 +444,15 @@ class Simulator:
         job.t_first_token = now
         job.state = TRANSFERRING
         self._push(job.t_transfer, TRANSFER_DONE, job)
+        if self.caches is not None:
+            self.caches.prefilled(req, pe.engine_id, pe.node_id, now)
         if not self._oracle:
             # Write-back of the blocks this prefill produced.
             self.nodes[pe.node_id].snic_write.reserve(now, req.appended_tokens * self._kvb)
 
     def _on_transfer_done(self, job: Job) -> None:
+        if self.caches is not None:
+            self.caches.received(job.request, job.de // self._gpus, self.now)
         if job.request.gen_tokens == 1:
             self._finish(job)
             return

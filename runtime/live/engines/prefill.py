@@ -117,7 +117,7 @@ class LivePrefill:
         start = clock.now()
         core.start(start, formed)
         batch = cast(list[tuple[LiveJob, int]], formed)
-        compute = node.cost.batch_prefill_s([(n, job.context) for job, n in batch])
+        compute = node.cost.batch_prefill_s([(n, job.context) for job, n in batch], core.speed)
         for job, _ in batch:
             if job.offset < 0:  # its first batch (a chunked request keeps its range)
                 job.offset = self.arena.alloc(job.nbytes_real)

@@ -1,0 +1,123 @@
+"""A cluster's KV-cache tiers: a DRAM cache per node and an HBM cache per prefill engine.
+
+What is cached when (the rules every execution follows):
+
+- blocks a node reads from storage stay in that node's DRAM (when the read is done,
+  and only where they continue a prefix the node holds);
+- at the end of a request's prefill its prompt's blocks stay in the prefill engine's
+  HBM cache and in its node's DRAM (the KV is in HBM; offloading it to host memory
+  is what LMCache and Dynamo's block manager do);
+- the decode node keeps the prompt blocks it receives from the prefill engine.
+
+A hit block is served from the cheapest place holding it (see
+:func:`runtime.placement.plan.load_plan`), and a hit refreshes the blocks it used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from runtime.cache.prefix import prefix_hashes
+from runtime.cache.prefix_cache import PrefixCache
+from runtime.cluster import ClusterSpec
+from runtime.eviction import EVICTIONS
+from runtime.request import Request
+from runtime.view import PrefixView
+from runtime.workload.base import Workload
+
+
+def hash_block_tokens(workload: Workload, block_tokens: int) -> int:
+    """Tokens per block of the hashes a workload's requests carry: a trace's own block
+    (``trace_block_tokens``, also of a trace inside a mixed workload), else the
+    cluster's ``block_tokens`` (agents' chains)."""
+    sizes = {getattr(part, "trace_block_tokens", None)
+             for part in getattr(workload, "parts", (workload,))} - {None}
+    if len(sizes) > 1:
+        raise ValueError(f"workload {workload.name}: its traces have different block sizes "
+                         f"({sorted(sizes)} tokens); caches need one")
+    return int(sizes.pop()) if sizes else block_tokens
+
+
+class CacheTiers:
+    """The caches of one cluster, ``None`` where a tier has size 0."""
+
+    def __init__(self, spec: ClusterSpec, hash_tokens: int) -> None:
+        self.spec = spec
+        self.block_tokens = spec.block_tokens  # of agents' chains
+        self.hash_tokens = hash_tokens         # of requests' own hashes
+        kv = spec.model.kv_bytes_per_token
+        eviction = EVICTIONS[spec.cache.eviction]()
+        dram = int(spec.node.dram_cache_bytes // kv)
+        hbm = int(spec.node.hbm_cache_bytes // kv)
+        self.dram: list[PrefixCache] | None = (
+            [PrefixCache(dram, eviction) for _ in range(spec.nodes)] if dram > 0 else None)
+        self.hbm: list[PrefixCache] | None = (
+            [PrefixCache(hbm, eviction) for _ in range(spec.prefill_engines)] if hbm > 0
+            else None)
+        self._no_dram = (0,) * spec.nodes
+        self._no_hbm = (0,) * spec.prefill_engines
+
+    @staticmethod
+    def of(spec: ClusterSpec, workload: Workload) -> CacheTiers | None:
+        """The tiers of ``spec``, or ``None`` when it has no cache at all."""
+        if spec.node.dram_cache_gb <= 0 and spec.node.hbm_cache_gb <= 0:
+            return None
+        return CacheTiers(spec, hash_block_tokens(workload, spec.block_tokens))
+
+    def hashes(self, request: Request) -> tuple[Sequence[int], int]:
+        """The request's block hashes and the tokens each block holds."""
+        if request.block_hashes is not None:
+            return request.block_hashes, self.hash_tokens
+        return prefix_hashes(request, self.block_tokens), self.block_tokens
+
+    def locate(self, request: Request) -> PrefixView:
+        """Where ``request``'s prefix sits: leading blocks per node DRAM and per PE HBM."""
+        hashes, tokens = self.hashes(request)
+        return PrefixView(request.request_id, tokens, self._held(self.dram, hashes, self._no_dram),
+                          self._held(self.hbm, hashes, self._no_hbm))
+
+    @staticmethod
+    def _held(caches: list[PrefixCache] | None, hashes: Sequence[int],
+              none: tuple[int, ...]) -> tuple[int, ...]:
+        if caches is None or not hashes:
+            return none
+        return tuple([cache.match(hashes) for cache in caches])
+
+    def used_bytes(self, node_id: int) -> float:
+        """Bytes the node's DRAM cache holds."""
+        if self.dram is None:
+            return 0.0
+        return self.dram[node_id].used_tokens * self.spec.model.kv_bytes_per_token
+
+    # -- hits and stores ---------------------------------------------------------------
+    def touch(self, request: Request, now: float, *, hbm_engine: int = -1, hbm_blocks: int = 0,
+              dram_node: int = -1, dram_blocks: int = 0) -> None:
+        """A hit on the leading blocks of an HBM cache and/or a node's DRAM."""
+        hashes, _ = self.hashes(request)
+        if hbm_blocks > 0 and self.hbm is not None:
+            self.hbm[hbm_engine].touch(hashes, hbm_blocks, now)
+        if dram_blocks > 0 and self.dram is not None:
+            self.dram[dram_node].touch(hashes, dram_blocks, now)
+
+    def read_done(self, request: Request, node_id: int, first_token: int, end_token: int,
+                  now: float) -> None:
+        """Node ``node_id`` read tokens ``[first_token, end_token)`` of the prompt from storage."""
+        if self.dram is None or end_token <= first_token:
+            return
+        hashes, tokens = self.hashes(request)
+        self.dram[node_id].store(hashes, -(-end_token // tokens), tokens, now,
+                                 start=first_token // tokens)
+
+    def prefilled(self, request: Request, engine_id: int, node_id: int, now: float) -> None:
+        """The request's prefill ended on ``engine_id``: its prompt blocks stay there."""
+        hashes, tokens = self.hashes(request)
+        if self.hbm is not None:
+            self.hbm[engine_id].store(hashes, len(hashes), tokens, now)
+        if self.dram is not None:
+            self.dram[node_id].store(hashes, len(hashes), tokens, now)
+
+    def received(self, request: Request, node_id: int, now: float) -> None:
+        """The decode node ``node_id`` received the request's prompt KV."""
+        if self.dram is not None:
+            hashes, tokens = self.hashes(request)
+            self.dram[node_id].store(hashes, len(hashes), tokens, now)
