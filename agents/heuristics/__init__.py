@@ -1,6 +1,8 @@
 """Heuristic schedulers, one small class per module, and the table that names them."""
 
+from agents.heuristics.cache_aware import CacheAware
 from agents.heuristics.dualpath import DualPath
+from agents.heuristics.dualpath_cache import DualPathCache
 from agents.heuristics.dualpath_split import DualPathSplit
 from agents.heuristics.least_tokens import LeastTokens
 from agents.heuristics.pe_only import PeOnly
@@ -13,6 +15,9 @@ HEURISTICS: dict[str, type] = {
     "least_tokens": LeastTokens,
     "dualpath": DualPath,
     "dualpath_split": DualPathSplit,
+    "cache_aware": CacheAware,
+    "dualpath_cache": DualPathCache,
 }
 
-__all__ = ["HEURISTICS", "DualPath", "DualPathSplit", "LeastTokens", "PeOnly", "RoundRobin"]
+__all__ = ["HEURISTICS", "CacheAware", "DualPath", "DualPathCache", "DualPathSplit",
+           "LeastTokens", "PeOnly", "RoundRobin"]

@@ -1,5 +1,5 @@
-"""What every heuristic shares: the room check, the shorter-queue path, a round-robin
-cursor and parameter checks."""
+"""What every heuristic shares: the queue order, the room check, the shorter-queue path,
+a round-robin cursor and parameter checks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,22 @@ import math
 from collections.abc import Callable, Sequence
 
 from runtime.cluster import ClusterSpec
+from runtime.placement.order import DEFAULT_MAX_WAIT_S, FIFO, QueueOrder
 from runtime.request import Request
 from runtime.view import ClusterView, EngineView
+
+
+class Heuristic:
+    """The base of every heuristic: the queue order it asks its execution for.
+
+    Every heuristic takes ``order`` (``fifo``, ``edf`` or ``short``) and ``max_wait_s``
+    (see :mod:`runtime.placement.order`); the execution reads ``queue_order``.
+    """
+
+    queue_order: QueueOrder = FIFO
+
+    def __init__(self, *, order: str = "fifo", max_wait_s: float = DEFAULT_MAX_WAIT_S) -> None:
+        self.queue_order = QueueOrder(order, max_wait_s)
 
 
 def has_room(engine: EngineView, request: Request, spec: ClusterSpec) -> bool:

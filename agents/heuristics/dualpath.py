@@ -3,15 +3,16 @@ DE by token threshold Z, the whole request read on the shorter-queue side."""
 
 from __future__ import annotations
 
-from agents.heuristics.common import number, shorter_queue_share
+from agents.heuristics.common import Heuristic, number, shorter_queue_share
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.decision import Decision, Defer, WaitFor
+from runtime.placement.order import DEFAULT_MAX_WAIT_S
 from runtime.request import Request
 from runtime.view import ClusterView, EngineView
 
 
-class DualPath:
+class DualPath(Heuristic):
     """The paper's scheduler (see ``dualpath-facts.md``, "The paper's scheduler").
 
     PE: skip engines with ``tok > β``; prefer those whose node has ``read_q <= α``,
@@ -29,7 +30,9 @@ class DualPath:
     name = "dualpath"
 
     def __init__(self, *, alpha_s: float = 3.0, beta_s: float = 5.0,
-                 z_slack: float = 1.05) -> None:
+                 z_slack: float = 1.05, order: str = "fifo",
+                 max_wait_s: float = DEFAULT_MAX_WAIT_S) -> None:
+        super().__init__(order=order, max_wait_s=max_wait_s)
         self.alpha_s = number("alpha_s", alpha_s, inclusive=True, allow_inf=True)
         self.beta_s = number("beta_s", beta_s, allow_inf=True)
         self.z_slack = number("z_slack", z_slack)

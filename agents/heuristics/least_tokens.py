@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from agents.heuristics.common import shorter_queue_share, with_room
+from agents.heuristics.common import Heuristic, shorter_queue_share, with_room
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.request import Request
 from runtime.view import ClusterView
 
 
-class LeastTokens:
+class LeastTokens(Heuristic):
     """The PE with the fewest ``tok`` and the DE with room and the fewest ``tok``
     (ties: lowest id); the whole request reads on the shorter-queue side.
     Defers when no DE has room."""

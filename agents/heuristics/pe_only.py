@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from agents.heuristics.common import Cursor, has_room
+from agents.heuristics.common import Cursor, Heuristic, has_room
+from runtime.placement.order import DEFAULT_MAX_WAIT_S
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.request import Request
 from runtime.view import ClusterView, EngineView
 
 
-class PeOnly:
+class PeOnly(Heuristic):
     """PE and DE in round-robin order (separate cursors; a DE must have room); PE path only.
 
     Defers when no decode engine has room. Stateful: the cursors advance with
@@ -17,7 +18,8 @@ class PeOnly:
 
     name = "pe_only"
 
-    def __init__(self) -> None:
+    def __init__(self, *, order: str = "fifo", max_wait_s: float = DEFAULT_MAX_WAIT_S) -> None:
+        super().__init__(order=order, max_wait_s=max_wait_s)
         self._pe = Cursor()
         self._de = Cursor()
 

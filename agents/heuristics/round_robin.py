@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from agents.heuristics.common import shorter_queue_share
 from agents.heuristics.pe_only import PeOnly
+from runtime.placement.order import DEFAULT_MAX_WAIT_S
 from runtime.request import Request
 from runtime.view import ClusterView, EngineView
 
@@ -25,8 +26,9 @@ class RoundRobin(PeOnly):
 
     name = "round_robin"
 
-    def __init__(self, read: str = "shorter") -> None:
-        super().__init__()
+    def __init__(self, read: str = "shorter", *, order: str = "fifo",
+                 max_wait_s: float = DEFAULT_MAX_WAIT_S) -> None:
+        super().__init__(order=order, max_wait_s=max_wait_s)
         if read not in READS:
             raise ValueError(f"round_robin: read must be one of {', '.join(READS)}, "
                              f"got {read!r}")

@@ -16,6 +16,7 @@ A scenario is a TOML file in ``experiments/scenarios/`` (or any path)::
     [seeds]
     train = [1000, 1001]            # never overlaps eval
     eval = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    validate = [50, 51]             # optional; overlaps neither (model selection)
 
     [train]                         # optional defaults for `dualpath train`
     mode = "route"
@@ -28,7 +29,7 @@ challenger with the best of them.
 Workload kinds: ``agentic`` takes :class:`AgenticWorkload`'s keywords (``agents``,
 ``mal``, ``online``, ``aps``, ``duration_s``, ``arrival``, ``burst_s``,
 ``burst_factor``, ``burst_share``, ``append_scale``, ``gen_scale``,
-``tool_latency_s``, ``think_time_s``, ``shuffle``) and is seeded per run; ``mooncake`` takes
+``tool_latency_s``, ``think_time_s``, ``shuffle``, ``batch_share``) and is seeded per run; ``mooncake`` takes
 ``path`` (relative to the scenario file), ``limit``, ``time_scale`` and
 ``storage_capacity_blocks``; ``mixed`` takes ``parts``, a list of the other kinds.
 """
@@ -54,7 +55,7 @@ SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 MODES = ("route", "tune")
 _AGENTIC_KEYS = {"agents", "mal", "online", "aps", "duration_s", "arrival", "burst_s",
                  "burst_factor", "burst_share", "append_scale", "gen_scale", "tool_latency_s",
-                 "think_time_s", "shuffle"}
+                 "think_time_s", "shuffle", "batch_share"}
 _MOONCAKE_KEYS = {"path", "limit", "time_scale", "storage_capacity_blocks"}
 _TOP_KEYS = {"name", "description", "preset", "set", "layerwise", "workload", "seeds", "train",
              "heuristics"}
@@ -90,6 +91,8 @@ class Scenario:
     source: Path
     #: The heuristic specs a learned policy is compared with (promotion's bar).
     heuristics: tuple[str, ...] = tuple(HEURISTICS)
+    #: Seeds for choosing among trained policies, apart from both others.
+    validate_seeds: tuple[int, ...] = ()
 
     def cluster(self) -> ClusterSpec:
         return load_preset(self._preset_path(), self.overrides)
@@ -101,7 +104,8 @@ class Scenario:
         return {"name": self.name, "description": self.description, "preset": self.preset,
                 "set": list(self.overrides), "layerwise": self.layerwise,
                 "workload": dict(self.workload_config),
-                "seeds": {"train": list(self.train_seeds), "eval": list(self.eval_seeds)},
+                "seeds": {"train": list(self.train_seeds), "eval": list(self.eval_seeds),
+                          "validate": list(self.validate_seeds)},
                 "train": {"mode": self.train.mode, "steps": self.train.steps},
                 "heuristics": list(self.heuristics),
                 "source": str(self.source)}
@@ -146,9 +150,12 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
     seeds = data["seeds"]
     train = _seeds(seeds, "train")
     evaluate = _seeds(seeds, "eval")
-    overlap = set(train) & set(evaluate)
-    if overlap:
-        raise ValueError(f"seeds.train and seeds.eval overlap: {sorted(overlap)}")
+    validate = _seeds(seeds, "validate") if "validate" in seeds else ()
+    named = {"train": train, "eval": evaluate, "validate": validate}
+    for a, b in (("train", "eval"), ("train", "validate"), ("eval", "validate")):
+        overlap = set(named[a]) & set(named[b])
+        if overlap:
+            raise ValueError(f"seeds.{a} and seeds.{b} overlap: {sorted(overlap)}")
     workload = data["workload"]
     _check_workload(workload)
     overrides = data.get("set", [])
@@ -162,7 +169,8 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         preset=str(data["preset"]), overrides=tuple(overrides), layerwise=layerwise,
         workload_config=workload, train_seeds=train, eval_seeds=evaluate,
         train=TrainDefaults(**data.get("train", {})), source=path.resolve(),
-        heuristics=_heuristics(data.get("heuristics", list(HEURISTICS))))
+        heuristics=_heuristics(data.get("heuristics", list(HEURISTICS))),
+        validate_seeds=validate)
     scenario.cluster()  # fail now, naming the scenario, if the preset or overrides are bad
     scenario.workload(evaluate[0])
     return scenario

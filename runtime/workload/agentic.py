@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.request import Request
+from runtime.slo import BATCH, INTERACTIVE
 from runtime.workload.trajectories import (
     SET_PARAMS,
     TrajectorySet,
@@ -130,6 +131,11 @@ class AgenticWorkload:
     tokens (rounded, >= 1), as in the paper's length-scaling experiment; a
     scaled run may exceed the MAL (the cap holds only for unscaled runs).
 
+    ``batch_share`` makes each agent a ``batch`` tenant (no latency target, see
+    :mod:`runtime.slo`) with that probability, drawn after everything else, so a
+    share of 0 (the default: every agent ``interactive``) leaves the draws of a seed
+    as they were.
+
     All randomness comes from one ``numpy.random.Generator`` built from
     ``seed`` (or passed as ``seed``); the trajectory sets themselves are fixed.
     Turns are produced lazily: nothing per turn is stored.
@@ -144,7 +150,7 @@ class AgenticWorkload:
                  burst_s: float = BurstyArrivals.burst_s,
                  burst_factor: float = BurstyArrivals.burst_factor,
                  burst_share: float = BurstyArrivals.burst_share,
-                 shuffle: bool = False) -> None:
+                 shuffle: bool = False, batch_share: float = 0.0) -> None:
         self.mal = check_mal(mal)
         self.bursts = _arrival_process(arrival, online, BurstyArrivals(
             burst_s=burst_s, burst_factor=burst_factor, burst_share=burst_share))
@@ -176,6 +182,7 @@ class AgenticWorkload:
         self._shift: list[int] = self._delta.tolist()
         self._appended, self._generated, self._before = self._set.turn_lists
         self._next_id = self.agents
+        self._classes = self._draw_classes(batch_share)
         if online:
             self.name = f"agentic-{self.mal}-online-{aps:g}aps-{duration_s:g}s"
             if self.bursts is not None:
@@ -186,6 +193,18 @@ class AgenticWorkload:
             self.name += "-shuffled"
         if self.append_scale != 1.0 or self.gen_scale != 1.0:
             self.name += f"-x{self.append_scale:g}a-x{self.gen_scale:g}g"
+        if batch_share:
+            self.name += f"-batch{batch_share:g}"
+
+    def _draw_classes(self, batch_share: float) -> list[str]:
+        """Each agent's latency class."""
+        _check_finite("batch_share", batch_share)
+        if not 0 <= batch_share <= 1:
+            raise ValueError(f"batch_share: must lie in [0, 1], got {batch_share!r}")
+        if batch_share == 0:
+            return [INTERACTIVE] * self.agents
+        batch = self._rng.uniform(size=self.agents) < batch_share
+        return [BATCH if b else INTERACTIVE for b in batch.tolist()]
 
     def _draw_arrivals(self, agents: int | None, aps: float | None,
                        duration_s: float | None) -> np.ndarray:
@@ -234,7 +253,7 @@ class AgenticWorkload:
         return [
             Request(request_id=k, agent_id=k, turn=0, hit_tokens=0,
                     appended_tokens=int(self._first[k]), gen_tokens=int(self._first_gen[k]),
-                    arrival_s=float(self._arrivals[k]))
+                    arrival_s=float(self._arrivals[k]), slo_class=self._classes[k])
             for k in range(self.agents)
         ]
 
@@ -250,10 +269,11 @@ class AgenticWorkload:
         rid = self._next_id
         self._next_id += 1
         # Positional (a call with keywords costs more): request_id, agent_id, turn,
-        # hit_tokens, appended_tokens, gen_tokens, arrival_s.
+        # hit_tokens, appended_tokens, gen_tokens, arrival_s, block_hashes, slo_class.
         return [Request(rid, agent, turn, self._before[j] + self._shift[agent],
                         self._appended[j], self._generated[j],
-                        finish_s + self._delay() if self._delays else finish_s)]
+                        finish_s + self._delay() if self._delays else finish_s, None,
+                        self._classes[agent])]
 
     def _delay(self) -> float:
         delay = 0.0

@@ -4,6 +4,9 @@ Each line is one request::
 
     {"timestamp": 0, "input_length": 40160, "output_length": 6, "hash_ids": [0, 1, ...]}
 
+A line may also carry ``"class"``: the request's latency class (``interactive``, the
+default, or ``batch``; see :mod:`runtime.slo`).
+
 ``timestamp`` is the arrival in milliseconds, ``hash_ids`` the ids of the
 prompt's prefix blocks (512 tokens each in Mooncake's traces): equal ids are
 equal blocks, so a request can load the KV of every leading block already in
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.request import Request
+from runtime.slo import INTERACTIVE, check_class
 
 _FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
 
@@ -41,6 +45,7 @@ class TraceLine:
     input_length: int
     output_length: int
     hash_ids: tuple[int, ...]
+    slo_class: str = INTERACTIVE
 
 
 class StoredBlockSet:
@@ -137,7 +142,7 @@ class MooncakeTrace:
             appended_tokens=line.input_length - hit,
             gen_tokens=max(1, line.output_length),
             arrival_s=line.timestamp_ms / 1000.0 * self.time_scale,
-            block_hashes=line.hash_ids,
+            block_hashes=line.hash_ids, slo_class=line.slo_class,
         )
 
     def initial_requests(self) -> list[Request]:
@@ -209,8 +214,9 @@ def parse_line(text: str, line_no: int, path: Path | str = "<trace>") -> TraceLi
     if not isinstance(hash_ids, list) or not all(_is_int(h) for h in hash_ids):
         raise ValueError(f"{where}: hash_ids must be a list of integers, got "
                          f"{_short(hash_ids)}")
+    slo_class = check_class(obj.get("class", INTERACTIVE), f"{where}: class")
     return TraceLine(line_no, obj["timestamp"], obj["input_length"], obj["output_length"],
-                     tuple(hash_ids))
+                     tuple(hash_ids), slo_class)
 
 
 def _is_int(value: object) -> bool:
