@@ -149,12 +149,14 @@ class PrefixCache:
     def _push(self, run: _Run) -> None:
         self._seq += 1
         heappush(self._heap, (run.key, self._seq, run))
+        if len(self._heap) > 4 * self._runs + 64:  # drop stale entries (sorted is a heap)
+            self._heap = sorted(e for e in self._heap if e[2].alive and not e[2].children
+                                and e[2].key == e[0])
 
     def _fit(self) -> None:
         """Give up tail blocks of the leaf with the smallest key until the cache fits."""
-        heap = self._heap
         while self.used_tokens > self.capacity_tokens:
-            key, _, run = heappop(heap)
+            key, _, run = heappop(self._heap)
             if not run.alive or run.children or run.key != key:
                 continue  # a stale entry: the run changed since it was pushed
             over = self.used_tokens - self.capacity_tokens
@@ -164,12 +166,9 @@ class PrefixCache:
             if self.observer is not None:
                 self.observer("evict", run.hashes, run.end, run.end + take)
             if run.end > run.start:
-                heappush(heap, (key, self._seq, run))  # same key: still the oldest
+                self._push(run)  # the same key: still the oldest
             else:
                 self._remove(run)
-        if len(heap) > 4 * self._runs + 64:  # drop stale entries (a sorted list is a heap)
-            self._heap = sorted(e for e in heap if e[2].alive and not e[2].children
-                                and e[2].key == e[0])
 
     def _remove(self, run: _Run) -> None:
         run.alive = False
