@@ -19,10 +19,13 @@ from experiments.tracking import mlflow_runs as tracking
 from experiments.tracking import plots
 
 TABLE_COLUMNS = ["policy", "jct_mean_s", "jct_ci95_s", "jct_vs_pe_only", "throughput_tok_s",
-                 "ttft_p99_s", "slo_attainment"]
+                 "ttft_p99_s", "ttft_p99_interactive_s", "ttft_p99_batch_s", "slo_attainment",
+                 "storage_bytes_read"]
 JSON_KEYS = ("policy", "jct_mean_s", "jct_ci95_s", "throughput_tok_s", "ttft_p99_s",
-             "slo_attainment", "jct_vs_pe_only", "jct_vs_pe_only_ci95", "seeds",
-             "per_seed_jct_mean_s", "per_seed_ttft_p99_s")
+             "slo_attainment", "storage_bytes_read", "ttft_p99_interactive_s",
+             "ttft_p99_interactive_s_ci95", "ttft_p99_batch_s", "ttft_p99_batch_s_ci95",
+             "slo_attainment_ci95", "storage_bytes_read_ci95", "jct_vs_pe_only",
+             "jct_vs_pe_only_ci95", "seeds", "per_seed_jct_mean_s", "per_seed_ttft_p99_s")
 #: The main job's columns, and its policies: the paper's baseline first.
 SUMMARY = ["policy", "jct_s", "jct_mean_s", "throughput_tok_s", "ttft_mean_s", "tpot_mean_s",
            "slo_attainment", "snic_util_mean", "snic_max_over_avg"]
@@ -152,5 +155,6 @@ def render_compare(payload: dict[str, Any]) -> str:
     header = (f"scenario {payload['scenario']}, evaluation seeds {payload['seeds']}; "
               "mean over seeds with the 95% CI half-width of mean JCT; jct_vs_pe_only = "
               "paired mean of JCT / pe_only's JCT")
-    return "\n".join([header, format_table(payload["rows"], TABLE_COLUMNS),
+    columns = [c for c in TABLE_COLUMNS if any(c in row for row in payload["rows"])]
+    return "\n".join([header, format_table(payload["rows"], columns),
                       f"plot: {payload['plot']}  mlflow run: {payload['mlflow_run_id']}"])

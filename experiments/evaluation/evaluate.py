@@ -12,9 +12,13 @@ from experiments.evaluation.fanout import local
 from experiments.evaluation.scenario import Scenario, load_scenario
 from experiments.evaluation.stats import mean_ci95, paired_diff_ci95
 from runtime.sim import SimOptions, Simulator
+from runtime.slo import CLASSES
 
-#: What ``compare --scenario`` reports per policy (mean and 95% CI over seeds).
-METRICS = ("jct_mean_s", "throughput_tok_s", "ttft_p99_s", "slo_attainment")
+#: What ``compare --scenario`` reports per policy (mean and 95% CI over seeds), besides
+#: each latency class's p99 TTFT (``ttft_p99_<class>_s``) where a scenario has classes.
+METRICS = ("jct_mean_s", "throughput_tok_s", "ttft_p99_s", "slo_attainment",
+           "storage_bytes_read")
+CLASS_METRICS = tuple(f"ttft_p99_{name}_s" for name in CLASSES)
 BASELINE = "pe_only"
 DEFAULT_POLICIES = ("pe_only", "dualpath", "dualpath_split")
 
@@ -25,7 +29,9 @@ def run_seed(scenario: Scenario, spec: str, seed: int) -> dict[str, Any]:
     with policy_run(spec, cluster, layerwise=scenario.layerwise) as chosen:
         options = SimOptions(layerwise=chosen.layerwise, oracle=chosen.oracle)
         result = Simulator(cluster, scenario.workload(seed), options).run(chosen.policy)
-    return {"policy": spec, "seed": seed, **result.metrics}
+    per_class = {f"ttft_p99_{name}_s": m["ttft_p99_s"]
+                 for name, m in result.metrics["classes"].items()}
+    return {"policy": spec, "seed": seed, **result.metrics, **per_class}
 
 
 def _run_task(task: tuple[str, str, int]) -> dict[str, Any]:
@@ -58,7 +64,8 @@ def summarize_seeds(runs: Sequence[dict[str, Any]], specs: Sequence[str]) -> lis
     for spec in specs:
         mine = by_policy[spec]
         row: dict[str, Any] = {"policy": spec, "seeds": len(mine)}
-        for metric in METRICS:
+        present = [m for m in CLASS_METRICS if all(m in r for r in mine)]
+        for metric in (*METRICS, *present):
             mean, half = mean_ci95([r[metric] for r in mine])
             row[metric] = mean
             row[f"{metric}_ci95"] = half
