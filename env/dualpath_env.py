@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from env.encoding import Encoder, Encoding
+from env.encoding import QUEUE, QUEUE_CHOICES, Encoder, Encoding
 from env.tuning import Tuning
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
@@ -24,6 +24,7 @@ from runtime.policy import Policy, as_learner
 from runtime.preset import load_preset
 from runtime.request import Request
 from runtime.sim import SimOptions, Simulator
+from runtime.slo import tpot_target_s, ttft_target_s
 from runtime.view import ClusterView
 from runtime.workload.agentic import AgenticWorkload
 from runtime.workload.base import Workload
@@ -47,9 +48,11 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
     A discrete-event simulation of a prefill/decode-disaggregated cluster whose
     requests reload their KV cache from storage, either through the prefill
     engine's node or through a decode engine's node and RDMA. In *routing* mode
-    every step decides one request, the one at the head of the scheduler's queue:
-    its prefill engine, its decode engine and the share of its KV read on the
-    decode side. In *tuning* mode every step sets the parameters of a heuristic
+    every step decides one request, the one the queue order picks (the head
+    under FIFO): its prefill engine, its decode engine and the share of its KV read
+    on the decode side; with the ``queue`` part controlled (encoding version 2,
+    simulator only) the agent may place one of the first ``QUEUE_CHOICES`` waiting
+    requests instead. In *tuning* mode every step sets the parameters of a heuristic
     (``tunable``) for the next ``tuning.window_s`` seconds of simulated time.
     Between steps the simulator runs until the next decision (or window end).
 
@@ -132,11 +135,14 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         self.baseline = dict(baseline) if baseline is not None else None
         if self.baseline is not None and self.mode is not Mode.TUNE:
             raise ValueError("baseline= applies to tuning mode only")
-        if self.mode is Mode.ROUTE and len(self.encoding.control) < 3 and fallback is None:
+        if self.mode is Mode.ROUTE and not self.encoding.routes_fully and fallback is None:
             raise ValueError(f"the agent controls only {', '.join(self.encoding.control)}: "
                              "pass fallback=<Policy> to decide the rest")
         if backend not in ("sim", "live"):
             raise ValueError(f"backend {backend!r}: expected 'sim' or 'live'")
+        if backend == "live" and QUEUE in self.encoding.control:
+            raise ValueError("the queue part needs backend='sim': a live cluster is asked "
+                             "about one request at a time")
         if backend == "live" and self.mode is Mode.TUNE:
             raise ValueError("backend='live' supports routing mode only: tuning mode replays "
                              "windows on a copy of the simulation, and a live cluster cannot "
@@ -194,7 +200,11 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         area, violations = sim.time_in_system, self._violations
         if self._routing:
             encoder = self.encoder
-            sim.apply(encoder.decision(encoder.project(action, self._mask), self._hint))
+            action = encoder.project(action, self._mask)
+            hint = self._hint
+            if encoder.queue_choice(action):
+                hint = self._present(encoder.queue_choice(action), action)
+            sim.apply(encoder.decision(action, hint))
             self._point = sim.next_decision()
             self._route_to_agent()
         else:
@@ -219,6 +229,23 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._mask.copy()
 
     # -- stepping -----------------------------------------------------------
+    def _present(self, choice: int, action: list[int]) -> Decision | None:
+        """Make waiting request ``choice`` the one decided, if the action's decode engine
+        has room for it and the fallback (if any) places it; else keep the pick. Returns
+        the fallback's decision for the request decided."""
+        sim = self.sim
+        assert isinstance(sim, Simulator)
+        request, view = sim.present(choice)
+        hint = self.fallback.decide(request, view) if self.fallback is not None else None
+        decode = self.encoding.control.index("decode") if self._gate_decode else -1
+        fits = (hint is not None or self.fallback is None) and (
+            decode < 0 or self.encoder.room_for(request, view, action[decode]))
+        if fits and (hint is None or isinstance(hint, Decision)):
+            self._point = (request, view)
+            return hint
+        self._point = sim.present(0)
+        return self._hint
+
     def _route_to_agent(self) -> None:
         """Advance to the next request the agent must decide; defer the others."""
         sim = self.sim
@@ -238,8 +265,15 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
                 self._point = sim.next_decision()
                 continue
             # Shared and read-only: action_masks() hands out copies.
-            self._hint, self._mask = hint, self.encoder.shared_action_mask(request, view)
+            self._hint, self._mask = hint, self.encoder.shared_action_mask(
+                request, view, len(self._waiting()))
             return
+
+    def _waiting(self) -> list[Request]:
+        """The requests the queue part chooses among (none on a live cluster)."""
+        if isinstance(self.sim, Simulator) and self.encoding.version >= 2:
+            return self.sim.candidates(QUEUE_CHOICES)
+        return []
 
     def _run_window(self, sim: Executor, point: tuple[Request, ClusterView] | None,
                     policy: Policy) -> tuple[Request, ClusterView] | None:
@@ -266,8 +300,9 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         return shadow.time_in_system - start
 
     def _on_finish(self, job: Job) -> None:
-        spec = self.cluster
-        if job.ttft_s > spec.slo_ttft_s or job.tpot_s > spec.slo_tpot_s:
+        spec, slo_class = self.cluster, job.request.slo_class
+        if (job.ttft_s > ttft_target_s(spec, slo_class)
+                or job.tpot_s > tpot_target_s(spec, slo_class)):
             self._violations += 1
         if (learner := as_learner(self.fallback)) is not None:
             learner.complete(job.request.request_id, outcome(job))
@@ -281,7 +316,7 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         request, view = self._point
         if not self._routing:
             return self.encoder.observe(None, view)
-        return self.encoder.observe(request, view, self._hint)
+        return self.encoder.observe(request, view, self._hint, self._waiting())
 
     def _info(self, done: bool = False) -> dict[str, Any]:
         sim = self.sim

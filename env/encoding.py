@@ -24,12 +24,25 @@ Observation (one float32 vector, every block padded to the configured maxima):
 - the queue and the fallback (3): waiting requests, log1p; waiting prompt tokens as
   seconds of SNIC reads, log1p; the fallback's decode share.
 
+Version 2 appends, after all of the above (so a version-1 artifact reads the same
+vector it was trained on, and this code still serves it):
+
+- per node (``max_nodes`` × 3): DRAM cache occupancy as a share of its size; the
+  share of the request's hit tokens its DRAM holds; its compute factor.
+- per prefill slot (``max_prefill`` × 1): the share of the request's hit tokens its
+  HBM cache holds.
+- the request (2): batch class (1/0); seconds waited, log1p.
+- the waiting requests the queue part may choose (``QUEUE_CHOICES`` × 4; the first
+  is the request above): present; hit read seconds at nominal SNIC bandwidth,
+  log1p; seconds waited, log1p; batch class.
+
 Times are log1p-compressed seconds, so the same network reads a lightly and a
 heavily loaded cluster. Absent slots are all zeros.
 
 Action (routing): ``MultiDiscrete`` over the parts the agent controls, in the
-order prefill slot, decode slot, share level; masks say which slots exist and
-which decode engines have room.
+order prefill slot, decode slot, share level, and (version 2, when controlled)
+which of the first ``QUEUE_CHOICES`` waiting requests to place; masks say which
+slots exist, which decode engines have room and how many requests wait.
 """
 
 from __future__ import annotations
@@ -50,16 +63,27 @@ from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.decision import Decision
 from runtime.request import Request
+from runtime.slo import BATCH
 from runtime.view import ClusterView, EngineView, NodeView
 
-ENCODING_VERSION = 1
-PARTS = ("prefill", "decode", "path")
+ENCODING_VERSION = 2
+#: Versions this code encodes (an artifact of any of them is served).
+VERSIONS = (1, 2)
+#: The parts of a decision; the queue part (version 2) picks the request.
+ROUTING_PARTS = ("prefill", "decode", "path")
+QUEUE = "queue"
+PARTS = (*ROUTING_PARTS, QUEUE)
+QUEUE_CHOICES = 4
 
 PE_FEATURES = 7
 DE_FEATURES = 7
 NODE_FEATURES = 4
 REQUEST_FEATURES = 5
 GLOBAL_FEATURES = 3
+NODE_CACHE_FEATURES = 3
+PE_CACHE_FEATURES = 1
+REQUEST_CLASS_FEATURES = 2
+CHOICE_FEATURES = 4
 # Offsets in an engine's slot, the same for both roles.
 _READ_DONE, _CNIC, _PICK = 4, 5, 6
 
@@ -73,7 +97,7 @@ class Encoding:
     max_decode: int = 32
     max_nodes: int = 8
     share_levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    control: tuple[str, ...] = PARTS
+    control: tuple[str, ...] = ROUTING_PARTS
     version: int = field(default=ENCODING_VERSION)
 
     def __post_init__(self) -> None:
@@ -91,21 +115,40 @@ class Encoding:
             raise ValueError(f"control must be a non-empty subset of {PARTS}, got "
                              f"{self.control!r}")
         object.__setattr__(self, "control", tuple(p for p in PARTS if p in self.control))
-        if self.version != ENCODING_VERSION:
-            raise ValueError(f"encoding version {self.version} is not this code's "
-                             f"({ENCODING_VERSION})")
+        if self.version not in VERSIONS:
+            raise ValueError(f"encoding version {self.version} is not one this code encodes "
+                             f"({', '.join(map(str, VERSIONS))})")
+        if QUEUE in self.control and self.version < 2:
+            raise ValueError("the queue part needs encoding version 2")
+        if not set(self.control) & set(ROUTING_PARTS):
+            raise ValueError(f"control must include one of {ROUTING_PARTS}, got "
+                             f"{self.control!r}")
 
     # -- sizes --------------------------------------------------------------
     @cached_property
-    def obs_size(self) -> int:
+    def base_size(self) -> int:
+        """Features of version 1 (the start of every version's vector)."""
         return (self.max_prefill * PE_FEATURES + self.max_decode * DE_FEATURES
                 + self.max_nodes * NODE_FEATURES + REQUEST_FEATURES + GLOBAL_FEATURES)
 
     @cached_property
+    def obs_size(self) -> int:
+        if self.version < 2:
+            return self.base_size
+        return (self.base_size + self.max_nodes * NODE_CACHE_FEATURES
+                + self.max_prefill * PE_CACHE_FEATURES + REQUEST_CLASS_FEATURES
+                + QUEUE_CHOICES * CHOICE_FEATURES)
+
+    @cached_property
     def action_nvec(self) -> tuple[int, ...]:
         sizes = {"prefill": self.max_prefill, "decode": self.max_decode,
-                 "path": len(self.share_levels)}
+                 "path": len(self.share_levels), QUEUE: QUEUE_CHOICES}
         return tuple(sizes[p] for p in self.control)
+
+    @property
+    def routes_fully(self) -> bool:
+        """The agent controls every part of a decision (needs no fallback)."""
+        return all(p in self.control for p in ROUTING_PARTS)
 
     def check_fits(self, spec: ClusterSpec) -> None:
         """ValueError unless ``spec``'s engines and nodes fit the padding."""
@@ -125,12 +168,13 @@ class Encoding:
     def from_json(cls, data: dict[str, object]) -> Encoding:
         """The encoding an artifact was trained with; ValueError if this code cannot serve it."""
         version = data.get("version")
-        if version != ENCODING_VERSION:
+        if version not in VERSIONS:
             raise ValueError(f"artifact was trained with encoding version {version!r}; this "
-                             f"code encodes version {ENCODING_VERSION}: retrain or use a "
-                             "matching release")
+                             f"code encodes versions {', '.join(map(str, VERSIONS))}: retrain "
+                             "or use a matching release")
         try:
-            return cls(max_prefill=int(data["max_prefill"]),  # type: ignore[call-overload]
+            return cls(version=int(version),  # type: ignore[arg-type]
+                       max_prefill=int(data["max_prefill"]),  # type: ignore[call-overload]
                        max_decode=int(data["max_decode"]),  # type: ignore[call-overload]
                        max_nodes=int(data["max_nodes"]),  # type: ignore[call-overload]
                        share_levels=tuple(float(s) for s in data["share_levels"]),  # type: ignore[attr-defined]
@@ -191,14 +235,18 @@ class Encoder:
                   self._slot[n * gpus + gpus - 1] + _READ_DONE + 1,
                   PE_FEATURES if n < spec.prefill_nodes else DE_FEATURES)
             for n in range(spec.nodes)]
-        self._masks: dict[tuple[bool, tuple[bool, ...]], np.ndarray] = {}
+        self._masks: dict[tuple[bool, tuple[bool, ...], int], np.ndarray] = {}
+        self._tail_at = e.base_size  # version 2's features
+        self._dram = spec.node.dram_cache_bytes
         self._rooms_of: tuple[Request | None, ClusterView | None, list[bool]] = (None, None, [])
 
     # -- observation ----------------------------------------------------------
     def observe(self, request: Request | None, view: ClusterView,
-                hint: Decision | None = None) -> np.ndarray:
+                hint: Decision | None = None,
+                waiting: Sequence[Request] = ()) -> np.ndarray:
         """The observation for deciding ``request`` on ``view`` (``None``: no request,
-        for the tuning mode); ``hint`` is the fallback policy's decision, if any."""
+        for the tuning mode); ``hint`` is the fallback policy's decision, if any;
+        ``waiting`` the requests the queue part chooses among (``request`` first)."""
         if view.time_s < self._now:  # time went back (another run): rewrite every engine
             self._engines_seen = (None,) * self.spec.engines
         self._now = view.time_s
@@ -208,7 +256,40 @@ class Encoder:
         self._write_hints(view, hint)
         self._write_nodes(view)
         self._write_request(request, view, hint)
+        if self.encoding.version >= 2:
+            self._write_tail(request, view, waiting)
         return self._obs.copy()
+
+    def _write_tail(self, request: Request | None, view: ClusterView,
+                    waiting: Sequence[Request]) -> None:
+        """Version 2's features: caches, the request's class and wait, the waiting requests."""
+        e, obs, log1p = self.encoding, self._obs, math.log1p
+        at = self._tail_at
+        obs[at:] = 0.0
+        hit = request.hit_tokens if request is not None else 0
+        prefix = view.prefix if request is not None else None
+        mine = prefix is not None and request is not None and prefix.request_id == request.request_id
+        for n in view.nodes:
+            k = at + n.node_id * NODE_CACHE_FEATURES
+            obs[k] = n.cache_used_bytes / self._dram if self._dram > 0 else 0.0
+            if mine and hit:
+                obs[k + 1] = min(prefix.dram_blocks[n.node_id] * prefix.block_tokens, hit) / hit  # type: ignore[union-attr]
+            obs[k + 2] = self.spec.compute_factor_of(n.node_id)
+        at += e.max_nodes * NODE_CACHE_FEATURES
+        if mine and hit:
+            for k, blocks in enumerate(prefix.hbm_blocks):  # type: ignore[union-attr]
+                obs[at + k] = min(blocks * prefix.block_tokens, hit) / hit  # type: ignore[union-attr]
+        at += e.max_prefill * PE_CACHE_FEATURES
+        if request is not None:
+            obs[at] = 1.0 if request.slo_class == BATCH else 0.0
+            obs[at + 1] = log1p(max(0.0, view.time_s - request.arrival_s))
+        at += REQUEST_CLASS_FEATURES
+        for r in list(waiting)[:QUEUE_CHOICES]:
+            obs[at] = 1.0
+            obs[at + 1] = log1p(r.hit_tokens * self._kvb / self._snic)
+            obs[at + 2] = log1p(max(0.0, view.time_s - r.arrival_s))
+            obs[at + 3] = 1.0 if r.slo_class == BATCH else 0.0
+            at += CHOICE_FEATURES
 
     # Single features go through ``_mv``, a memoryview of ``_obs``: storing a float
     # there costs about half a numpy item assignment (the same float32 rounding).
@@ -327,6 +408,11 @@ class Encoder:
         return rooms
 
     # -- actions --------------------------------------------------------------
+    def room_for(self, request: Request, view: ClusterView, decode_slot: int) -> bool:
+        """Decode slot ``decode_slot`` exists and has room for ``request``."""
+        rooms = self._rooms(request, view)
+        return 0 <= decode_slot < len(rooms) and rooms[decode_slot]
+
     def any_room(self, request: Request, view: ClusterView) -> bool:
         """Some decode engine can take ``request`` (its decode mask is not empty)."""
         return any(self._rooms(request, view))
@@ -335,16 +421,19 @@ class Encoder:
         """Valid choices per controlled part, concatenated (MaskablePPO's MultiDiscrete form)."""
         return self.shared_action_mask(request, view).copy()
 
-    def shared_action_mask(self, request: Request, view: ClusterView) -> np.ndarray:
+    def shared_action_mask(self, request: Request, view: ClusterView,
+                           choices: int = 1) -> np.ndarray:
         """:meth:`action_mask` as a read-only array shared between calls (no copy: the
-        env copies it once, for its callers)."""
-        key = (request.hit_tokens > 0, tuple(self._rooms(request, view)))
+        env copies it once, for its callers); ``choices``: waiting requests to choose
+        among (the queue part)."""
+        key = (request.hit_tokens > 0, tuple(self._rooms(request, view)),
+               max(1, min(choices, QUEUE_CHOICES)))
         mask = self._masks.get(key)
         if mask is None:
             mask = self._masks[key] = self._build_mask(*key)
         return mask
 
-    def _build_mask(self, has_hits: bool, rooms: tuple[bool, ...]) -> np.ndarray:
+    def _build_mask(self, has_hits: bool, rooms: tuple[bool, ...], choices: int) -> np.ndarray:
         e = self.encoding
         mask = np.zeros(sum(e.action_nvec), dtype=bool)
         at = 0
@@ -355,6 +444,9 @@ class Encoder:
             elif part == "decode":
                 mask[at:at + len(rooms)] = rooms
                 at += e.max_decode
+            elif part == QUEUE:
+                mask[at:at + choices] = True
+                at += QUEUE_CHOICES
             else:
                 n = len(e.share_levels)
                 # With no hits the path is moot: only share 0 is offered.
@@ -385,28 +477,37 @@ class Encoder:
         chosen = {"prefill": decision.prefill_engine,
                   "decode": decision.decode_engine - self.spec.prefill_engines,
                   "path": int(np.argmin([abs(s - decision.decode_share)
-                                         for s in self.encoding.share_levels]))}
+                                         for s in self.encoding.share_levels])),
+                  QUEUE: 0}
         return [chosen[p] for p in self.encoding.control]
+
+    def queue_choice(self, action: Sequence[int] | np.ndarray) -> int:
+        """Which waiting request the action places (0: the queue order's pick)."""
+        e = self.encoding
+        return int(action[e.control.index(QUEUE)]) if QUEUE in e.control else 0
 
     def decision(self, action: Sequence[int] | np.ndarray, hint: Decision | None = None,
                  reason: str = "learned") -> Decision:
         """The ``Decision`` an action stands for; parts the agent does not control come
-        from ``hint`` (the fallback's decision), which is then required."""
+        from ``hint`` (the fallback's decision), which is then required. The queue part,
+        if any, is the env's (:meth:`queue_choice`)."""
         e = self.encoding
-        full = len(e.control) == len(PARTS)
+        full = e.control == ROUTING_PARTS
         if len(action) != len(e.control):
             raise ValueError(f"action has {len(action)} parts, the encoding controls "
                              f"{len(e.control)} ({', '.join(e.control)})")
         if full:
             pe, de, level = map(int, action)
             return Decision(pe, self.spec.prefill_engines + de, e.share_levels[level], reason)
-        if hint is None:
-            raise ValueError(f"the agent controls only {', '.join(e.control)}: a fallback "
-                             "decision is needed for the rest")
         chosen = dict(zip(e.control, (int(a) for a in action), strict=True))
-        pe = chosen.get("prefill", hint.prefill_engine)
-        de_pick = chosen.get("decode")
-        level_pick = chosen.get("path")
-        de = hint.decode_engine if de_pick is None else self.spec.prefill_engines + de_pick
-        share = hint.decode_share if level_pick is None else e.share_levels[level_pick]
-        return Decision(pe, de, share, reason)
+        if not e.routes_fully:
+            if hint is None:
+                raise ValueError(f"the agent controls only {', '.join(e.control)}: a "
+                                 "fallback decision is needed for the rest")
+            chosen = {"prefill": hint.prefill_engine,
+                      "decode": hint.decode_engine - self.spec.prefill_engines,
+                      "path": -1, **chosen}
+        share = (e.share_levels[chosen["path"]] if chosen["path"] >= 0
+                 else hint.decode_share)  # type: ignore[union-attr]
+        return Decision(chosen["prefill"], self.spec.prefill_engines + chosen["decode"], share,
+                        reason)

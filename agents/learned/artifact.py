@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from agents.learned.fallback import fallback_policy
-from env.encoding import PARTS, Encoding, Tuning
+from env.encoding import Encoding, Tuning
 
 FORMAT = "dualpath-policy"
 FORMAT_VERSION = 1
@@ -207,7 +207,7 @@ def _check_shapes(meta: dict[str, Any], encoding: Encoding, tuning: Tuning | Non
                          "without an encoding version bump; retrain")
     if meta["mode"] == "route":
         nvec = encoding.action_nvec
-        if len(encoding.control) < len(PARTS) and meta["fallback"] is None:
+        if not encoding.routes_fully and meta["fallback"] is None:
             raise ValueError(f"the agent controls only {', '.join(encoding.control)} and no "
                              "fallback is given for the rest")
     elif tuning is None:

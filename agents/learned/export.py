@@ -25,7 +25,7 @@ from agents.learned.artifact import (
     onnx_session,
 )
 from agents.learned.fallback import fallback_policy
-from env.encoding import PARTS, Encoding, Tuning
+from env.encoding import Encoding, Tuning
 
 
 def export_artifact(model: Any, out_dir: str | os.PathLike[str], *, mode: str,
@@ -73,7 +73,7 @@ def _export_checks(model: Any, mode: str, encoding: Encoding, tuning: Tuning | N
         raise ValueError(f"model must be one of {ALGOS}, got {type(model).__name__}")
     if mode == "tune" and tuning is None:
         raise ValueError("tuning mode needs tuning=<the env's Tuning>")
-    if mode == "route" and len(encoding.control) < len(PARTS) and fallback is None:
+    if mode == "route" and not encoding.routes_fully and fallback is None:
         raise ValueError(f"the agent controls only {', '.join(encoding.control)}: the "
                          "artifact needs the fallback that decides the rest")
     if fallback is not None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from agents.learned.artifact import Actor, Artifact
 from agents.learned.fallback import TunableFactory, fallback_policy, make_tunable
-from env.encoding import PARTS, Encoder
+from env.encoding import QUEUE, Encoder
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.policy import Policy, as_learner
@@ -56,12 +56,13 @@ class LearnedRouter:
         at = e.max_prefill if "prefill" in e.control else 0
         self._decode = slice(at, at + e.max_decode) if "decode" in e.control else None
         self._rest = (f" (rest: {self.fallback.name})"
-                      if len(e.control) < len(PARTS) and self.fallback is not None else "")
+                      if not e.routes_fully and self.fallback is not None else "")
         # Every choice's words, built once: a reason costs a join, not formatting.
         pe = cluster.prefill_engines
         words = {"prefill": [f"pe={k}" for k in range(e.max_prefill)],
                  "decode": [f"de={pe + k}" for k in range(e.max_decode)],
-                 "path": [f"share={s:g}" for s in e.share_levels]}
+                 "path": [f"share={s:g}" for s in e.share_levels],
+                 QUEUE: [f"queue={k}" for k in range(e.action_nvec[-1])]}
         self._words = tuple(words[part] for part in e.control)
 
     def decide(self, request: Request, view: ClusterView) -> Decision | Defer | None:

@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from agents.learned import export_artifact, fallback_policy, make_tunable
 from env import DualPathEnv, Encoding, Tuning
-from env.encoding import PARTS
+from env.encoding import ROUTING_PARTS
 from experiments.evaluation.fanout import local
 from experiments.evaluation.scenario import MODES, Scenario
 from experiments.tracking import mlflow_runs as tracking
@@ -42,7 +42,7 @@ class TrainConfig:
     mode: str = "route"
     steps: int = 100_000
     seed: int = 0
-    control: tuple[str, ...] = PARTS
+    control: tuple[str, ...] = ROUTING_PARTS
     fallback: str | None = None
     window_s: float = 10.0
     reward_scale: float = 0.01
@@ -71,7 +71,8 @@ class TrainConfig:
             raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"--steps must be an integer >= 1, got {self.steps!r}")
-        if (self.mode == "route" and len(self.control) < len(PARTS) and self.fallback is None
+        if (self.mode == "route" and not set(ROUTING_PARTS) <= set(self.control)
+                and self.fallback is None
                 and self.imitate is None):
             raise ValueError(f"--control {','.join(self.control)} leaves parts to a fallback: "
                              "pass --fallback SPEC (e.g. dualpath)")
@@ -299,7 +300,7 @@ def command_line(scenario: Scenario, cfg: TrainConfig) -> str:
     """The ``dualpath train`` command that reproduces ``cfg`` on ``scenario``."""
     parts = [f"dualpath train --scenario {scenario.name} --mode {cfg.mode} "
              f"--steps {cfg.steps} --seed {cfg.seed}"]
-    if cfg.mode == "route" and tuple(cfg.control) != PARTS:
+    if cfg.mode == "route" and tuple(cfg.control) != ROUTING_PARTS:
         parts.append(f"--control {','.join(cfg.control)}")
     if cfg.fallback and cfg.mode == "route":
         parts.append(f"--fallback {cfg.fallback}")

@@ -120,7 +120,8 @@ class Simulator:
         self.caches = CacheTiers.of(spec, workload)
         # Hit bytes by source, in the order of runtime.execution.metrics.SOURCES.
         self.hit_by_source = [0.0, 0.0, 0.0, 0.0, 0.0]
-        self._presented = 0  # index in the waiting queue of the request asked about
+        self._pick = 0       # index in the waiting queue of the order's pick ...
+        self._presented = 0  # ... and of the request asked about (the env may choose)
         self._prefix: PrefixView | None = None  # where its prefix sits (with caches)
         # Indexed by event kind (a list: cheaper to index than a dict to look up).
         handlers: dict[int, Callable[[Any], None]] = {
@@ -157,20 +158,20 @@ class Simulator:
         """Ask about waiting requests in ``order`` (FIFO until set)."""
         self.waiting.set_order(order, self.spec)
 
+    def _candidate_indexes(self, k: int) -> list[int]:
+        pick, n = self._pick, len(self.waiting.items)
+        return ([pick] + [i for i in range(min(n, k + 1)) if i != pick])[:k] if n else []
+
     def candidates(self, k: int) -> list[Request]:
-        """Up to ``k`` waiting requests, the one asked about first, then by arrival."""
+        """Up to ``k`` waiting requests: the queue order's pick, then the others by arrival."""
         items = self.waiting.items
-        first = self._presented
-        rest = [items[i].request for i in range(min(len(items), k + 1)) if i != first]
-        return ([items[first].request] + rest)[:k] if items else []
+        return [items[i].request for i in self._candidate_indexes(k)]
 
     def present(self, index: int) -> tuple[Request, ClusterView]:
-        """Ask about :meth:`candidates` ``[index]`` instead (the env's queue choice)."""
-        items = self.waiting.items
-        order = [self._presented] + [i for i in range(min(len(items), index + 2))
-                                     if i != self._presented]
-        self._presented = order[index]
-        return items[self._presented].request, self.view()
+        """Ask about :meth:`candidates` ``[index]`` instead of the order's pick (the env's
+        queue choice); ``present(0)`` returns to the pick."""
+        self._presented = self._candidate_indexes(index + 1)[index]
+        return self.waiting.items[self._presented].request, self.view()
 
     def next_decision(self) -> tuple[Request, ClusterView] | None:
         """Advance until a decision is needed; ``None`` when the run is over."""
@@ -180,7 +181,7 @@ class Simulator:
         items = waiting.items
         while True:
             if waiting.due and items:
-                index = self._presented = waiting.pick(self.now)
+                index = self._pick = self._presented = waiting.pick(self.now)
                 return items[index].request, self.view()
             if not heap:
                 if items:
@@ -209,7 +210,7 @@ class Simulator:
         split = self.ledger.place(request, decision,
                                   None if plan is None else plan.storage_tokens)
         self._place(waiting.take(index), decision, split, plan)
-        self._presented = 0
+        self._pick = self._presented = 0
 
     def result(self, wall_s: float) -> SimResult:
         cnics = [(e.cnic_in, e.cnic_out) for e in self.pes]

@@ -174,14 +174,30 @@ def _view(view: Any) -> Any:
         [[n.read_q_tokens, n.free_buffer_bytes] for n in view.nodes]
 
 
-def env_rollout() -> dict[str, Any]:
-    """A hash of observations, rewards and masks of a seeded rollout of ``DualPath-v0``."""
+def env_rollout(**kwargs: Any) -> dict[str, Any]:
+    """A hash of observations, rewards and masks of a seeded rollout of ``DualPath-v0``
+    with encoding version 1 (the shipped learned policy's, still served)."""
+    from env.encoding import Encoding
+
+    return _rollout(encoding=Encoding(version=1), **kwargs)
+
+
+def env_rollout_v2() -> dict[str, Any]:
+    """The same with encoding version 2 choosing among waiting requests, on caches."""
+    from env.encoding import PARTS, Encoding
+    from runtime.preset import load_preset
+
+    spec = load_preset("ds27b-1p1d", ["node.dram_cache_gb=8", "node.hbm_cache_gb=1"])
+    return _rollout(preset=spec, encoding=Encoding(control=PARTS))
+
+
+def _rollout(**kwargs: Any) -> dict[str, Any]:
     import gymnasium as gym
     import numpy as np
 
     import env  # noqa: F401 - registers DualPath-v0
 
-    e = gym.make("DualPath-v0")
+    e = gym.make("DualPath-v0", **kwargs)
     digest = hashlib.sha256()
     obs, _ = e.reset(seed=5)
     e.action_space.seed(13)
@@ -218,6 +234,7 @@ CASES: dict[str, Callable[[], Any]] = {
     "presets": presets, "live_presets": live_presets, "switches": switches,
     "policies": policies, "workloads": workloads, "grpc": grpc_run,
     "service_own_view": service_own_view, "env_rollout": env_rollout,
+    "env_rollout_v2": env_rollout_v2,
 }
 
 
