@@ -200,11 +200,11 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         area, violations = sim.time_in_system, self._violations
         if self._routing:
             encoder = self.encoder
-            action = encoder.project(action, self._mask)
+            chosen = encoder.project(action, self._mask)
             hint = self._hint
-            if encoder.queue_choice(action):
-                hint = self._present(encoder.queue_choice(action), action)
-            sim.apply(encoder.decision(action, hint))
+            if encoder.queue_choice(chosen):
+                hint = self._present(encoder.queue_choice(chosen), chosen)
+            sim.apply(encoder.decision(chosen, hint))
             self._point = sim.next_decision()
             self._route_to_agent()
         else:
@@ -270,8 +270,9 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
             return
 
     def _waiting(self) -> list[Request]:
-        """The requests the queue part chooses among (none on a live cluster)."""
-        if isinstance(self.sim, Simulator) and self.encoding.version >= 2:
+        """The requests the queue part chooses among; none when the agent does not choose
+        (a served policy, asked about one request, sees none either)."""
+        if isinstance(self.sim, Simulator) and QUEUE in self.encoding.control:
             return self.sim.candidates(QUEUE_CHOICES)
         return []
 

@@ -49,12 +49,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
 from itertools import compress
 from operator import is_not
 
 import numpy as np
+
+from env.layout import (
+    DE_FEATURES,
+    ENCODING_VERSION,
+    NODE_FEATURES,
+    PARTS,
+    PE_FEATURES,
+    QUEUE,
+    REQUEST_FEATURES,
+    ROUTING_PARTS,
+    VERSIONS,
+    Encoding,
+)
+from env.tail import QUEUE_CHOICES, write_tail
 
 # The tuning mode's action (env.tuning), re-exported for its older importers.
 from env.tuning import DEFAULT_TUNING_LEVELS as DEFAULT_TUNING_LEVELS
@@ -63,124 +75,13 @@ from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.decision import Decision
 from runtime.request import Request
-from runtime.slo import BATCH
 from runtime.view import ClusterView, EngineView, NodeView
 
-ENCODING_VERSION = 2
-#: Versions this code encodes (an artifact of any of them is served).
-VERSIONS = (1, 2)
-#: The parts of a decision; the queue part (version 2) picks the request.
-ROUTING_PARTS = ("prefill", "decode", "path")
-QUEUE = "queue"
-PARTS = (*ROUTING_PARTS, QUEUE)
-QUEUE_CHOICES = 4
-
-PE_FEATURES = 7
-DE_FEATURES = 7
-NODE_FEATURES = 4
-REQUEST_FEATURES = 5
-GLOBAL_FEATURES = 3
-NODE_CACHE_FEATURES = 3
-PE_CACHE_FEATURES = 1
-REQUEST_CLASS_FEATURES = 2
-CHOICE_FEATURES = 4
 # Offsets in an engine's slot, the same for both roles.
 _READ_DONE, _CNIC, _PICK = 4, 5, 6
 
-
-@dataclass(frozen=True)
-class Encoding:
-    """Padding sizes, share levels and which parts of a decision the agent controls."""
-
-    # Defaults fit every shipped preset (ds660b-2p4d: 16 prefill, 32 decode engines).
-    max_prefill: int = 16
-    max_decode: int = 32
-    max_nodes: int = 8
-    share_levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    control: tuple[str, ...] = ROUTING_PARTS
-    version: int = field(default=ENCODING_VERSION)
-
-    def __post_init__(self) -> None:
-        for name in ("max_prefill", "max_decode", "max_nodes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        levels = self.share_levels
-        if not levels or any(not 0.0 <= s <= 1.0 for s in levels) or list(levels) != sorted(
-                set(levels)):
-            raise ValueError(f"share_levels must be distinct increasing values in [0, 1], "
-                             f"got {levels!r}")
-        if not self.control or any(p not in PARTS for p in self.control) or len(
-                set(self.control)) != len(self.control):
-            raise ValueError(f"control must be a non-empty subset of {PARTS}, got "
-                             f"{self.control!r}")
-        object.__setattr__(self, "control", tuple(p for p in PARTS if p in self.control))
-        if self.version not in VERSIONS:
-            raise ValueError(f"encoding version {self.version} is not one this code encodes "
-                             f"({', '.join(map(str, VERSIONS))})")
-        if QUEUE in self.control and self.version < 2:
-            raise ValueError("the queue part needs encoding version 2")
-        if not set(self.control) & set(ROUTING_PARTS):
-            raise ValueError(f"control must include one of {ROUTING_PARTS}, got "
-                             f"{self.control!r}")
-
-    # -- sizes --------------------------------------------------------------
-    @cached_property
-    def base_size(self) -> int:
-        """Features of version 1 (the start of every version's vector)."""
-        return (self.max_prefill * PE_FEATURES + self.max_decode * DE_FEATURES
-                + self.max_nodes * NODE_FEATURES + REQUEST_FEATURES + GLOBAL_FEATURES)
-
-    @cached_property
-    def obs_size(self) -> int:
-        if self.version < 2:
-            return self.base_size
-        return (self.base_size + self.max_nodes * NODE_CACHE_FEATURES
-                + self.max_prefill * PE_CACHE_FEATURES + REQUEST_CLASS_FEATURES
-                + QUEUE_CHOICES * CHOICE_FEATURES)
-
-    @cached_property
-    def action_nvec(self) -> tuple[int, ...]:
-        sizes = {"prefill": self.max_prefill, "decode": self.max_decode,
-                 "path": len(self.share_levels), QUEUE: QUEUE_CHOICES}
-        return tuple(sizes[p] for p in self.control)
-
-    @property
-    def routes_fully(self) -> bool:
-        """The agent controls every part of a decision (needs no fallback)."""
-        return all(p in self.control for p in ROUTING_PARTS)
-
-    def check_fits(self, spec: ClusterSpec) -> None:
-        """ValueError unless ``spec``'s engines and nodes fit the padding."""
-        for what, have, most in (("prefill engines", spec.prefill_engines, self.max_prefill),
-                                 ("decode engines", spec.decode_engines, self.max_decode),
-                                 ("nodes", spec.nodes, self.max_nodes)):
-            if have > most:
-                raise ValueError(f"cluster {spec.name!r} has {have} {what}; the encoding pads "
-                                 f"to {most} (raise max_{what.split()[0].rstrip('s')})")
-
-    def to_json(self) -> dict[str, object]:
-        return {"version": self.version, "max_prefill": self.max_prefill,
-                "max_decode": self.max_decode, "max_nodes": self.max_nodes,
-                "share_levels": list(self.share_levels), "control": list(self.control)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> Encoding:
-        """The encoding an artifact was trained with; ValueError if this code cannot serve it."""
-        version = data.get("version")
-        if version not in VERSIONS:
-            raise ValueError(f"artifact was trained with encoding version {version!r}; this "
-                             f"code encodes versions {', '.join(map(str, VERSIONS))}: retrain "
-                             "or use a matching release")
-        try:
-            return cls(version=int(version),  # type: ignore[arg-type]
-                       max_prefill=int(data["max_prefill"]),  # type: ignore[call-overload]
-                       max_decode=int(data["max_decode"]),  # type: ignore[call-overload]
-                       max_nodes=int(data["max_nodes"]),  # type: ignore[call-overload]
-                       share_levels=tuple(float(s) for s in data["share_levels"]),  # type: ignore[attr-defined]
-                       control=tuple(str(p) for p in data["control"]))  # type: ignore[attr-defined]
-        except KeyError as err:
-            raise ValueError(f"artifact encoding lacks the key {err.args[0]!r}") from err
+__all__ = ["DEFAULT_TUNING_LEVELS", "ENCODING_VERSION", "PARTS", "QUEUE", "QUEUE_CHOICES",
+           "ROUTING_PARTS", "VERSIONS", "Encoder", "Encoding", "Tuning"]
 
 
 class Encoder:
@@ -236,8 +137,6 @@ class Encoder:
                   PE_FEATURES if n < spec.prefill_nodes else DE_FEATURES)
             for n in range(spec.nodes)]
         self._masks: dict[tuple[bool, tuple[bool, ...], int], np.ndarray] = {}
-        self._tail_at = e.base_size  # version 2's features
-        self._dram = spec.node.dram_cache_bytes
         self._rooms_of: tuple[Request | None, ClusterView | None, list[bool]] = (None, None, [])
 
     # -- observation ----------------------------------------------------------
@@ -257,39 +156,10 @@ class Encoder:
         self._write_nodes(view)
         self._write_request(request, view, hint)
         if self.encoding.version >= 2:
-            self._write_tail(request, view, waiting)
+            e = self.encoding
+            write_tail(self._obs[e.base_size:], e.max_nodes, e.max_prefill, self.spec, request,
+                       view, waiting)
         return self._obs.copy()
-
-    def _write_tail(self, request: Request | None, view: ClusterView,
-                    waiting: Sequence[Request]) -> None:
-        """Version 2's features: caches, the request's class and wait, the waiting requests."""
-        e, obs, log1p = self.encoding, self._obs, math.log1p
-        at = self._tail_at
-        obs[at:] = 0.0
-        hit = request.hit_tokens if request is not None else 0
-        prefix = view.prefix if request is not None else None
-        mine = prefix is not None and request is not None and prefix.request_id == request.request_id
-        for n in view.nodes:
-            k = at + n.node_id * NODE_CACHE_FEATURES
-            obs[k] = n.cache_used_bytes / self._dram if self._dram > 0 else 0.0
-            if mine and hit:
-                obs[k + 1] = min(prefix.dram_blocks[n.node_id] * prefix.block_tokens, hit) / hit  # type: ignore[union-attr]
-            obs[k + 2] = self.spec.compute_factor_of(n.node_id)
-        at += e.max_nodes * NODE_CACHE_FEATURES
-        if mine and hit:
-            for k, blocks in enumerate(prefix.hbm_blocks):  # type: ignore[union-attr]
-                obs[at + k] = min(blocks * prefix.block_tokens, hit) / hit  # type: ignore[union-attr]
-        at += e.max_prefill * PE_CACHE_FEATURES
-        if request is not None:
-            obs[at] = 1.0 if request.slo_class == BATCH else 0.0
-            obs[at + 1] = log1p(max(0.0, view.time_s - request.arrival_s))
-        at += REQUEST_CLASS_FEATURES
-        for r in list(waiting)[:QUEUE_CHOICES]:
-            obs[at] = 1.0
-            obs[at + 1] = log1p(r.hit_tokens * self._kvb / self._snic)
-            obs[at + 2] = log1p(max(0.0, view.time_s - r.arrival_s))
-            obs[at + 3] = 1.0 if r.slo_class == BATCH else 0.0
-            at += CHOICE_FEATURES
 
     # Single features go through ``_mv``, a memoryview of ``_obs``: storing a float
     # there costs about half a numpy item assignment (the same float32 rounding).

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from agents.heuristics.common import Cursor, Heuristic, has_room
-from runtime.placement.order import DEFAULT_MAX_WAIT_S
 from runtime.decision import Decision, Defer, WaitFor
+from runtime.placement.order import DEFAULT_MAX_WAIT_S
 from runtime.request import Request
 from runtime.view import ClusterView, EngineView
 

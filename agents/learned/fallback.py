@@ -4,6 +4,7 @@ fallback that decides what the routing network does not."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from agents.heuristics import HEURISTICS, DualPath, DualPathSplit
 from agents.parse import parse_heuristic
@@ -17,7 +18,8 @@ TunableFactory = Callable[[Mapping[str, float]], Policy]
 def make_tunable(params: Mapping[str, float]) -> Policy:
     """The heuristic the tuning mode sets: ``DualPathSplit`` when ``params["split"]`` ≥ 0.5,
     else ``DualPath``, with ``alpha_s``, ``beta_s`` and ``z_slack`` where ``params`` has them."""
-    kwargs = {k: float(params[k]) for k in ("alpha_s", "beta_s", "z_slack") if k in params}
+    kwargs: dict[str, Any] = {k: float(params[k]) for k in ("alpha_s", "beta_s", "z_slack")
+                              if k in params}
     cls = DualPathSplit if params.get("split", 0.0) >= 0.5 else DualPath
     return cls(**kwargs)
 

@@ -29,7 +29,8 @@ challenger with the best of them.
 Workload kinds: ``agentic`` takes :class:`AgenticWorkload`'s keywords (``agents``,
 ``mal``, ``online``, ``aps``, ``duration_s``, ``arrival``, ``burst_s``,
 ``burst_factor``, ``burst_share``, ``append_scale``, ``gen_scale``,
-``tool_latency_s``, ``think_time_s``, ``shuffle``, ``batch_share``) and is seeded per run; ``mooncake`` takes
+``tool_latency_s``, ``think_time_s``, ``shuffle``, ``batch_share``) and is seeded per
+run; ``mooncake`` takes
 ``path`` (relative to the scenario file), ``limit``, ``time_scale`` and
 ``storage_capacity_blocks``; ``mixed`` takes ``parts``, a list of the other kinds.
 """

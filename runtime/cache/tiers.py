@@ -21,6 +21,7 @@ from runtime.cache.prefix import prefix_hashes
 from runtime.cache.prefix_cache import PrefixCache
 from runtime.cluster import ClusterSpec
 from runtime.eviction import EVICTIONS
+from runtime.placement.plan import LoadPlan
 from runtime.request import Request
 from runtime.view import PrefixView
 from runtime.workload.base import Workload
@@ -30,12 +31,12 @@ def hash_block_tokens(workload: Workload, block_tokens: int) -> int:
     """Tokens per block of the hashes a workload's requests carry: a trace's own block
     (``trace_block_tokens``, also of a trace inside a mixed workload), else the
     cluster's ``block_tokens`` (agents' chains)."""
-    sizes = {getattr(part, "trace_block_tokens", None)
-             for part in getattr(workload, "parts", (workload,))} - {None}
+    sizes = {int(size) for part in getattr(workload, "parts", (workload,))
+             if (size := getattr(part, "trace_block_tokens", None)) is not None}
     if len(sizes) > 1:
         raise ValueError(f"workload {workload.name}: its traces have different block sizes "
                          f"({sorted(sizes)} tokens); caches need one")
-    return int(sizes.pop()) if sizes else block_tokens
+    return sizes.pop() if sizes else block_tokens
 
 
 class CacheTiers:
@@ -90,14 +91,20 @@ class CacheTiers:
         return self.dram[node_id].used_tokens * self.spec.model.kv_bytes_per_token
 
     # -- hits and stores ---------------------------------------------------------------
-    def touch(self, request: Request, now: float, *, hbm_engine: int = -1, hbm_blocks: int = 0,
-              dram_node: int = -1, dram_blocks: int = 0) -> None:
-        """A hit on the leading blocks of an HBM cache and/or a node's DRAM."""
-        hashes, _ = self.hashes(request)
-        if hbm_blocks > 0 and self.hbm is not None:
-            self.hbm[hbm_engine].touch(hashes, hbm_blocks, now)
-        if dram_blocks > 0 and self.dram is not None:
-            self.dram[dram_node].touch(hashes, dram_blocks, now)
+    def served(self, request: Request, plan: LoadPlan, engine_id: int, node_id: int,
+               now: float) -> None:
+        """``plan``'s cached blocks were taken for ``request`` on prefill engine
+        ``engine_id`` of node ``node_id``: each cache that served some is hit."""
+        hashes, tokens = self.hashes(request)
+        if plan.hbm_tokens and self.hbm is not None:
+            self.hbm[engine_id].touch(hashes, -(-plan.hbm_tokens // tokens), now)
+        if self.dram is None:
+            return
+        if plan.dram_local_tokens:
+            local_end = plan.hbm_tokens + plan.dram_local_tokens
+            self.dram[node_id].touch(hashes, -(-local_end // tokens), now)
+        if plan.dram_peer_tokens:
+            self.dram[plan.peer_node].touch(hashes, -(-plan.cached_tokens // tokens), now)
 
     def read_done(self, request: Request, node_id: int, first_token: int, end_token: int,
                   now: float) -> None:

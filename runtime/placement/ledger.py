@@ -73,8 +73,9 @@ class Ledger:
               storage_tokens: int | None = None) -> tuple[int, int]:
         """Check ``d`` and take its capacity; returns the tokens read from storage on the
         (PE, DE) side: of ``storage_tokens`` (the hit tokens no cache serves; all of
-        them when ``None``). Raises :class:`PlacementError` (taking nothing) unless ``d`` names a prefill
-        and a decode engine and the decode engine has HBM and a batch slot for it."""
+        them when ``None``). Raises :class:`PlacementError` (taking nothing) unless ``d``
+        names a prefill and a decode engine and the decode engine has HBM and a batch
+        slot for it."""
         if not (0 <= d.prefill_engine < self._npe <= d.decode_engine < self._engines):
             check_engines(self.spec, request, d)  # raises, naming the wrong engine
         total = request.total_tokens

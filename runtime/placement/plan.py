@@ -34,6 +34,11 @@ class LoadPlan:
     def cached_tokens(self) -> int:
         return self.hbm_tokens + self.dram_local_tokens + self.dram_peer_tokens
 
+    def peer_engine(self, prefill_engine: int, gpus: int) -> int:
+        """The engine whose CNIC sends the peer's blocks: the peer node's engine on the
+        prefill engine's rail (the same local GPU index); -1 without a peer."""
+        return self.peer_node * gpus + prefill_engine % gpus if self.dram_peer_tokens else -1
+
 
 def storage_only(request: Request) -> LoadPlan:
     return LoadPlan(0, 0, 0, -1, request.hit_tokens)

@@ -73,6 +73,11 @@ class WaitingQueue(Generic[T]):
         self._live[id(item)] = self._seq
         heappush(self._heap, (self._key(item.request), self._seq, item))
 
+    def choices(self, pick: int, k: int) -> list[int]:
+        """Indexes of up to ``k`` requests: ``pick``, then the others in arrival order."""
+        n = len(self.items)
+        return ([pick] + [i for i in range(min(n, k + 1)) if i != pick])[:k] if n else []
+
     def pick(self, now: float) -> int:
         """Index in ``items`` of the request to ask about next: the one waiting longest
         if it waited over ``max_wait_s``, else the order's first."""

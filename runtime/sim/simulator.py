@@ -25,8 +25,6 @@ from runtime.execution.metrics import summarize
 from runtime.execution.prefill import PrefillEngine
 from runtime.execution.recorder import Recorder
 from runtime.placement import Ledger, WaitingQueue
-from runtime.placement.order import QueueOrder, order_of
-from runtime.placement.plan import LoadPlan, load_plan
 from runtime.placement.lifecycle import (
     DECODING,
     FINISHED,
@@ -34,6 +32,8 @@ from runtime.placement.lifecycle import (
     PREFILLING,
     TRANSFERRING,
 )
+from runtime.placement.order import QueueOrder, order_of
+from runtime.placement.plan import LoadPlan, load_plan
 from runtime.policy import Policy
 from runtime.request import Request
 from runtime.sim.events import (
@@ -46,7 +46,8 @@ from runtime.sim.events import (
     EventQueue,
 )
 from runtime.sim.node import NodeStorage
-from runtime.view import ClusterView, EngineView, NodeView, PrefixView, Role
+from runtime.sim.views import SimulatedViews
+from runtime.view import ClusterView, NodeView, PrefixView, Role
 from runtime.workload.base import Workload
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class SimResult:
 Progress = Callable[[int, float], None]
 
 
-class Simulator:
+class Simulator(SimulatedViews):
     def __init__(self, spec: ClusterSpec, workload: Workload,
                  options: SimOptions | None = None) -> None:
         self.spec = spec
@@ -158,19 +159,15 @@ class Simulator:
         """Ask about waiting requests in ``order`` (FIFO until set)."""
         self.waiting.set_order(order, self.spec)
 
-    def _candidate_indexes(self, k: int) -> list[int]:
-        pick, n = self._pick, len(self.waiting.items)
-        return ([pick] + [i for i in range(min(n, k + 1)) if i != pick])[:k] if n else []
-
     def candidates(self, k: int) -> list[Request]:
         """Up to ``k`` waiting requests: the queue order's pick, then the others by arrival."""
         items = self.waiting.items
-        return [items[i].request for i in self._candidate_indexes(k)]
+        return [items[i].request for i in self.waiting.choices(self._pick, k)]
 
     def present(self, index: int) -> tuple[Request, ClusterView]:
         """Ask about :meth:`candidates` ``[index]`` instead of the order's pick (the env's
         queue choice); ``present(0)`` returns to the pick."""
-        self._presented = self._candidate_indexes(index + 1)[index]
+        self._presented = self.waiting.choices(self._pick, index + 1)[index]
         return self.waiting.items[self._presented].request, self.view()
 
     def next_decision(self) -> tuple[Request, ClusterView] | None:
@@ -219,54 +216,6 @@ class Simulator:
                             self.hit_bytes, wall_s, self.hit_by_source)
         return SimResult(metrics, self.recorder.rows)
 
-    # -- the view -----------------------------------------------------------
-    def view(self) -> ClusterView:
-        # Parts that did not change since the last view keep their objects, so
-        # consumers (the encoder) can cache what they derive from them by identity.
-        now = self.now
-        if self._stale:
-            eviews = self._eviews
-            for engine_id in self._stale:
-                eviews[engine_id] = self._engine_view(engine_id)
-            self._stale.clear()
-            self._engines_view = tuple(eviews)
-        nodes = tuple([self._node_view(n, now) for n in self.nodes])
-        prefix = None
-        if self.caches is not None and self.waiting.items:
-            prefix = self.caches.locate(self.waiting.items[self._presented].request)
-        self._prefix = prefix
-        return ClusterView(now, self.spec, self._engines_view, nodes, self.waiting.view(),
-                           prefix)
-
-    def _node_view(self, node: NodeStorage, now: float) -> NodeView:
-        read_q = node.read_queue_bytes(now) / self._kvb
-        free = node.buffer_bytes - node.buffer_used
-        cached = 0.0 if self.caches is None else self.caches.used_bytes(node.node_id)
-        last = self._nviews[node.node_id]
-        if (last is not None and last.read_q_tokens == read_q and last.free_buffer_bytes == free
-                and last.cache_used_bytes == cached):
-            return last
-        fresh = NodeView(node.node_id, self._node_roles[node.node_id], read_q,
-                         node.snic.bytes_s, free, cached)
-        self._nviews[node.node_id] = fresh
-        return fresh
-
-    def _engine_view(self, engine_id: int) -> EngineView:
-        group = self._groups[engine_id]
-        if engine_id < self._npe:
-            pe = self.pes[engine_id]
-            busy = pe.cnic_in.busy_until
-            if pe.cnic_out.busy_until > busy:  # max() without the call
-                busy = pe.cnic_out.busy_until
-            return EngineView(engine_id, _PREFILL_ROLE, pe.node_id, group, pe.seq, pe.tok,
-                              pe.hbm_bytes - pe.hbm_used, busy)
-        de = self.des[engine_id - self._npe]
-        busy = de.cnic_in.busy_until
-        if de.cnic_out.busy_until > busy:
-            busy = de.cnic_out.busy_until
-        return EngineView(engine_id, _DECODE_ROLE, de.node_id, group, de.seq, de.tok,
-                          de.free_hbm, busy)
-
     # -- decisions ----------------------------------------------------------
     def _place(self, job: Job, d: Decision, split: tuple[int, int],
                plan: LoadPlan | None = None) -> None:
@@ -303,30 +252,18 @@ class Simulator:
             self.nodes[de.node_id].enqueue_read(job, de_bytes, self.now)
 
     def _serve_cached(self, job: Job, pe: PrefillEngine, plan: LoadPlan) -> None:
-        """Take ``plan``'s cached blocks: count them by source, note what moves them, and
-        tell the caches they were hit."""
-        kvb, gpus = self._kvb, self._gpus
+        """Take ``plan``'s cached blocks: count them by source and note what moves them."""
+        kvb = self._kvb
         sources = self.hit_by_source
         sources[0] += plan.hbm_tokens * kvb
         sources[1] += plan.dram_local_tokens * kvb
         sources[2] += plan.dram_peer_tokens * kvb
         job.cached = plan.cached_tokens
         job.dram_bytes = plan.dram_local_tokens * kvb
-        if plan.dram_peer_tokens:
-            job.peer_bytes = plan.dram_peer_tokens * kvb
-            # The peer's engine on the PE's rail (same local GPU index) sends it.
-            job.peer_engine = plan.peer_node * gpus + pe.engine_id % gpus
-        caches = self.caches
-        assert caches is not None
-        tokens = self._prefix.block_tokens if self._prefix is not None else 1
-        now, req = self.now, job.request
-        caches.touch(req, now, hbm_engine=pe.engine_id, hbm_blocks=-(-plan.hbm_tokens // tokens),
-                     dram_node=pe.node_id,
-                     dram_blocks=-(-(plan.hbm_tokens + plan.dram_local_tokens) // tokens)
-                     if plan.dram_local_tokens else 0)
-        if plan.dram_peer_tokens:
-            caches.touch(req, now, dram_node=plan.peer_node,
-                         dram_blocks=-(-plan.cached_tokens // tokens))
+        job.peer_bytes = plan.dram_peer_tokens * kvb
+        job.peer_engine = plan.peer_engine(pe.engine_id, self._gpus)
+        assert self.caches is not None
+        self.caches.served(job.request, plan, pe.engine_id, pe.node_id, self.now)
 
     # -- events -------------------------------------------------------------
     def _push_arrival(self, request: Request) -> None:

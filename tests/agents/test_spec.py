@@ -14,7 +14,7 @@ from tests.builders import make_spec
 def test_list_policies_names_every_registered_heuristic():
     assert list_policies() == sorted(HEURISTICS)
     assert set(list_policies()) == {"pe_only", "round_robin", "least_tokens", "dualpath",
-                                    "dualpath_split"}
+                                    "dualpath_split", "cache_aware", "dualpath_cache"}
 
 
 @pytest.mark.parametrize("name", sorted(HEURISTICS))
@@ -70,7 +70,7 @@ def test_each_resolution_builds_a_fresh_policy():
     ("", "empty"),
     ("   ", "empty"),
     ("dualpth", r"unknown policy 'dualpth' \(did you mean 'dualpath'\?\).*pe_only"),
-    ("fifo", r"unknown policy 'fifo'; known policies: dualpath, dualpath_split"),
+    ("fifo", r"unknown policy 'fifo'; known policies: cache_aware, dualpath, dualpath_cache"),
     (":alpha_s=2", "missing policy name"),
     ("dualpath:", "malformed parameter ''"),
     ("dualpath:alpha_s", "malformed parameter 'alpha_s'"),
@@ -81,7 +81,11 @@ def test_each_resolution_builds_a_fresh_policy():
     ("dualpath:alpha=2", r"unknown parameter 'alpha' \(did you mean 'alpha_s'\?\); "
                          "dualpath accepts alpha_s, beta_s, z_slack"),
     ("round_robin:alpha_s=2", "unknown parameter 'alpha_s'.*round_robin accepts read"),
-    ("pe_only:alpha_s=2", "unknown parameter 'alpha_s'.*pe_only accepts no parameters"),
+    ("pe_only:alpha_s=2", "unknown parameter 'alpha_s'.*pe_only accepts order, max_wait_s"),
+    ("dualpath:order=lifo", "order: unknown queue order 'lifo'; choose one of fifo, edf, short"),
+    ("dualpath_cache:max_wait_s=0", "max_wait_s: must be a number > 0"),
+    ("cache_aware:max_wait_s=-3", "max_wait_s: must be a number > 0"),
+    ("cache_aware:path=de", "path must be one of pe, shorter"),
     ("round_robin:read=fast", "read must be one of shorter, alternate, got 'fast'"),
     ("dualpath:alpha_s=fast", "alpha_s must be a number, got 'fast'"),
     ("dualpath:beta_s=true", "beta_s must be a number, got True"),

@@ -154,7 +154,9 @@ def test_simulated_caches_serve_only_what_they_hold_and_sources_add_up(kind: str
         # What the view says is cached is exactly what was stored and not evicted since.
         assert list(prefix.dram_blocks) == [a.leading(hashes) for a in dram] or not dram
         assert list(prefix.hbm_blocks) == [a.leading(hashes) for a in hbm] or not hbm
-        for audit, cache in [*zip(dram, caches.dram or []), *zip(hbm, caches.hbm or [])]:
+        pairs = [*zip(dram, caches.dram or [], strict=True),
+                 *zip(hbm, caches.hbm or [], strict=True)]
+        for audit, cache in pairs:
             assert cache.used_tokens == len(audit.blocks) * audit.block_tokens
             assert cache.used_tokens <= cache.capacity_tokens
         sim.apply(chosen.decide(request, view))
