@@ -38,6 +38,7 @@ from runtime.live.config import LiveOptions, spec_to_dict
 from runtime.live.messages import Stats
 from runtime.live.node import NodeConfig
 from runtime.live.router import Decider, Faults, Router
+from runtime.placement.order import order_of
 from runtime.policy import Policy
 from runtime.request import Request
 from runtime.view import ClusterView
@@ -56,7 +57,15 @@ STORAGE_RESTART_TRIES = 5
 
 
 def local_decider(policy: Policy) -> Decider:
-    """A policy called in the router's process (a ``RemotePolicy`` makes its gRPC call here)."""
+    """A policy called in the router's process (a ``RemotePolicy`` makes its gRPC call here).
+    The live router asks about waiting requests in arrival order: a policy asking for
+    another queue order is refused rather than silently served FIFO."""
+    order = order_of(policy)
+    if not order.fifo:
+        raise ValueError(f"policy {policy.name}: order={order.kind} runs in the simulator "
+                         "only; the live router places requests in arrival order (use "
+                         "order=fifo)")
+
     async def decide(request: Request, view: ClusterView) -> Decision | Defer | None:
         return policy.decide(request, view)
     return decide
@@ -66,6 +75,11 @@ class LiveCluster:
     """The processes of one live run; :meth:`run` replays a workload through them."""
 
     def __init__(self, spec: ClusterSpec, options: LiveOptions) -> None:
+        if spec.node.dram_cache_gb > 0 or spec.node.hbm_cache_gb > 0:
+            raise ValueError(
+                f"node.dram_cache_gb={spec.node.dram_cache_gb:g}, node.hbm_cache_gb="
+                f"{spec.node.hbm_cache_gb:g}: KV-cache tiers are simulated only; the live "
+                "runtime serves every hit from storage (set both to 0 for a live run)")
         self.options = options
         self.spec = spec
         self.block_bytes = options.real_block_bytes(self.spec)
