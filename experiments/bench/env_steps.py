@@ -95,15 +95,16 @@ class _Timed:
 
 
 def bench_policy(specs: list[str], preset: str = "ds660b-2p4d", agents: int = 64,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, overrides: list[str] | None = None) -> dict[str, Any]:
     """Microseconds per ``decide`` of each policy spec, over one simulated run each
-    (64K agents on ``preset``); the first spec is the baseline of the ratios."""
+    (64K agents on ``preset`` with ``overrides``); the first spec is the baseline of
+    the ratios."""
     from agents.spec import resolve_policy
     from runtime.preset import load_preset
     from runtime.sim import Simulator
     from runtime.workload.agentic import AgenticWorkload
 
-    cluster = load_preset(preset)
+    cluster = load_preset(preset, overrides or [])
     rows: list[dict[str, Any]] = []
     for spec in specs:
         timed = _Timed(resolve_policy(spec, cluster).policy)
@@ -114,7 +115,8 @@ def bench_policy(specs: list[str], preset: str = "ds660b-2p4d", agents: int = 64
                      "p99_us": float(np.percentile(us, 99))})
     for row in rows:
         row["vs_first"] = row["mean_us"] / rows[0]["mean_us"]
-    return {"preset": preset, "agents": agents, "rows": rows}
+    return {"preset": preset, "overrides": list(overrides or []), "agents": agents,
+            "rows": rows}
 
 
 def render_bench_env(payload: dict[str, Any]) -> str:
@@ -125,6 +127,7 @@ def render_bench_env(payload: dict[str, Any]) -> str:
 def render_bench_policy(payload: dict[str, Any]) -> str:
     from experiments.evaluation.table import format_table
 
-    return (f"decision latency on {payload['preset']} ({payload['agents']} agents, 64K)\n"
+    where = " ".join([payload["preset"], *payload.get("overrides", [])])
+    return (f"decision latency on {where} ({payload['agents']} agents, 64K)\n"
             + format_table(payload["rows"], ["policy", "decisions", "mean_us", "p50_us",
                                              "p99_us", "vs_first"]))
