@@ -110,17 +110,21 @@ class PrefillEngine(EngineLoad):
             host = job.pe_bytes + job.dram_bytes
             pe_bytes += host
             pe_overhead += cost.h2d_overhead_s(host)
-            for sender, nbytes in ((job.de, job.de_bytes), (job.peer_engine, job.peer_bytes)):
-                if nbytes <= 0:
-                    continue
-                start, end = reserve_pair(cnic_out(sender), self.cnic_in, now, nbytes,
-                                          cost.rdma_overhead_s(nbytes))
+            de_bytes = job.de_bytes
+            if de_bytes > 0:
+                start, end = reserve_pair(cnic_out(job.de), self.cnic_in, now, de_bytes,
+                                          cost.rdma_overhead_s(de_bytes))
                 first = start + (end - start) / layers
                 # Comparisons rather than max(): the same result, without a call.
                 if first > de_first:
                     de_first = first
                 if end > de_last:
                     de_last = end
+            if job.peer_bytes > 0:  # rare: a peer's DRAM cache, by RDMA as the DE path
+                start, end = reserve_pair(cnic_out(job.peer_engine), self.cnic_in, now,
+                                          job.peer_bytes, cost.rdma_overhead_s(job.peer_bytes))
+                de_first = max(de_first, start + (end - start) / layers)
+                de_last = max(de_last, end)
         h_start, h_end = self.pcie.reserve(now, pe_bytes, pe_overhead)
         h_first = h_start + (h_end - h_start) / layers
         first_layer = h_first if h_first > de_first else de_first  # max(de_first, h_first)

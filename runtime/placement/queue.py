@@ -38,8 +38,8 @@ class WaitingQueue(Generic[T]):
     order) is public for hot loops that only read it.
     """
 
-    __slots__ = ("items", "tokens", "due", "_wait", "_view", "_order", "_key", "_heap",
-                 "_live", "_seq")
+    __slots__ = ("items", "tokens", "due", "ordered", "_wait", "_view", "_order", "_key",
+                 "_heap", "_live", "_seq")
 
     def __init__(self) -> None:
         self.items: deque[T] = deque()
@@ -48,6 +48,7 @@ class WaitingQueue(Generic[T]):
         self._wait: WaitFor | None = None  # what a deferred head waits for
         self._view = QueueView(0, 0)
         self._order = FIFO
+        self.ordered = False  # an order other than FIFO: pick() has work to do
         self._key: Any = None
         # Non-FIFO orders: a heap of (key, seq, item), an entry valid while _live
         # maps the item to its seq (taken items are dropped lazily).
@@ -58,6 +59,7 @@ class WaitingQueue(Generic[T]):
     def set_order(self, order: QueueOrder, spec: ClusterSpec) -> None:
         """Order the queue by ``order`` from now on (FIFO until set)."""
         self._order = order
+        self.ordered = not order.fifo
         self._key = None if order.fifo else order.key(spec)
         self._heap, self._live = [], {}
         if self._key is not None:

@@ -178,7 +178,8 @@ class Simulator(SimulatedViews):
         items = waiting.items
         while True:
             if waiting.due and items:
-                index = self._pick = self._presented = waiting.pick(self.now)
+                index = waiting.pick(self.now) if waiting.ordered else 0
+                self._pick = self._presented = index
                 return items[index].request, self.view()
             if not heap:
                 if items:

@@ -53,7 +53,7 @@ def write(tmp_path: Path, data: dict[str, Any], filename: str = "cluster.toml") 
 def with_value(dotted: str, v: Any) -> dict[str, Any]:
     data = copy.deepcopy(BASE)
     *section, leaf = dotted.split(".")
-    (data[section[0]] if section else data)[leaf] = v
+    (data.setdefault(section[0], {}) if section else data)[leaf] = v
     return data
 
 
@@ -274,6 +274,12 @@ FILE_ERRORS = [
     ("snic_factors", "1,0.5", ["snic_factors", "array of numbers", "'1,0.5'"]),
     ("snic_factors", [1.0, "x"], ["snic_factors", "array of numbers"]),
     ("snic_factors", 0.5, ["snic_factors", "array of numbers"]),
+    ("node.dram_cache_gb", -8.0, ["node.dram_cache_gb", ">= 0", "-8.0"]),
+    ("node.hbm_cache_gb", "lots", ["node.hbm_cache_gb", "number", "lots"]),
+    ("compute_factors", [1.0], ["compute_factors", "one factor per node", "got 1"]),
+    ("compute_factors", [1.0, 0.0], ["compute_factors", "node 1", "(0, inf)"]),
+    ("cache.eviction", "random", ["cache.eviction", "lru, fifo", "random"]),
+    ("cache.peer_fetch", 1, ["cache.peer_fetch", "true or false"]),
 ]
 
 
@@ -289,6 +295,9 @@ def test_bad_value_in_a_file_names_key_and_file(tmp_path: Path, key: str, value:
 OVERRIDE_ERRORS = [
     # (override, words the message must contain besides "--set")
     ("node.snic_gb_s=-1", ["node.snic_gb_s", "> 0"]),
+    ("node.dram_cache_gb=-1", ["node.dram_cache_gb", ">= 0"]),
+    ("node.dram_cache_gb=eighty", ["node.dram_cache_gb", "number", "eighty"]),
+    ("compute_factors=1,2,3", ["compute_factors", "one factor per node"]),
     ("node.gpus=0", ["node.gpus"]),
     ("prefill_nodes=0", ["prefill_nodes"]),
     ("node.snci_gb_s=25", ["node.snci_gb_s", "unknown key", "node.snic_gb_s"]),
