@@ -41,19 +41,19 @@ class DualPathCache(DualPath):
         if de_pick is None:
             return Defer("no decode engine has room", WaitFor.DECODE)
         de = de_pick[0]
-        _, beta = self.thresholds(request, view.spec)
-        candidates = self._candidates(request, view, beta)
+        candidates = self._candidates(request, view)
         if not candidates:
             return Defer("every prefill engine is over beta", WaitFor.PREFILL)
         cost = self._cost
         assert cost is not None  # set by thresholds()
+        rate = cost.prefill_tokens_per_s(request.prompt_tokens)  # at nominal speed
         best: tuple[float, int, int] | None = None
         choice = (0, 0.0)
         for pe in candidates:
             plan = load_plan(view.spec, request, prefix, pe.engine_id, de.engine_id)
             shares = (0.0, 1.0) if plan.storage_tokens else (0.0,)
             for share in shares:
-                ttft = predict_ttft(cost, view, request, plan, pe, de, share)
+                ttft = predict_ttft(cost, view, request, plan, pe, de, share, rate)
                 key = (ttft, pe.tok, pe.engine_id)
                 if best is None or key < best:
                     best, choice = key, (pe.engine_id, share)
@@ -62,8 +62,7 @@ class DualPathCache(DualPath):
         return Decision(choice[0], de.engine_id, choice[1],
                         f"predicted ttft {best[0]:.3g}s, {de_pick[1]}, {side}")
 
-    def _candidates(self, request: Request, view: ClusterView,
-                    beta: float) -> list[EngineView]:
+    def _candidates(self, request: Request, view: ClusterView) -> list[EngineView]:
         prefix = view.prefix
         assert prefix is not None
         pes = view.prefill_engines()
@@ -71,10 +70,12 @@ class DualPathCache(DualPath):
         pick = self.choose_prefill(request, view)
         if pick is not None:
             chosen[pick[0].engine_id] = pick[0]
+        _, beta = self.thresholds(request, view.spec)
         gpus = view.spec.node.gpus
-        for e in pes:
-            if e.tok <= beta and prefix.hbm_blocks[e.engine_id]:
-                chosen[e.engine_id] = e
+        if any(prefix.hbm_blocks):
+            for e in pes:
+                if e.tok <= beta and prefix.hbm_blocks[e.engine_id]:
+                    chosen[e.engine_id] = e
         for node, blocks in enumerate(prefix.dram_blocks[:view.spec.prefill_nodes]):
             if blocks:
                 mine = [e for e in pes[node * gpus:(node + 1) * gpus] if e.tok <= beta]
@@ -85,8 +86,9 @@ class DualPathCache(DualPath):
 
 
 def predict_ttft(cost: CostModel, view: ClusterView, request: Request, plan: LoadPlan,
-                 pe: EngineView, de: EngineView, share: float) -> float:
-    """Seconds from now to ``request``'s first token if placed so (see the class docs)."""
+                 pe: EngineView, de: EngineView, share: float, rate: float) -> float:
+    """Seconds from now to ``request``'s first token if placed so (see the class docs);
+    ``rate``: tokens per second a nominal engine prefills at this prompt's length."""
     spec = view.spec
     kv = spec.model.kv_bytes_per_token
     cnic = spec.node.cnic_kv_bytes_s
@@ -107,6 +109,6 @@ def predict_ttft(cost: CostModel, view: ClusterView, request: Request, plan: Loa
         peer_engine = plan.peer_node * spec.node.gpus + pe.engine_id % spec.node.gpus
         rdma = (view.cnic_backlog_bytes(peer_engine) + plan.dram_peer_tokens * kv) / cnic
         load = max(load, rdma)
-    rate = cost.prefill_tokens_per_s(request.prompt_tokens) * cost.speed(pe.node_id)
+    rate *= cost.speed(pe.node_id)
     queued = pe.tok / rate
     return max(load, queued) + prefill_tokens(request) / rate

@@ -46,7 +46,7 @@ class _Run:
 class PrefixCache:
     """A prefix cache of ``capacity_tokens`` tokens (see the module docstring)."""
 
-    __slots__ = ("capacity_tokens", "used_tokens", "_eviction", "_roots", "_heap", "_seq",
+    __slots__ = ("capacity_tokens", "used_tokens", "_eviction", "roots", "_heap", "_seq",
                  "_runs", "observer")
 
     def __init__(self, capacity_tokens: int, eviction: Eviction) -> None:
@@ -55,7 +55,8 @@ class PrefixCache:
         self.capacity_tokens = capacity_tokens
         self.used_tokens = 0
         self._eviction = eviction
-        self._roots: dict[int, _Run] = {}
+        #: The runs that start a prefix, by their first block (read-only outside).
+        self.roots: dict[int, _Run] = {}  # runs that start a prefix, by first block
         self._heap: list[tuple[float, int, _Run]] = []
         self._seq = 0
         self._runs = 0  # live runs: the heap is compacted when it outgrows them
@@ -64,13 +65,15 @@ class PrefixCache:
     # -- reading --------------------------------------------------------------------
     def match(self, hashes: Sequence[int]) -> int:
         """How many leading blocks of ``hashes`` the cache holds (nothing changes)."""
+        if not hashes or hashes[0] not in self.roots:  # the usual miss, without a walk
+            return 0
         return self._walk(hashes, len(hashes))[0]
 
     def _walk(self, hashes: Sequence[int], limit: int) -> tuple[int, _Run | None]:
         """(matched blocks of ``hashes[:limit]``, the run holding the last matched one)."""
         if limit <= 0:
             return 0, None
-        run = self._roots.get(hashes[0])
+        run = self.roots.get(hashes[0])
         pos, last = 0, None
         while run is not None:
             end = run.end if run.end < limit else limit
@@ -105,7 +108,8 @@ class PrefixCache:
             self._grow(hashes, held, end, run, block_tokens, now)
         elif run is not None:
             self._rekey(run, self._eviction.touched(run.key, now))
-        self._fit()
+        if self.used_tokens > self.capacity_tokens:
+            self._fit()
         return held
 
     def _grow(self, hashes: Sequence[int], held: int, end: int, run: _Run | None,
@@ -117,12 +121,11 @@ class PrefixCache:
                 and run.end == held):
             run.hashes = hashes  # the chain: equal up to held, so one run goes on
             run.end = end
-            run.key = now
-            self._push(run)
+            run.key = now  # a leaf: its heap entry is re-keyed when it comes up
         else:
             fresh = _Run(hashes, held, end, run, now, block_tokens)
             self._runs += 1
-            (run.children if run is not None else self._roots)[hashes[held]] = fresh
+            (run.children if run is not None else self.roots)[hashes[held]] = fresh
             self._push(fresh)
         self.used_tokens += (end - held) * block_tokens
         if self.observer is not None:
@@ -141,24 +144,26 @@ class PrefixCache:
             self._push(tail)
 
     def _rekey(self, run: _Run, key: float) -> None:
-        if key != run.key:
-            run.key = key
-            if not run.children:
-                self._push(run)
+        # Keys only grow: a leaf's heap entry, when it comes up, is pushed again with the
+        # new key (one push per eviction check rather than one per hit).
+        run.key = key
 
     def _push(self, run: _Run) -> None:
         self._seq += 1
         heappush(self._heap, (run.key, self._seq, run))
         if len(self._heap) > 4 * self._runs + 64:  # drop stale entries (sorted is a heap)
-            self._heap = sorted(e for e in self._heap if e[2].alive and not e[2].children
-                                and e[2].key == e[0])
+            self._heap = sorted((e[2].key, e[1], e[2]) for e in self._heap
+                                if e[2].alive and not e[2].children)
 
     def _fit(self) -> None:
         """Give up tail blocks of the leaf with the smallest key until the cache fits."""
         while self.used_tokens > self.capacity_tokens:
             key, _, run = heappop(self._heap)
-            if not run.alive or run.children or run.key != key:
-                continue  # a stale entry: the run changed since it was pushed
+            if not run.alive or run.children:
+                continue  # a stale entry: the run is gone or no longer a leaf
+            if run.key != key:
+                self._push(run)  # hit since it was pushed: back in with its new key
+                continue
             over = self.used_tokens - self.capacity_tokens
             take = min(-(-over // run.block_tokens), run.end - run.start)
             run.end -= take
@@ -174,7 +179,7 @@ class PrefixCache:
         run.alive = False
         self._runs -= 1
         parent = run.parent
-        siblings = parent.children if parent is not None else self._roots
+        siblings = parent.children if parent is not None else self.roots
         del siblings[run.hashes[run.start]]
         if parent is not None and not parent.children:
             # The parent is a leaf again: its key covers the hits its subtree had.

@@ -26,6 +26,9 @@ from runtime.request import Request
 from runtime.view import PrefixView
 from runtime.workload.base import Workload
 
+#: A request's block hashes and the tokens each block holds (:meth:`CacheTiers.hashes`).
+Prefix = tuple[Sequence[int], int]
+
 
 def hash_block_tokens(workload: Workload, block_tokens: int) -> int:
     """Tokens per block of the hashes a workload's requests carry: a trace's own block
@@ -71,9 +74,9 @@ class CacheTiers:
             return request.block_hashes, self.hash_tokens
         return prefix_hashes(request, self.block_tokens), self.block_tokens
 
-    def locate(self, request: Request) -> PrefixView:
+    def locate(self, request: Request, prefix: Prefix) -> PrefixView:
         """Where ``request``'s prefix sits: leading blocks per node DRAM and per PE HBM."""
-        hashes, tokens = self.hashes(request)
+        hashes, tokens = prefix
         return PrefixView(request.request_id, tokens, self._held(self.dram, hashes, self._no_dram),
                           self._held(self.hbm, hashes, self._no_hbm))
 
@@ -82,20 +85,15 @@ class CacheTiers:
               none: tuple[int, ...]) -> tuple[int, ...]:
         if caches is None or not hashes:
             return none
-        return tuple([cache.match(hashes) for cache in caches])
-
-    def used_bytes(self, node_id: int) -> float:
-        """Bytes the node's DRAM cache holds."""
-        if self.dram is None:
-            return 0.0
-        return self.dram[node_id].used_tokens * self.spec.model.kv_bytes_per_token
+        first = hashes[0]  # most caches hold no prefix starting there: no call for them
+        return tuple([cache.match(hashes) if first in cache.roots else 0 for cache in caches])
 
     # -- hits and stores ---------------------------------------------------------------
-    def served(self, request: Request, plan: LoadPlan, engine_id: int, node_id: int,
+    def served(self, prefix: Prefix, plan: LoadPlan, engine_id: int, node_id: int,
                now: float) -> None:
-        """``plan``'s cached blocks were taken for ``request`` on prefill engine
+        """``plan``'s cached blocks were taken for a request of ``prefix`` on prefill engine
         ``engine_id`` of node ``node_id``: each cache that served some is hit."""
-        hashes, tokens = self.hashes(request)
+        hashes, tokens = prefix
         if plan.hbm_tokens and self.hbm is not None:
             self.hbm[engine_id].touch(hashes, -(-plan.hbm_tokens // tokens), now)
         if self.dram is None:
@@ -106,25 +104,25 @@ class CacheTiers:
         if plan.dram_peer_tokens:
             self.dram[plan.peer_node].touch(hashes, -(-plan.cached_tokens // tokens), now)
 
-    def read_done(self, request: Request, node_id: int, first_token: int, end_token: int,
+    def read_done(self, prefix: Prefix, node_id: int, first_token: int, end_token: int,
                   now: float) -> None:
         """Node ``node_id`` read tokens ``[first_token, end_token)`` of the prompt from storage."""
         if self.dram is None or end_token <= first_token:
             return
-        hashes, tokens = self.hashes(request)
+        hashes, tokens = prefix
         self.dram[node_id].store(hashes, -(-end_token // tokens), tokens, now,
                                  start=first_token // tokens)
 
-    def prefilled(self, request: Request, engine_id: int, node_id: int, now: float) -> None:
-        """The request's prefill ended on ``engine_id``: its prompt blocks stay there."""
-        hashes, tokens = self.hashes(request)
+    def prefilled(self, prefix: Prefix, engine_id: int, node_id: int, now: float) -> None:
+        """A request's prefill ended on ``engine_id``: its prompt blocks stay there."""
+        hashes, tokens = prefix
         if self.hbm is not None:
             self.hbm[engine_id].store(hashes, len(hashes), tokens, now)
         if self.dram is not None:
             self.dram[node_id].store(hashes, len(hashes), tokens, now)
 
-    def received(self, request: Request, node_id: int, now: float) -> None:
-        """The decode node ``node_id`` received the request's prompt KV."""
+    def received(self, prefix: Prefix, node_id: int, now: float) -> None:
+        """The decode node ``node_id`` received a request's prompt KV."""
         if self.dram is not None:
-            hashes, tokens = self.hashes(request)
+            hashes, tokens = prefix
             self.dram[node_id].store(hashes, len(hashes), tokens, now)

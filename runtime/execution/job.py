@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from runtime.placement.lifecycle import WAITING
 from runtime.policy import as_learner
@@ -17,7 +18,7 @@ class Job:
 
     __slots__ = (
         "request", "state", "pe", "de", "share", "pe_bytes", "de_bytes", "dram_bytes",
-        "peer_bytes", "peer_engine", "cached", "reads_left",
+        "peer_bytes", "peer_engine", "cached", "prefix", "reads_left",
         "remaining", "context", "loaded", "t_decision", "t_pe_read", "t_de_read",
         "t_prefill_start", "t_first_token", "t_transfer", "t_finish", "hbm_bytes",
     )
@@ -34,6 +35,7 @@ class Job:
         self.peer_bytes = 0.0     # hit KV from a peer node's DRAM cache ...
         self.peer_engine = -1     # ... sent through this engine's CNIC
         self.cached = 0           # hit tokens served by caches (the leading ones)
+        self.prefix: Any = None   # its block hashes and block size, once caches need them
         self.reads_left = 0
         # A full hit still computes its last token to produce the first output.
         appended = request.appended_tokens

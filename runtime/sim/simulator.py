@@ -119,6 +119,7 @@ class Simulator(SimulatedViews):
         self.time_in_system = 0.0  # integral of in_system over simulated time
         self.hit_bytes = 0.0
         self.caches = CacheTiers.of(spec, workload)
+        self._dram = self.caches.dram if self.caches is not None else None
         # Hit bytes by source, in the order of runtime.execution.metrics.SOURCES.
         self.hit_by_source = [0.0, 0.0, 0.0, 0.0, 0.0]
         self._pick = 0       # index in the waiting queue of the order's pick ...
@@ -264,7 +265,7 @@ class Simulator(SimulatedViews):
         job.peer_bytes = plan.dram_peer_tokens * kvb
         job.peer_engine = plan.peer_engine(pe.engine_id, self._gpus)
         assert self.caches is not None
-        self.caches.served(job.request, plan, pe.engine_id, pe.node_id, self.now)
+        self.caches.served(job.prefix, plan, pe.engine_id, pe.node_id, self.now)
 
     # -- events -------------------------------------------------------------
     def _push_arrival(self, request: Request) -> None:
@@ -289,7 +290,7 @@ class Simulator(SimulatedViews):
             first = job.cached + (0 if node_id < self.spec.prefill_nodes
                                   else int(job.pe_bytes // self._kvb))
             nbytes = job.pe_bytes if node_id < self.spec.prefill_nodes else job.de_bytes
-            self.caches.read_done(job.request, node_id, first, first + int(nbytes // self._kvb),
+            self.caches.read_done(job.prefix, node_id, first, first + int(nbytes // self._kvb),
                                   self.now)
         job.reads_left -= 1
         if job.reads_left == 0:
@@ -384,14 +385,14 @@ class Simulator(SimulatedViews):
         job.state = TRANSFERRING
         self._push(job.t_transfer, TRANSFER_DONE, job)
         if self.caches is not None:
-            self.caches.prefilled(req, pe.engine_id, pe.node_id, now)
+            self.caches.prefilled(job.prefix, pe.engine_id, pe.node_id, now)
         if not self._oracle:
             # Write-back of the blocks this prefill produced.
             self.nodes[pe.node_id].snic_write.reserve(now, req.appended_tokens * self._kvb)
 
     def _on_transfer_done(self, job: Job) -> None:
         if self.caches is not None:
-            self.caches.received(job.request, job.de // self._gpus, self.now)
+            self.caches.received(job.prefix, job.de // self._gpus, self.now)
         if job.request.gen_tokens == 1:
             self._finish(job)
             return

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from runtime.view import ClusterView, EngineView, NodeView, Role
 
 if TYPE_CHECKING:
-    from runtime.cache import CacheTiers
+    from runtime.cache import CacheTiers, PrefixCache
     from runtime.cluster import ClusterSpec
     from runtime.execution.decode import DecodeEngine
     from runtime.execution.job import Job
@@ -29,6 +29,7 @@ class SimulatedViews:
     des: list[DecodeEngine]
     waiting: WaitingQueue[Job]
     caches: CacheTiers | None
+    _dram: list[PrefixCache] | None
     _kvb: int
     _npe: int
     _groups: list[int]
@@ -53,7 +54,10 @@ class SimulatedViews:
         nodes = tuple([self._node_view(n, now) for n in self.nodes])
         prefix = None
         if self.caches is not None and self.waiting.items:
-            prefix = self.caches.locate(self.waiting.items[self._presented].request)
+            job = self.waiting.items[self._presented]
+            if job.prefix is None:  # computed once per request: every cache step needs it
+                job.prefix = self.caches.hashes(job.request)
+            prefix = self.caches.locate(job.request, job.prefix)
         self._prefix = prefix
         return ClusterView(now, self.spec, self._engines_view, nodes, self.waiting.view(),
                            prefix)
@@ -61,7 +65,8 @@ class SimulatedViews:
     def _node_view(self, node: NodeStorage, now: float) -> NodeView:
         read_q = node.read_queue_bytes(now) / self._kvb
         free = node.buffer_bytes - node.buffer_used
-        cached = 0.0 if self.caches is None else self.caches.used_bytes(node.node_id)
+        dram = self._dram
+        cached = 0.0 if dram is None else dram[node.node_id].used_tokens * self._kvb
         last = self._nviews[node.node_id]
         if (last is not None and last.read_q_tokens == read_q and last.free_buffer_bytes == free
                 and last.cache_used_bytes == cached):
