@@ -37,6 +37,8 @@ class DualPath(Heuristic):
         self.beta_s = number("beta_s", beta_s, allow_inf=True)
         self.z_slack = number("z_slack", z_slack)
         self._cost: CostModel | None = None
+        # The last request's thresholds: a decision may need them more than once.
+        self._limits: tuple[Request, ClusterSpec, tuple[float, float]] | None = None
 
     def decide(self, request: Request, view: ClusterView) -> Decision | Defer:
         # The two choices are independent; the decode side is tried first
@@ -52,10 +54,14 @@ class DualPath(Heuristic):
 
     def thresholds(self, request: Request, spec: ClusterSpec) -> tuple[float, float]:
         """(α, β) in tokens for ``request`` on ``spec``."""
+        last = self._limits
+        if last is not None and last[0] is request and last[1] is spec:
+            return last[2]
         if self._cost is None or self._cost.spec is not spec:
             self._cost = CostModel(spec)
         alpha = self._cost.tokens_readable(self.alpha_s)
         beta = self._cost.prefill_tokens_per_s(request.prompt_tokens) * self.beta_s
+        self._limits = (request, spec, (alpha, beta))
         return alpha, beta
 
     def choose_prefill(self, request: Request,
