@@ -25,10 +25,11 @@ class DualPathCache(DualPath):
     the least-loaded engine of every node whose DRAM holds some (all under β); for each
     and each storage path (all storage blocks on the PE side, or on the DE side), the
     predicted TTFT is ``max(load done, prefill queue drained) + own compute``, where a
-    source's load is done when its link has carried its queue and then these bytes
-    (storage: the node's read queue at its SNIC rate, then RDMA for the DE path; the
-    node's DRAM over PCIe; a peer's DRAM over its CNIC), and the queue drains at the
-    engine's prefill rate. The earliest wins (ties: fewer ``tok``, then lower id).
+    source's load is done when its link has carried its queue and then these bytes, with
+    the cost model's per-block submission costs (storage: the node's read queue at its
+    SNIC rate, then RDMA for the DE path; the node's DRAM over PCIe; a peer's DRAM over
+    its CNIC), and the queue drains at the engine's prefill rate. The earliest wins
+    (ties: fewer ``tok``, then lower id).
     """
 
     name = "dualpath_cache"
@@ -99,15 +100,19 @@ def predict_ttft(cost: CostModel, view: ClusterView, request: Request, plan: Loa
     if pe_tokens or plan.dram_local_tokens:
         pe_node = view.nodes[pe.node_id]
         read = (pe_node.read_q_tokens + pe_tokens) * kv / pe_node.snic_bytes_s if pe_tokens else 0.0
-        load = read + (pe_tokens + plan.dram_local_tokens) * kv / spec.node.pcie_bytes_s
+        host = (pe_tokens + plan.dram_local_tokens) * kv
+        load = read + host / spec.node.pcie_bytes_s + cost.h2d_overhead_s(host)
     if de_tokens:
         de_node = view.nodes[de.node_id]
         read = (de_node.read_q_tokens + de_tokens) * kv / de_node.snic_bytes_s
-        rdma = read + (view.cnic_backlog_bytes(de.engine_id) + de_tokens * kv) / cnic
+        nbytes = de_tokens * kv
+        rdma = (read + (view.cnic_backlog_bytes(de.engine_id) + nbytes) / cnic
+                + cost.rdma_overhead_s(nbytes))
         load = max(load, rdma)
     if plan.dram_peer_tokens:
-        peer_engine = plan.peer_node * spec.node.gpus + pe.engine_id % spec.node.gpus
-        rdma = (view.cnic_backlog_bytes(peer_engine) + plan.dram_peer_tokens * kv) / cnic
+        nbytes = plan.dram_peer_tokens * kv
+        rdma = ((view.cnic_backlog_bytes(plan.peer_engine(pe.engine_id, spec.node.gpus))
+                 + nbytes) / cnic + cost.rdma_overhead_s(nbytes))
         load = max(load, rdma)
     rate *= cost.speed(pe.node_id)
     queued = pe.tok / rate
