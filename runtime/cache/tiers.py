@@ -106,7 +106,9 @@ class CacheTiers:
 
     def read_done(self, prefix: Prefix, node_id: int, first_token: int, end_token: int,
                   now: float) -> None:
-        """Node ``node_id`` read tokens ``[first_token, end_token)`` of the prompt from storage."""
+        """Node ``node_id`` read tokens ``[first_token, end_token)`` of the prompt from storage.
+        A last block read only in part counts as read: the rest of it is computed by the
+        prefill, after which the prefill node and the decode node keep the whole block."""
         if self.dram is None or end_token <= first_token:
             return
         hashes, tokens = prefix
