@@ -70,9 +70,9 @@ class CacheTiers:
 
     def hashes(self, request: Request) -> tuple[Sequence[int], int]:
         """The request's block hashes and the tokens each block holds."""
-        if request.block_hashes is not None:
-            return request.block_hashes, self.hash_tokens
-        return prefix_hashes(request, self.block_tokens), self.block_tokens
+        own = request.block_hashes is not None
+        return (prefix_hashes(request, self.block_tokens),
+                self.hash_tokens if own else self.block_tokens)
 
     def locate(self, request: Request, prefix: Prefix) -> PrefixView:
         """Where ``request``'s prefix sits: leading blocks per node DRAM and per PE HBM."""

@@ -40,16 +40,12 @@ class LoadPlan:
         return self.peer_node * gpus + prefill_engine % gpus if self.dram_peer_tokens else -1
 
 
-def storage_only(request: Request) -> LoadPlan:
-    return LoadPlan(0, 0, 0, -1, request.hit_tokens)
-
-
 def load_plan(spec: ClusterSpec, request: Request, prefix: PrefixView | None,
               prefill_engine: int, decode_engine: int) -> LoadPlan:
     """The sources of ``request``'s hit tokens if it is placed on these engines."""
     hit = request.hit_tokens
     if prefix is None or hit == 0:
-        return storage_only(request)
+        return LoadPlan(0, 0, 0, -1, hit)
     tokens = prefix.block_tokens
     hbm = min(prefix.hbm_blocks[prefill_engine] * tokens, hit)
     pe_node = prefill_engine // spec.node.gpus

@@ -66,10 +66,6 @@ class WaitingQueue(Generic[T]):
             for item in self.items:
                 self._index(item)
 
-    @property
-    def order(self) -> QueueOrder:
-        return self._order
-
     def _index(self, item: T) -> None:
         self._seq += 1
         self._live[id(item)] = self._seq

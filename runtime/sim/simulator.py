@@ -287,11 +287,13 @@ class Simulator(SimulatedViews):
         job, node_id = payload
         if self.caches is not None:
             # The PE path reads the leading storage tokens, the DE path the rest.
-            first = job.cached + (0 if node_id < self.spec.prefill_nodes
-                                  else int(job.pe_bytes // self._kvb))
-            nbytes = job.pe_bytes if node_id < self.spec.prefill_nodes else job.de_bytes
-            self.caches.read_done(job.prefix, node_id, first, first + int(nbytes // self._kvb),
-                                  self.now)
+            pe_tokens = int(job.pe_bytes // self._kvb)
+            if node_id < self.spec.prefill_nodes:
+                first, end = job.cached, job.cached + pe_tokens
+            else:
+                first, end = job.cached + pe_tokens, job.cached + pe_tokens + int(
+                    job.de_bytes // self._kvb)
+            self.caches.read_done(job.prefix, node_id, first, end, self.now)
         job.reads_left -= 1
         if job.reads_left == 0:
             self._ready(job)
