@@ -237,12 +237,12 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
         assert isinstance(sim, Simulator)
         request, view = sim.present(choice)
         hint = self.fallback.decide(request, view) if self.fallback is not None else None
+        placed = self.fallback is None or isinstance(hint, Decision)
         decode = self.encoding.control.index("decode") if self._gate_decode else -1
-        fits = (hint is not None or self.fallback is None) and (
-            decode < 0 or self.encoder.room_for(request, view, action[decode]))
-        if fits and (hint is None or isinstance(hint, Decision)):
+        room = decode < 0 or self.encoder.room_for(request, view, action[decode])
+        if placed and room:
             self._point = (request, view)
-            return hint
+            return hint if isinstance(hint, Decision) else None
         self._point = sim.present(0)
         return self._hint
 
