@@ -123,6 +123,11 @@ class ClusterSpec:
     def engines(self) -> int:
         return self.nodes * self.node.gpus
 
+    @property
+    def has_cache(self) -> bool:
+        """Some KV-cache tier has a size (DRAM per node or HBM per prefill engine)."""
+        return self.node.dram_cache_gb > 0 or self.node.hbm_cache_gb > 0
+
     def snic_bytes_s_of(self, node_id: int) -> float:
         """Storage NIC bandwidth of node ``node_id`` in bytes/s (nominal × its factor)."""
         nominal = self.node.snic_bytes_s

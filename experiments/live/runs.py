@@ -22,6 +22,7 @@ from experiments.evaluation.table import format_table
 from runtime.live.cluster import LiveCluster, local_decider
 from runtime.live.config import LiveOptions, is_live_preset, load_live_preset
 from runtime.live.router import Faults, Router
+from runtime.placement.order import order_of
 from runtime.preset import load_preset
 
 
@@ -82,7 +83,7 @@ def run_cluster(cfg: LiveRunConfig,
             if on_start is not None:
                 on_start(router, chosen.policy)
         metrics = live.run(build_workload(sim, live.spec), local_decider(chosen.policy),
-                           cfg.faults, router_hook=hook)
+                           cfg.faults, router_hook=hook, order=order_of(chosen.policy))
         counts = chosen.counts()
     return {"policy": cfg.policy, "mal": sim.mal, "agents": sim.agents, "seed": cfg.seed,
             **metrics, **counts}

@@ -64,7 +64,7 @@ class CacheTiers:
     @staticmethod
     def of(spec: ClusterSpec, workload: Workload) -> CacheTiers | None:
         """The tiers of ``spec``, or ``None`` when it has no cache at all."""
-        if spec.node.dram_cache_gb <= 0 and spec.node.hbm_cache_gb <= 0:
+        if not spec.has_cache:
             return None
         return CacheTiers(spec, hash_block_tokens(workload, spec.block_tokens))
 

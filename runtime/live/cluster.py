@@ -38,7 +38,7 @@ from runtime.live.config import LiveOptions, spec_to_dict
 from runtime.live.messages import Stats
 from runtime.live.node import NodeConfig
 from runtime.live.router import Decider, Faults, Router
-from runtime.placement.order import order_of
+from runtime.placement.order import FIFO, QueueOrder
 from runtime.policy import Policy
 from runtime.request import Request
 from runtime.view import ClusterView
@@ -58,13 +58,7 @@ STORAGE_RESTART_TRIES = 5
 
 def local_decider(policy: Policy) -> Decider:
     """A policy called in the router's process (a ``RemotePolicy`` makes its gRPC call here).
-    The live router asks about waiting requests in arrival order: a policy asking for
-    another queue order is refused rather than silently served FIFO."""
-    order = order_of(policy)
-    if not order.fifo:
-        raise ValueError(f"policy {policy.name}: order={order.kind} runs in the simulator "
-                         "only; the live router places requests in arrival order (use "
-                         "order=fifo)")
+    Its queue order goes to :meth:`LiveCluster.run` apart (``order_of(policy)``)."""
 
     async def decide(request: Request, view: ClusterView) -> Decision | Defer | None:
         return policy.decide(request, view)
@@ -75,11 +69,6 @@ class LiveCluster:
     """The processes of one live run; :meth:`run` replays a workload through them."""
 
     def __init__(self, spec: ClusterSpec, options: LiveOptions) -> None:
-        if spec.node.dram_cache_gb > 0 or spec.node.hbm_cache_gb > 0:
-            raise ValueError(
-                f"node.dram_cache_gb={spec.node.dram_cache_gb:g}, node.hbm_cache_gb="
-                f"{spec.node.hbm_cache_gb:g}: KV-cache tiers are simulated only; the live "
-                "runtime serves every hit from storage (set both to 0 for a live run)")
         self.options = options
         self.spec = spec
         self.block_bytes = options.real_block_bytes(self.spec)
@@ -215,14 +204,16 @@ class LiveCluster:
 
     # -- a run ---------------------------------------------------------------------------
     def run(self, workload: Workload, decider: Decider, faults: Faults | None = None,
-            router_hook: Any = None) -> dict[str, Any]:
-        """Replay ``workload``; returns the simulator's metrics plus the live counters."""
+            router_hook: Any = None, order: QueueOrder = FIFO) -> dict[str, Any]:
+        """Replay ``workload``, asking about waiting requests in ``order``; returns the
+        simulator's metrics plus the live counters."""
         root = tempfile.mkdtemp(prefix="dualpath-kv-")
         self._stack.callback(shutil.rmtree, root, True)
         before, wall = os.times(), time.perf_counter()
         try:
             if self.options.netns:
                 self._build_fabric()
+            router_hook = _with_order(router_hook, order)
             metrics = asyncio.run(self._run(root, workload, decider, faults or Faults(),
                                             router_hook))
         finally:
@@ -287,7 +278,11 @@ class LiveCluster:
                  for n in range(spec.nodes)]
         cnics = [(links.get(f"cnic{e}-in") or Link("-", 1.0),
                   links.get(f"cnic{e}-out") or Link("-", 1.0)) for e in range(spec.engines)]
-        metrics = summarize(router.recorder, spec, snics, cnics, router.hit_bytes, wall_s)
+        caches = router.caches
+        metrics = summarize(router.recorder, spec, snics, cnics, router.hit_bytes, wall_s,
+                            None if caches is None else caches.by_source)
+        if caches is not None:
+            counters.update({f"index_{k}": v for k, v in caches.audit().items()})
         metrics.pop("sim_requests_per_s", None)
         metrics.update({
             "preset": spec.name, "transport": self.options.transport,
@@ -306,3 +301,12 @@ def _first_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
     return proc.stdout.readline().decode().strip() if ready else ""
+
+
+def _with_order(hook: Any, order: QueueOrder) -> Any:
+    """``hook`` after setting the router's queue order (before any request arrives)."""
+    def set_order(router: Router) -> None:
+        router.waiting.set_order(order, router.spec)
+        if hook is not None:
+            hook(router)
+    return set_order

@@ -8,9 +8,9 @@ added, renamed or dropped shows up at every sender and receiver under mypy.
 Router → node: :class:`Setup`, :class:`Go`, :class:`Place`, :class:`Cancel`, :class:`Stop`.
 Node → router: :class:`Hello`, :class:`Ready`, :class:`State`, :class:`Batch`,
 :class:`Free`, :class:`Loaded`, :class:`Rdma`, :class:`First`, :class:`Fin`,
-:class:`Stats`, :class:`Error`.
+:class:`Cached`, :class:`Stats`, :class:`Error`.
 Node → node (about one attempt of one request): :class:`DeReady`, :class:`DeLoaded`,
-:class:`Push`, :class:`Layer`, :class:`KvIn`.
+:class:`Push`, :class:`Fetch`, :class:`Layer`, :class:`KvIn`.
 """
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ class Kind(StrEnum):
     RDMA = "rdma"
     FIRST = "first"
     FIN = "fin"
+    CACHED = "cached"
     STATS = "stats"
     ERROR = "error"
     DE_READY = "de_ready"
     DE_LOADED = "de_loaded"
     PUSH = "push"
+    FETCH = "fetch"
     LAYER = "layer"
     KV_IN = "kv_in"
 
@@ -92,9 +94,13 @@ class Go:
 @dataclass(frozen=True, slots=True)
 class Place:
     """Attempt ``attempt`` of a request on engines ``pe`` and ``de``: the request itself,
-    the tokens each side loads, the hit blocks' names (the first ``nde`` read by the
+    the tokens each side reads from storage, the hit blocks' names (leading blocks
+    served by caches, then the prefill side's reads, then the last ``nde`` read by the
     decode side), the blocks each side writes back, and ``seq``, the node's count of
-    placements it was sent (acknowledged in its :class:`State`)."""
+    placements it was sent (acknowledged in its :class:`State`). With caches: the
+    prompt's block ``hashes`` and the load ``plan`` (:class:`runtime.placement.plan.
+    LoadPlan`'s fields in order: HBM, local DRAM and peer DRAM tokens, the peer node,
+    storage tokens)."""
 
     kind: ClassVar[Kind] = Kind.PLACE
     rid: int
@@ -114,6 +120,8 @@ class Place:
     pe_writes: list[str]
     de_writes: list[str]
     seq: int = 0
+    hashes: list[int] = field(default_factory=list)
+    plan: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +208,16 @@ class Fin:
 
 
 @dataclass(frozen=True, slots=True)
+class Cached:
+    """Cache events of node ``node``, in order: ``[kind, engine, hashes, at]`` each
+    (:class:`runtime.cache.index.CacheEvent`'s fields; engine -1: the node's DRAM)."""
+
+    kind: ClassVar[Kind] = Kind.CACHED
+    node: int
+    events: list[list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """A stopping node's counters and its links' transfers (name → [bytes/s, starts,
     ends, sizes])."""
@@ -256,13 +274,35 @@ class Push:
 
 
 @dataclass(frozen=True, slots=True)
+class Fetch:
+    """Write cached blocks ``hashes`` (storage names ``names``) from this node's DRAM into
+    prefill engine ``engine``'s buffer at ``offset``, one layer every ``stride`` bytes,
+    through local engine ``src`` (the peer on the prefill engine's rail)."""
+
+    kind: ClassVar[Kind] = Kind.FETCH
+    rid: int
+    attempt: int
+    engine: int
+    src: int
+    offset: int
+    stride: int
+    hashes: list[int]
+    names: list[str]
+    tokens: int  # the tokens they hold (what the CNICs account)
+
+
+@dataclass(frozen=True, slots=True)
 class Layer:
-    """Layer ``layer`` of the decode side's blocks is in the prefill engine's buffer."""
+    """Layer ``layer`` of the decode side's blocks (``src`` "de") or of a peer's cached
+    blocks (``src`` "peer", whose ``checksums`` come with layer 0) is in the prefill
+    engine's buffer."""
 
     kind: ClassVar[Kind] = Kind.LAYER
     rid: int
     attempt: int
     layer: int
+    src: str = "de"
+    checksums: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,13 +317,14 @@ class KvIn:
 
 
 RouterMessage = Setup | Go | Place | Cancel | Stop
-NodeReport = Hello | Ready | State | Batch | Free | Loaded | Rdma | First | Fin | Stats | Error
-PeerMessage = DeReady | DeLoaded | Push | Layer | KvIn
+NodeReport = (Hello | Ready | State | Batch | Free | Loaded | Rdma | First | Fin | Cached | Stats
+              | Error)
+PeerMessage = DeReady | DeLoaded | Push | Fetch | Layer | KvIn
 Message = RouterMessage | NodeReport | PeerMessage
 
 _CLASSES: dict[str, type[Message]] = {cls.kind.value: cls for cls in (
     Hello, Setup, Ready, Go, Place, Cancel, Stop, State, Batch, Free, Loaded, Rdma, First,
-    Fin, Stats, Error, DeReady, DeLoaded, Push, Layer, KvIn)}
+    Fin, Cached, Stats, Error, DeReady, DeLoaded, Push, Fetch, Layer, KvIn)}
 assert set(_CLASSES) == {k.value for k in Kind}, "a Kind without its message class"
 
 

@@ -33,14 +33,19 @@ from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
 from runtime.execution.link import Link
 from runtime.live.blocks import write_blocks
+from runtime.live.cache import NodeCaches
 from runtime.live.clock import Clock
 from runtime.live.config import LiveOptions, spec_from_dict
 from runtime.live.engines import LiveDecode, LiveJob, LivePrefill
+from runtime.live.engines.cached import serve_fetch
+from runtime.live.engines.staging import STAGING_SLOT_BYTES, STAGING_SLOTS, Staging
 from runtime.live.messages import (
+    Cached,
     Cancel,
     DeLoaded,
     DeReady,
     Error,
+    Fetch,
     Go,
     Hello,
     KvIn,
@@ -65,10 +70,6 @@ from runtime.request import Request
 from runtime.view import Role
 
 _M = TypeVar("_M", bound=Message)
-
-# Staging slots per decode engine for the DE→PE writes (host buffer → registered memory).
-STAGING_SLOTS = 4
-STAGING_SLOT_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,10 @@ class Node:
         self._failed: str | None = None
         self.prefill: dict[int, LivePrefill] = {}
         self.decode: dict[int, LiveDecode] = {}
+        self.staging: dict[int, Staging] = {}
+        self.caches: NodeCaches | None = None
+        # Another node's DRAM cache may send blocks to a prefill engine of the same role.
+        self._peer_fetch = self.spec.has_cache and self.spec.cache.peer_fetch
 
     # -- set-up -----------------------------------------------------------------
     async def run(self) -> None:
@@ -147,18 +152,23 @@ class Node:
             self._transports.append(transport)
             region = transport.register(self._region_bytes())
             regions[engine] = region.descriptor
+            if self.role is Role.DECODE or self._peer_fetch:
+                self.staging[engine] = Staging(
+                    transport.register(STAGING_SLOTS * STAGING_SLOT_BYTES))
             if self.role is Role.PREFILL:
                 self.prefill[engine] = LivePrefill(self, engine, transport, region)
             else:
-                staging = transport.register(STAGING_SLOTS * STAGING_SLOT_BYTES)
-                self.decode[engine] = LiveDecode(self, engine, transport, region, staging,
-                                                 STAGING_SLOTS)
+                self.decode[engine] = LiveDecode(self, engine, transport, region,
+                                                 self.staging[engine])
         server = await asyncio.start_server(self._serve_peer, self.cfg.control_host, 0)
         port = server.sockets[0].getsockname()[1]
         self.router.send(Hello(self.node_id, [self.cfg.control_host, port],
                                {str(e): d for e, d in regions.items()}, os.getpid()))
         setup = await self._expect(Setup)
         self.clock = Clock(opts.time_scale, setup.t0)
+        if spec.has_cache:
+            self.caches = NodeCaches(spec, self.node_id, self.block_bytes, self.clock.now,
+                                     self.mark_dirty)
         self.storage = StorageSide(
             self.node_id, self.clock, spec.snic_bytes_s_of(self.node_id),
             spec.node.host_buffer_bytes, clients[:-1], clients[-1],
@@ -177,11 +187,13 @@ class Node:
 
     async def _connect_peers(self, setup: Setup) -> None:
         # Each local engine reaches the other role's buffers through its own
-        # transport (its own CNIC: in namespaces, its own address).
+        # transport (its own CNIC: in namespaces, its own address); with peer fetches,
+        # other nodes' engines of its own role too.
         local: dict[int, LivePrefill | LiveDecode] = {**self.prefill, **self.decode}
         for engine_text, descriptor in setup.regions.items():
             peer = int(engine_text)
-            if self.spec.role_of(peer) is self.role:
+            if self.spec.role_of(peer) is self.role and not (
+                    self._peer_fetch and self.spec.node_of(peer) != self.node_id):
                 continue
             for engine, owner in local.items():
                 self._remotes[(engine, peer)] = owner.transport.connect(descriptor)
@@ -240,6 +252,11 @@ class Node:
             pass  # the node is shutting down
 
     def _on_peer(self, msg: PeerMessage) -> None:
+        if isinstance(msg, Fetch):  # about a request placed elsewhere: this node serves it
+            sender = {**self.prefill, **self.decode}[msg.src]
+            asyncio.ensure_future(self.guard(serve_fetch(self, sender, self.staging[msg.src],
+                                                         msg)))
+            return
         rid = msg.rid
         job = self.jobs.get(rid)
         if job is None or job.attempt != msg.attempt:
@@ -252,6 +269,10 @@ class Node:
             case DeLoaded(checksums=checksums):
                 job.de_checksums = checksums
                 _resolve(job.de_loaded, None)
+            case Layer(layer=layer, src="peer", checksums=checksums):
+                if checksums:
+                    job.peer_checksums = checksums
+                _resolve(job.peer_layers[layer], None)
             case Layer(layer=layer):
                 _resolve(job.de_layers[layer], None)
             case Push():
@@ -262,9 +283,18 @@ class Node:
     def _place(self, msg: Place) -> None:
         request = Request(msg.rid, msg.agent, msg.turn, msg.hit, msg.app, msg.gen, msg.arrival)
         job = LiveJob(request, msg, kv_bytes_per_token=self.spec.model.kv_bytes_per_token,
-                      block_bytes=self.block_bytes, bytes_scale=self.opts.bytes_scale,
-                      loop=self.loop)
+                      block_tokens=self.spec.block_tokens, block_bytes=self.block_bytes,
+                      bytes_scale=self.opts.bytes_scale, loop=self.loop)
         self._ack = msg.seq
+        plan = job.plan
+        if plan is not None and plan.dram_peer_tokens and plan.peer_node == self.node_id:
+            # This node's DRAM serves some of its blocks: they count as hit from now on,
+            # as the model's do from the decision on (the fetch comes at its batch).
+            assert self.caches is not None
+            self.caches.served(job.prefix, plan, job.pe, self.node_of(job.pe))
+            if job.pe not in self.prefill and job.de not in self.decode:
+                self.mark_dirty()
+                return
         self.jobs[request.request_id] = job
         if job.pe in self.prefill:
             job.writes = msg.pe_writes
@@ -322,6 +352,9 @@ class Node:
         busy.update({str(e): max(d.core.cnic_in.busy_until, d.core.cnic_out.busy_until)
                      for e, d in self.decode.items()})
         storage = self.storage
+        if self.caches is not None and self.caches.events:
+            self.router.send(Cached(self.node_id, [
+                [e.kind.value, e.engine, list(e.hashes), e.at] for e in self.caches.drain()]))
         self.router.send(State(self.node_id, self._ack, storage.read_queue_bytes(),
                                storage.buffer_bytes - storage.buffer_used, busy))
 
@@ -389,6 +422,8 @@ class Node:
         for de in self.decode.values():
             links += [de.core.cnic_in, de.core.cnic_out]
         counters = dict(self.counters)
+        if self.caches is not None:
+            counters["cache_filled_by_name"] = self.caches.filled_by_name
         counters.update(bytes_read=self.storage.bytes_read,
                         bytes_written=self.storage.bytes_written,
                         blocks_written=self.storage.blocks_written)

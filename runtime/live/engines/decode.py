@@ -7,8 +7,10 @@ import asyncio
 from runtime.execution.decode import DecodeEngine
 from runtime.execution.job import Job
 from runtime.live.arena import Arena
+from runtime.live.engines.cached import buffer_supply, read_supply
 from runtime.live.engines.host import NodeServices
 from runtime.live.engines.job import LiveJob
+from runtime.live.engines.staging import Staging
 from runtime.live.messages import (
     DeLoaded,
     DeReady,
@@ -27,7 +29,7 @@ class LiveDecode:
     """One decode engine: receives the prompt's KV, decodes in a continuous batch."""
 
     def __init__(self, node: NodeServices, engine_id: int, transport: Transport, region: Region,
-                 staging: Region, slots: int) -> None:
+                 staging: Staging) -> None:
         self.node = node
         self.engine_id = engine_id
         self.core = DecodeEngine(engine_id, node.node_id, node.cost)
@@ -35,10 +37,6 @@ class LiveDecode:
         self.region = region
         self.arena = Arena(region.size)
         self.staging = staging
-        self.slot_bytes = staging.size // slots
-        self.slots: asyncio.Queue[int] = asyncio.Queue()
-        for k in range(slots):
-            self.slots.put_nowait(k * self.slot_bytes)
 
     def place(self, job: LiveJob) -> None:
         node = self.node
@@ -47,7 +45,7 @@ class LiveDecode:
         rid = job.request.request_id
         node.to_peer(pe_node, DeReady(rid, job.attempt, job.offset))
         if job.de_bytes > 0 and not node.opts.oracle:
-            read = node.storage.read(job.de_bytes, job.names[:job.nde])
+            read = node.storage.read(job.de_bytes, job.de_names)
             read.add_done_callback(lambda fut: self._loaded(job, fut))
 
     def _loaded(self, job: LiveJob, fut: asyncio.Future[Fetched]) -> None:
@@ -60,6 +58,11 @@ class LiveDecode:
                             f"{fut.exception()!r}")
             return
         job.fetched = fut.result()
+        caches = self.node.caches
+        if caches is not None and job.prefix is not None:
+            first = job.cached_tokens + job.pe_tokens
+            caches.read_done(job.prefix, job.prompt_names, first, first + job.de_tokens,
+                             read_supply(job.fetched, len(job.names) - job.nde))
         job.de_loaded.set_result(None)
         rid = job.request.request_id
         self.node.to_router(Rdma(rid, job.attempt))
@@ -79,15 +82,16 @@ class LiveDecode:
             start, end = self.core.cnic_out.reserve(now, job.de_bytes,
                                                     cost.rdma_overhead_s(job.de_bytes))
         remote = node.remote(self.engine_id, msg.engine)
+        staging = self.staging
         for layer in range(layers):
-            slot = await self.slots.get()
+            slot = await staging.take()
             try:
                 ok = await node.write_gathered(
-                    self.transport, self.staging, slot, self.slot_bytes,
+                    self.transport, staging.region, slot, staging.slot_bytes,
                     [p[layer * size:(layer + 1) * size] for p in fetched.payloads],
                     remote, msg.offset + layer * msg.stride)
             finally:
-                self.slots.put_nowait(slot)
+                staging.give(slot)
             if not ok:
                 return
             if node.paced_cnic:
@@ -110,6 +114,9 @@ class LiveDecode:
         await clock.sleep_until(at)
         if job.cancelled:
             return
+        if node.caches is not None and job.prefix is not None:
+            node.caches.received(job.prefix, job.prompt_names,
+                                 buffer_supply(node, self.region.view, job))
         if job.request.gen_tokens == 1:
             self._finish(job, clock.now())
             return

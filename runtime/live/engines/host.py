@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
+from runtime.live.cache import NodeCaches
 from runtime.live.clock import Clock
 from runtime.live.config import LiveOptions
 from runtime.live.engines.job import LiveJob
@@ -39,6 +40,7 @@ class NodeServices(Protocol):
     loop: asyncio.AbstractEventLoop
     clock: Clock
     storage: StorageSide
+    caches: NodeCaches | None  # None: the cluster has no cache
 
     def node_of(self, engine: int) -> int: ...
 

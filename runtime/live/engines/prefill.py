@@ -14,6 +14,13 @@ from typing import Any, cast
 from runtime.execution.prefill import PrefillEngine
 from runtime.live.arena import Arena
 from runtime.live.blocks import Checksummer
+from runtime.live.engines.cached import (
+    buffer_supply,
+    fetch_message,
+    read_missing,
+    read_supply,
+    take_cached,
+)
 from runtime.live.engines.device import DeviceMemory
 from runtime.live.engines.host import NodeServices
 from runtime.live.engines.job import LiveJob
@@ -27,6 +34,9 @@ from runtime.live.messages import (
 )
 from runtime.live.reader import Fetched, record_transfer
 from runtime.live.transport.base import Region, Transport
+
+#: Wall seconds a peer's write into a dropped request's range may still take.
+PEER_WRITE_TIMEOUT_S = 30.0
 
 
 class LivePrefill:
@@ -50,13 +60,28 @@ class LivePrefill:
             job.loaded = True
             self.ready(job)
             return
-        job.reads_left = (job.pe_bytes > 0) + (job.de_bytes > 0)
+        missing = take_cached(node, job) if job.ncache else []
+        if job.peer_bytes > 0:
+            job.peer_layers = [node.loop.create_future() for _ in range(node.layers)]
+        job.reads_left = (job.pe_bytes > 0) + (job.de_bytes > 0) + bool(missing)
         if job.de_bytes > 0:
             job.de_layers = [node.loop.create_future() for _ in range(node.layers)]
             job.de_loaded.add_done_callback(lambda _: self._read_done(job))
         if job.pe_bytes > 0:
-            read = node.storage.read(job.pe_bytes, job.names[job.nde:])
+            read = node.storage.read(job.pe_bytes, job.pe_names)
             read.add_done_callback(lambda fut: self._pe_read(job, fut))
+        if missing:
+            asyncio.ensure_future(node.guard(self._read_missing(job, missing)))
+        if job.reads_left == 0:  # every hit block was cached here or on a peer
+            self.ready(job)
+
+    async def _read_missing(self, job: LiveJob, columns: list[int]) -> None:
+        """Blocks the plan had cached here that were evicted since: read from storage."""
+        fetched = await read_missing(self.node, [job.names[i] for i in columns])
+        for i, payload, stored in zip(columns, fetched.payloads, fetched.checksums,
+                                      strict=True):
+            job.cached_in[i] = (payload, stored)
+        self._read_done(job)
 
     def _pe_read(self, job: LiveJob, fut: asyncio.Future[Fetched]) -> None:
         if job.cancelled and not fut.cancelled() and fut.exception() is None:
@@ -67,6 +92,11 @@ class LivePrefill:
                             f"{fut.exception()!r}")
             return
         job.fetched = fut.result()
+        caches = self.node.caches
+        if caches is not None and job.prefix is not None:
+            first = job.cached_tokens
+            caches.read_done(job.prefix, job.prompt_names, first, first + job.pe_tokens,
+                             read_supply(job.fetched, job.ncache))
         self._read_done(job)
 
     def _read_done(self, job: LiveJob) -> None:
@@ -93,7 +123,8 @@ class LivePrefill:
             self.core.ready.remove(job)
         if job.remaining > 0 and not any(j is job for j, _ in self.core.batch):
             self._drop(job)
-        futures: list[asyncio.Future[Any]] = [*job.de_layers, job.de_loaded, job.de_offset]
+        futures: list[asyncio.Future[Any]] = [*job.de_layers, *job.peer_layers, job.de_loaded,
+                                              job.de_offset]
         for fut in futures:
             if not fut.done():
                 fut.cancel()
@@ -155,40 +186,52 @@ class LivePrefill:
         self.kick()
 
     def _free(self, job: LiveJob) -> None:
-        if job.offset >= 0:
-            self.arena.free(job.offset)
-            job.offset = -1
+        if job.offset < 0:
+            return
+        offset, job.offset = job.offset, -1
+        if job.fetch_sent and not all(f.done() and not f.cancelled() for f in job.peer_layers):
+            # A peer may still be writing there (its request was dropped mid-fetch): the
+            # range is reused only after the longest a write may take.
+            self.node.loop.call_later(PEER_WRITE_TIMEOUT_S, self.arena.free, offset)
+        else:
+            self.arena.free(offset)
 
     def _start_loads(self, loads: list[LiveJob], now: float
                      ) -> Callable[[int], Awaitable[None]]:
         """Start both streams of every loading job; returns ``await arrivals(layer)``."""
         node, cost = self.node, self.node.cost
-        pe_bytes = sum(job.pe_bytes for job in loads)
-        overhead = sum(cost.h2d_overhead_s(job.pe_bytes) for job in loads)
+        # Through host memory: blocks read from storage and from this node's DRAM cache.
+        pe_bytes = sum(job.pe_bytes + job.dram_bytes for job in loads)
+        overhead = sum(cost.h2d_overhead_s(job.pe_bytes + job.dram_bytes) for job in loads)
         h_start, h_end = self.core.pcie.reserve(now, pe_bytes, overhead)
-        ingress = self._push_de_path(loads, now)
+        ingress = self._rdma_paths(loads, now)
         h2d = [node.loop.create_future() for _ in range(node.layers)]
         asyncio.ensure_future(node.guard(self._copy_in(loads, h2d, h_start, h_end)))
         return functools.partial(self._arrivals, loads, h2d, ingress)
 
-    def _push_de_path(self, loads: list[LiveJob], now: float) -> tuple[float, float] | None:
-        """Ask the decode node of every job with DE-side blocks to push them here; returns
-        the span of this batch on the PE's CNIC ingress when it is paced here (FIFO
-        reservations, so the first starts first), else None."""
+    def _rdma_paths(self, loads: list[LiveJob], now: float) -> tuple[float, float] | None:
+        """Ask the decode node of every job with DE-side blocks, and the peer of every job
+        with blocks in a peer's DRAM cache, to write them here; returns the span of this
+        batch on the PE's CNIC ingress when it is paced here (FIFO reservations, so the
+        first starts first), else None."""
         node, cost = self.node, self.node.cost
         in_start: float | None = None
         in_end = now
         for job in loads:
-            if job.de_bytes <= 0:
-                continue
-            if node.paced_cnic:
-                s, e = self.core.cnic_in.reserve(now, job.de_bytes,
-                                                 cost.rdma_overhead_s(job.de_bytes))
-                in_start = s if in_start is None else in_start
-                in_end = max(in_end, e)
-            node.to_peer(node.node_of(job.de), Push(
-                job.request.request_id, job.attempt, self.engine_id, job.offset,
-                len(job.names) * node.slice_bytes))
+            for nbytes in (job.de_bytes, job.peer_bytes):
+                if nbytes > 0 and node.paced_cnic:
+                    s, e = self.core.cnic_in.reserve(now, nbytes, cost.rdma_overhead_s(nbytes))
+                    in_start = s if in_start is None else in_start
+                    in_end = max(in_end, e)
+            size, columns = node.slice_bytes, len(job.names)
+            if job.de_bytes > 0:
+                node.to_peer(node.node_of(job.de), Push(
+                    job.request.request_id, job.attempt, self.engine_id,
+                    job.offset + (columns - job.nde) * size, columns * size))
+            if job.peer_bytes > 0:
+                assert job.plan is not None
+                job.fetch_sent = True
+                node.to_peer(job.plan.peer_node, fetch_message(node, job))
         return None if in_start is None else (in_start, in_end)
 
     async def _arrivals(self, loads: list[LiveJob], h2d: list[asyncio.Future[None]],
@@ -196,12 +239,13 @@ class LivePrefill:
         """Until layer ``layer`` of every loading job is in (and on the device, if any)."""
         await h2d[layer]
         for job in loads:
-            if job.de_layers and not job.cancelled:
-                try:
-                    await job.de_layers[layer]
-                except asyncio.CancelledError:
-                    if not job.cancelled:
-                        raise
+            for layers in (job.de_layers, job.peer_layers):
+                if layers and not job.cancelled:
+                    try:
+                        await layers[layer]
+                    except asyncio.CancelledError:
+                        if not job.cancelled:
+                            raise
         if ingress is not None:
             start, end = ingress
             await self.node.clock.sleep_until(
@@ -221,18 +265,22 @@ class LivePrefill:
 
     async def _copy_in(self, loads: list[LiveJob], h2d: list[asyncio.Future[None]],
                        start: float, end: float) -> None:
-        """The PE-path blocks, host buffer → engine buffer, one layer at a time."""
+        """The blocks in host memory (read from storage, or cached on this node), host
+        buffer → engine buffer, one layer at a time."""
         node = self.node
         layers, size = node.layers, node.slice_bytes
         view = self.region.view
         for layer in range(layers):
             await node.clock.sleep_until(start + (layer + 1) * (end - start) / layers)
             for job in loads:
-                if job.fetched is None or job.cancelled:
+                if job.cancelled:
                     continue
                 row = job.offset + layer * len(job.names) * size
-                for j, payload in enumerate(job.fetched.payloads):
-                    dst = row + (job.nde + j) * size
+                pieces = [(i, data) for i, (data, _) in job.cached_in.items()]
+                if job.fetched is not None:
+                    pieces += enumerate(job.fetched.payloads, job.ncache)
+                for i, payload in pieces:
+                    dst = row + i * size
                     view[dst:dst + size] = payload[layer * size:(layer + 1) * size]
             h2d[layer].set_result(None)
 
@@ -242,17 +290,14 @@ class LivePrefill:
         for job in loads:
             if job.cancelled:
                 continue
-            expected = list(job.de_checksums)
-            if job.fetched is not None:
-                expected += job.fetched.checksums
-            for b, want in enumerate(expected):
+            for b, want in enumerate(job.expected_checksums()):
                 node.counters["blocks_verified"] += 1
                 if self._block_checksum(job, b) == want:
                     continue
                 node.counters["checksum_failures"] += 1
                 name = job.names[b]
                 print(f"[node {node.node_id}] request {job.request.request_id}: block {name} "
-                      f"failed its checksum ({'DE' if b < job.nde else 'PE'} path); re-reading",
+                      f"failed its checksum ({job.source_of(b)}); re-reading",
                       file=sys.stderr, flush=True)
                 data, _ = await node.storage.reread(name, node.opts.replicas)
                 self._place_block(job, b, data)
@@ -336,6 +381,9 @@ class LivePrefill:
                 self._free(job)
             elif job.remaining == 0:
                 self.core.left()
+                if node.caches is not None and job.prefix is not None:
+                    node.caches.prefilled(job.prefix, job.prompt_names, self.engine_id,
+                                          buffer_supply(node, self.region.view, job))
                 rid = job.request.request_id
                 node.to_router(First(rid, job.attempt, now))
                 asyncio.ensure_future(node.write_back(

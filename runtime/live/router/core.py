@@ -20,6 +20,7 @@ from runtime.execution.recorder import Recorder
 from runtime.live.clock import Clock
 from runtime.live.messages import (
     Batch,
+    Cached,
     Cancel,
     Error,
     Fin,
@@ -34,6 +35,8 @@ from runtime.live.messages import (
     Stats,
     Stop,
 )
+from runtime.cache.index import EventError
+from runtime.live.router.caches import RouterCaches
 from runtime.live.router.naming import BlockNamer
 from runtime.live.router.records import (
     NO_FAULTS,
@@ -47,8 +50,10 @@ from runtime.live.router.records import (
 )
 from runtime.live.router.snapshot import cluster_view
 from runtime.live.router.startup import Hellos, accept_hello, gather_nodes, start_nodes
+from runtime.live.router.watch import watch_nodes
 from runtime.live.storage import StorageClient, corrupt_block
 from runtime.placement import Ledger, Phase, WaitingQueue, unavailable, unfinished_message
+from runtime.placement.plan import LoadPlan
 from runtime.placement.lifecycle import (
     DECODING,
     FINISHED,
@@ -84,7 +89,8 @@ class Router:
         self.stall_s = stall_s
         self._progress_at = time.monotonic()  # wall clock of the last report about a request
         self.nodes: dict[int, NodeState] = {}
-        self.waiting: WaitingQueue[Entry] = WaitingQueue()
+        self.waiting: WaitingQueue[Entry] = WaitingQueue()  # FIFO unless set_order is called
+        self.caches = RouterCaches(spec, workload) if spec.has_cache else None
         self.entries: dict[int, Entry] = {}  # every admitted request, by id
         self.open = 0  # admitted and not finished
         self.recorder = Recorder(False)
@@ -132,7 +138,7 @@ class Router:
             loop.call_at(self.clock.t0 + self.faults.kill_at_s * self.time_scale,
                          self._inject_kill)
         decide = asyncio.ensure_future(self._decide_loop())
-        watch = asyncio.ensure_future(self._watch())
+        watch = asyncio.ensure_future(watch_nodes(self))
         done = asyncio.ensure_future(self._done.wait())
         await asyncio.wait([decide, done], return_when=asyncio.FIRST_COMPLETED)
         watch.cancel()
@@ -165,7 +171,7 @@ class Router:
     def _arrive(self, request: Request) -> None:
         self._pending_arrivals -= 1
         if request.request_id in self.entries:
-            self._fail(f"request {request.request_id} was admitted twice")
+            self.fail(f"request {request.request_id} was admitted twice")
             return
         entry = Entry(Job(request))
         self._advance()
@@ -196,37 +202,51 @@ class Router:
             await self._wake_event.wait()
             self._wake_event.clear()
             while waiting.ready:
-                entry = waiting.head
-                answer = await self.decider(entry.request, self.view())
-                if not waiting.items or waiting.head is not entry:
-                    continue  # the queue changed while the policy thought: ask about the head
+                entry = waiting.items[self._pick()]
+                view = self.view(entry)
+                answer = await self.decider(entry.request, view)
+                if not waiting.items or waiting.items[index := self._pick()] is not entry:
+                    continue  # the queue changed while the policy thought: ask again
                 if isinstance(answer, Decision):
                     why = unavailable(answer, self._down)
                     answer = answer if why is None else Defer(why, WaitFor.ANY)
                 if not isinstance(answer, Decision):
                     waiting.defer(answer)
                     break
-                split = self.ledger.place(entry.request, answer)
-                await self._place(waiting.take(), answer, split)
+                plan = (None if self.caches is None
+                        else self.caches.plan(entry.job, view.prefix, answer, view.time_s))
+                split = self.ledger.place(entry.request, answer,
+                                          None if plan is None else plan.storage_tokens)
+                await self._place(waiting.take(index), answer, split, plan)
+
+    def _pick(self) -> int:
+        """Index of the waiting request the queue order asks about next."""
+        return self.waiting.pick(self.clock.now()) if self.waiting.ordered else 0
 
     def _down(self, engine: int) -> str | None:
         node = self.spec.node_of(engine)
         return f"is on node {node}, which is down" if self.nodes[node].dead else None
 
     # -- the view -------------------------------------------------------------------
-    def view(self) -> ClusterView:
+    def view(self, entry: Entry | None = None) -> ClusterView:
+        """The view a policy decides ``entry`` on (the head's by default)."""
+        if entry is None and self.waiting.items:
+            entry = self.waiting.head
+        prefix = (None if self.caches is None or entry is None
+                  else self.caches.prefix(entry.job))
         return cluster_view(self.spec, self.nodes, self.ledger, self.waiting.view(),
-                            self.clock.now())
+                            self.clock.now(), prefix)
 
     # -- placing ----------------------------------------------------------------------
-    async def _place(self, entry: Entry, d: Decision, split: tuple[int, int]) -> None:
+    async def _place(self, entry: Entry, d: Decision, split: tuple[int, int],
+                     plan: LoadPlan | None) -> None:
         """With its capacity reserved (the next decision sees it), make sure storage holds
         the hit blocks, then send the placement, unless an engine's node died meanwhile."""
         req, job = entry.request, entry.job
         entry.phase = PLACING
         entry.pe, entry.de = d.prefill_engine, d.decode_engine
         job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
-        pe_tokens, de_tokens = split
+        entry.peer = -1 if plan is None or not plan.dram_peer_tokens else plan.peer_node
         names = self._namer.names(req, 0, -(-req.hit_tokens // self.spec.block_tokens))
         if names:
             self.counters["blocks_ensured"] += await self.storage.ensure(self.block_bytes, names)
@@ -239,12 +259,15 @@ class Router:
         job.t_decision = self.clock.now()
         if entry.attempt == 0:
             self.hit_bytes += req.hit_tokens * self._kvb
+        if self.caches is not None and plan is not None:
+            self.caches.placed(plan, split, entry.attempt == 0)
         entry.phase = LOADING_STORAGE if req.hit_tokens else PREFILLING  # ``loaded`` moves it on
-        self._send_place(entry, names, pe_tokens, de_tokens)
+        self._send_place(entry, names, split, plan)
 
-    def _send_place(self, entry: Entry, names: list[str], pe_tokens: int,
-                    de_tokens: int) -> None:
+    def _send_place(self, entry: Entry, names: list[str], split: tuple[int, int],
+                    plan: LoadPlan | None) -> None:
         spec, req = self.spec, entry.request
+        pe_tokens, de_tokens = split
         block = spec.block_tokens
         msg = Place(
             rid=req.request_id, attempt=entry.attempt, agent=req.agent_id, turn=req.turn,
@@ -255,9 +278,16 @@ class Router:
                                         -(-req.prompt_tokens // block)),
             de_writes=([] if req.block_hashes else
                        self._namer.names(req, req.prompt_tokens // block,
-                                   -(-req.total_tokens // block))))
-        for engine, tokens in ((entry.pe, pe_tokens), (entry.de, de_tokens)):
-            state = self.nodes[spec.node_of(engine)]
+                                   -(-req.total_tokens // block))),
+            hashes=[] if plan is None else list(entry.job.prefix[0]),
+            plan=[] if plan is None else [plan.hbm_tokens, plan.dram_local_tokens,
+                                          plan.dram_peer_tokens, plan.peer_node,
+                                          plan.storage_tokens])
+        targets = [(spec.node_of(entry.pe), pe_tokens), (spec.node_of(entry.de), de_tokens)]
+        if entry.peer >= 0 and entry.peer != targets[1][0]:
+            targets.append((entry.peer, 0))  # its DRAM serves blocks: it holds them
+        for node, tokens in targets:
+            state = self.nodes[node]
             state.sent += 1
             if tokens:
                 state.placed.append((state.sent, tokens * self._kvb))
@@ -274,7 +304,7 @@ class Router:
                 return
             self._on_report(node, state, msg)
         if not state.dead and state.stats is None:
-            self._node_lost(node)
+            self.node_lost(node)
 
     def _on_report(self, node: int, state: NodeState, msg: Message) -> None:
         match msg:
@@ -292,8 +322,17 @@ class Router:
                 self._on_first(msg)
             case Fin():
                 self._on_finish(msg)
+            case Cached(events=events):
+                self._on_cached(node, events)
             case Error(message=message):
-                self._fail(f"node {node}: {message}")
+                self.fail(f"node {node}: {message}")
+
+    def _on_cached(self, node: int, events: list[list[object]]) -> None:
+        if self.caches is not None and not self.nodes[node].dead:
+            try:
+                self.caches.heard(node, events)
+            except (EventError, TypeError) as exc:
+                self.fail(f"node {node} sent cache events the index refused: {exc}")
 
     def _on_state(self, state: NodeState, msg: State) -> None:
         state.read_q = msg.read_q
@@ -371,36 +410,7 @@ class Router:
         if self._kill is not None:
             self._kill(node)
 
-    async def _watch(self) -> None:
-        """Fence a node silent for ``liveness_s`` (stopped, hung, cut off): kill it, so it
-        cannot act on work that is rescheduled elsewhere, and reschedule its requests.
-        Fail the run, naming what is open, if nothing progressed for ``stall_s``."""
-        period = min(0.5, self.liveness_s / 4)
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            late, last = now - last - period, now
-            if late > 1.0:
-                # The router itself was stalled (a blocking policy call, a starved process):
-                # the nodes' reports wait unread in its sockets, so silence proves nothing.
-                for state in self.nodes.values():
-                    state.heard = max(state.heard, now)
-                self._progress_at = max(self._progress_at, now)
-                continue
-            if self.open and now - self._progress_at > self.stall_s:
-                self._fail(f"no request progressed for {self.stall_s:g} s")  # run() names them
-                return
-            for node, state in self.nodes.items():
-                if not state.dead and state.stats is None and now - state.heard > self.liveness_s:
-                    print(f"[router] node {node} silent for {now - state.heard:.1f} s: fencing it",
-                          file=sys.stderr, flush=True)
-                    self.counters["fenced"] += 1
-                    if self._kill is not None:
-                        self._kill(node)
-                    self._node_lost(node)
-
-    def _node_lost(self, node: int) -> None:
+    def node_lost(self, node: int) -> None:
         """Reschedule every placed request that touched ``node``; its engines take no more
         work. (A request still placing is rescheduled when its placement resumes.)"""
         spec = self.spec
@@ -408,14 +418,16 @@ class Router:
             return
         self.nodes[node].dead = True
         self.counters["node_lost"] += 1
+        if self.caches is not None:
+            self.caches.node_lost(node, self.clock.now())
         lost = [e for e in self.entries.values() if e.phase in ON_NODES
-                and node in (spec.node_of(e.pe), spec.node_of(e.de))]
+                and node in (spec.node_of(e.pe), spec.node_of(e.de), e.peer)]
         print(f"[router] node {node} went away; rescheduling {len(lost)} request(s)",
               file=sys.stderr, flush=True)
         alive = [n for n, s in self.nodes.items() if not s.dead
                  and spec.role_of_node(n) is spec.role_of_node(node)]
         if not alive:
-            self._fail(f"node {node} went away and no {spec.role_of_node(node)} node is left")
+            self.fail(f"node {node} went away and no {spec.role_of_node(node)} node is left")
             return
         for entry in sorted(lost, key=lambda e: e.request.arrival_s, reverse=True):
             for engine in (entry.pe, entry.de):
@@ -442,7 +454,7 @@ class Router:
                 "lost": len(self.entries) - completed,
                 "duplicated": self.counters["duplicated"]}
 
-    def _fail(self, message: str) -> None:
+    def fail(self, message: str) -> None:
         if self._error is None:
             self._error = message
         self._done.set()

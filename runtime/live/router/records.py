@@ -55,6 +55,7 @@ class Entry:
     attempt: int = 0
     pe: int = -1
     de: int = -1
+    peer: int = -1  # the node whose DRAM cache sends it blocks (-1: none)
     completions: int = 0  # ``fin`` reports of its current attempt (more than 1: duplicated)
 
     @property

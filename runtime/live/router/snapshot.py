@@ -5,13 +5,15 @@ from __future__ import annotations
 from runtime.cluster import ClusterSpec
 from runtime.live.router.records import DEAD_BACKLOG_TOKENS, NodeState
 from runtime.placement import Ledger
-from runtime.view import ClusterView, EngineView, NodeView, QueueView
+from runtime.view import ClusterView, EngineView, NodeView, PrefixView, QueueView
 
 
 def cluster_view(spec: ClusterSpec, nodes: dict[int, NodeState], ledger: Ledger,
-                 queue: QueueView, now: float) -> ClusterView:
+                 queue: QueueView, now: float, prefix: PrefixView | None = None
+                 ) -> ClusterView:
     """The view at ``now``: the ledger's engine loads and the nodes' latest reports plus
-    what was placed on them since (dead nodes' engines look full)."""
+    what was placed on them since (dead nodes' engines look full); ``prefix``: where the
+    request at hand's prefix sits, as the block index knows it."""
     engines = []
     for e in range(spec.engines):
         node = nodes[spec.node_of(e)]
@@ -30,4 +32,4 @@ def cluster_view(spec: ClusterSpec, nodes: dict[int, NodeState], ledger: Ledger,
         queued = state.read_q + sum(nbytes for _, nbytes in state.placed)
         views.append(NodeView(n, spec.role_of_node(n), queued / kvb,
                               spec.snic_bytes_s_of(n), state.free_buffer))
-    return ClusterView(now, spec, tuple(engines), tuple(views), queue)
+    return ClusterView(now, spec, tuple(engines), tuple(views), queue, prefix)
