@@ -16,7 +16,8 @@ from policy_service.proto import scheduler_pb2 as pb
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.request import Request
-from runtime.view import ClusterView, EngineView, NodeView, QueueView, Role
+from runtime.slo import BATCH, INTERACTIVE
+from runtime.view import ClusterView, EngineView, NodeView, PrefixView, QueueView, Role
 
 ROLE_TO_PB = {Role.PREFILL: pb.PREFILL, Role.DECODE: pb.DECODE}
 ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
@@ -24,6 +25,7 @@ WAIT_TO_PB = {WaitFor.ANY: pb.WAIT_ANY, WaitFor.PREFILL: pb.WAIT_PREFILL,
               WaitFor.DECODE: pb.WAIT_DECODE}
 WAIT_FROM_PB = {v: k for k, v in WAIT_TO_PB.items()}
 _MAX_TOKENS = 1 << 40  # beyond any context; keeps arithmetic on tokens exact in floats
+_SLO_CLASSES = {"": INTERACTIVE, INTERACTIVE: INTERACTIVE, BATCH: BATCH}  # interned names
 
 
 class InvalidMessage(ValueError):
@@ -39,11 +41,16 @@ def cluster_digest(spec: ClusterSpec) -> str:
 
 # -- requests ---------------------------------------------------------------------
 
-def request_to_pb(request: Request) -> pb.Request:
-    return pb.Request(request_id=request.request_id, agent_id=request.agent_id,
-                      turn=request.turn, hit_tokens=request.hit_tokens,
-                      appended_tokens=request.appended_tokens, gen_tokens=request.gen_tokens,
-                      arrival_s=request.arrival_s, block_hashes=request.block_hashes or ())
+def request_to_pb(request: Request, prefix: PrefixView | None = None) -> pb.Request:
+    """``request`` as sent; ``prefix``: where the caller knows its prefix sits."""
+    msg = pb.Request(request_id=request.request_id, agent_id=request.agent_id,
+                     turn=request.turn, hit_tokens=request.hit_tokens,
+                     appended_tokens=request.appended_tokens, gen_tokens=request.gen_tokens,
+                     arrival_s=request.arrival_s, block_hashes=request.block_hashes or (),
+                     slo_class=request.slo_class)
+    if prefix is not None:
+        msg.prefix.CopyFrom(prefix_to_pb(prefix))
+    return msg
 
 
 def request_from_pb(msg: pb.Request, where: str = "request") -> Request:
@@ -59,9 +66,33 @@ def request_from_pb(msg: pb.Request, where: str = "request") -> Request:
         _finite(arrival, f"{where}.arrival_s", low=0.0)
     try:
         return Request(msg.request_id, msg.agent_id, msg.turn, hit, appended, gen, arrival,
-                       tuple(msg.block_hashes) or None)
+                       tuple(msg.block_hashes) or None,
+                       _SLO_CLASSES.get(msg.slo_class, msg.slo_class))
     except ValueError as err:
         raise InvalidMessage(f"{where}: {err}") from None
+
+
+def prefix_to_pb(prefix: PrefixView) -> pb.PrefixLocations:
+    return pb.PrefixLocations(block_tokens=prefix.block_tokens, dram_blocks=prefix.dram_blocks,
+                              hbm_blocks=prefix.hbm_blocks)
+
+
+def prefix_from_pb(msg: pb.Request, spec: ClusterSpec, where: str = "request"
+                   ) -> PrefixView | None:
+    """Where ``msg`` says its prefix sits (None when it does not say), checked against
+    ``spec``: a count per node and per prefill engine, none negative."""
+    if not msg.HasField("prefix"):
+        return None
+    p = msg.prefix
+    if p.block_tokens <= 0:
+        raise InvalidMessage(f"{where}.prefix.block_tokens must be > 0, got {p.block_tokens}")
+    if len(p.dram_blocks) != spec.nodes or len(p.hbm_blocks) != spec.prefill_engines:
+        raise InvalidMessage(f"{where}.prefix has {len(p.dram_blocks)} DRAM and "
+                             f"{len(p.hbm_blocks)} HBM counts; cluster {spec.name!r} has "
+                             f"{spec.nodes} nodes and {spec.prefill_engines} prefill engines")
+    if min((*p.dram_blocks, *p.hbm_blocks), default=0) < 0:
+        raise InvalidMessage(f"{where}.prefix: block counts must be >= 0")
+    return PrefixView(msg.request_id, p.block_tokens, tuple(p.dram_blocks), tuple(p.hbm_blocks))
 
 
 # -- views ------------------------------------------------------------------------
@@ -73,7 +104,8 @@ def view_to_pb(view: ClusterView) -> pb.ClusterSnapshot:
                               cnic_busy_until_s=e.cnic_busy_until_s) for e in view.engines]
     nodes = [pb.NodeState(node_id=n.node_id, role=ROLE_TO_PB[n.role],
                           read_q_tokens=n.read_q_tokens, snic_bytes_s=n.snic_bytes_s,
-                          free_buffer_bytes=n.free_buffer_bytes) for n in view.nodes]
+                          free_buffer_bytes=n.free_buffer_bytes,
+                          cache_used_bytes=n.cache_used_bytes) for n in view.nodes]
     return pb.ClusterSnapshot(cluster_digest=cluster_digest(view.spec), time_s=view.time_s,
                               engines=engines, nodes=nodes, queue_requests=view.queue.requests,
                               queue_tokens=view.queue.tokens)
@@ -133,17 +165,18 @@ def _fast_view(msg: pb.ClusterSnapshot, spec: ClusterSpec, layout: _Layout,
         return None
     counts = [v for r in rows for v in r[3:5]]
     floats = [v for r in rows for v in r[5:]]
-    nodes = [(n.node_id, n.role, n.read_q_tokens, n.snic_bytes_s, n.free_buffer_bytes)
-             for n in msg.nodes]
+    nodes = [(n.node_id, n.role, n.read_q_tokens, n.snic_bytes_s, n.free_buffer_bytes,
+              n.cache_used_bytes) for n in msg.nodes]
     if [r[:2] for r in nodes] != layout.node_keys:
         return None
     floats += [v for r in nodes for v in r[2:]]
     if (min(counts) < 0 or max(counts) > _MAX_TOKENS or not all(map(math.isfinite, floats))
-            or min(r[6] for r in rows) < 0 or min(v for r in nodes for v in r[2:4]) < 0):
+            or min(r[6] for r in rows) < 0 or min(v for r in nodes for v in r[2:4]) < 0
+            or min(r[5] for r in nodes) < 0):
         return None
     engines = tuple([EngineView(e, role, node, group, r[3], r[4], r[5], r[6])
                      for (e, role, node, group), r in zip(layout.engine_static, rows, strict=True)])
-    node_views = tuple([NodeView(r[0], role, r[2], r[3], r[4])
+    node_views = tuple([NodeView(r[0], role, r[2], r[3], r[4], r[5])
                         for role, r in zip(layout.node_roles, nodes, strict=True)])
     return ClusterView(msg.time_s, spec, engines, node_views, queue)
 
@@ -182,7 +215,9 @@ def _node(n: pb.NodeState, index: int, spec: ClusterSpec) -> NodeView:
     _finite(n.read_q_tokens, f"{where}.read_q_tokens", low=0.0)
     _finite(n.snic_bytes_s, f"{where}.snic_bytes_s", low=0.0)
     _finite(n.free_buffer_bytes, f"{where}.free_buffer_bytes")
-    return NodeView(index, role, n.read_q_tokens, n.snic_bytes_s, n.free_buffer_bytes)
+    _finite(n.cache_used_bytes, f"{where}.cache_used_bytes", low=0.0)
+    return NodeView(index, role, n.read_q_tokens, n.snic_bytes_s, n.free_buffer_bytes,
+                    n.cache_used_bytes)
 
 
 def _finite(value: float, where: str, low: float | None = None) -> None:
@@ -195,14 +230,19 @@ def _finite(value: float, where: str, low: float | None = None) -> None:
 # -- decisions --------------------------------------------------------------------
 
 def decision_to_pb(answer: Decision | Defer | None, request_id: int,
-                   version: str) -> pb.Decision:
+                   version: str, prefix: PrefixView | None = None) -> pb.Decision:
+    """The answer as sent; ``prefix``: where the policy was told the prefix sits."""
     if isinstance(answer, Decision):
-        return pb.Decision(prefill_engine=answer.prefill_engine,
-                           decode_engine=answer.decode_engine, decode_share=answer.decode_share,
-                           reason=answer.reason, policy_version=version, request_id=request_id)
-    defer = answer if answer is not None else Defer()
-    return pb.Decision(defer=True, wait_for=WAIT_TO_PB[defer.wait_for], reason=defer.reason,
-                       policy_version=version, request_id=request_id)
+        msg = pb.Decision(prefill_engine=answer.prefill_engine,
+                          decode_engine=answer.decode_engine, decode_share=answer.decode_share,
+                          reason=answer.reason, policy_version=version, request_id=request_id)
+    else:
+        defer = answer if answer is not None else Defer()
+        msg = pb.Decision(defer=True, wait_for=WAIT_TO_PB[defer.wait_for], reason=defer.reason,
+                          policy_version=version, request_id=request_id)
+    if prefix is not None:
+        msg.prefix.CopyFrom(prefix_to_pb(prefix))
+    return msg
 
 
 def decision_from_pb(msg: pb.Decision) -> Decision | Defer:

@@ -14,9 +14,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from policy_service.cache_index import CacheIndex
 from policy_service.cluster_state import ClusterState
 from policy_service.codec import InvalidMessage, cluster_digest, path_of, view_from_pb, view_to_pb
 from policy_service.decision_log import DecisionLog, LoggedDecision
@@ -25,10 +26,11 @@ from policy_service.metrics import Metrics
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.replay import replay_call, same_answer
 from runtime.decision import Decision, Defer
-from runtime.placement import PlacementError, check_engines, reserve_view
+from runtime.placement import PlacementError, WaitingQueue, check_engines, reserve_view
+from runtime.placement.order import order_of
 from runtime.policy import as_learner, last_scores
 from runtime.request import Request
-from runtime.view import ClusterView
+from runtime.view import ClusterView, PrefixView
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,30 @@ class _Call:
     decided_at: float
 
 
+@dataclass(frozen=True)
+class Scheduled:
+    """A call's answers in the order they were made (the policy's queue order for an
+    ordered batch), with their requests and the prefix locations each was decided on."""
+
+    requests: list[Request]
+    answers: list[Answer]
+    prefixes: list[PrefixView | None]
+    version: str
+
+
+@dataclass(frozen=True)
+class _Queued:
+    request: Request
+    index: int
+
+
 class SchedulerCore:
     def __init__(self, registry: PolicyRegistry, state: ClusterState, metrics: Metrics,
-                 decision_log: DecisionLog | None = None, max_batch: int = 1024) -> None:
+                 decision_log: DecisionLog | None = None, max_batch: int = 1024,
+                 cache: CacheIndex | None = None) -> None:
         self.registry = registry
         self.state = state
+        self.cache = cache if cache is not None else CacheIndex(registry.cluster)
         self.metrics = metrics
         self.log = decision_log
         self.max_batch = max_batch
@@ -79,10 +100,12 @@ class SchedulerCore:
 
     # -- scheduling -----------------------------------------------------------------
     def schedule(self, requests: Sequence[Request], snapshot: pb.ClusterSnapshot | None,
-                 client_id: str) -> tuple[list[Answer], str]:
+                 client_id: str, prefixes: Sequence[PrefixView | None] | None = None,
+                 ordered: bool = False) -> Scheduled:
         """Decide ``requests`` in order (each after the reservations of those before it)
-        on ``snapshot`` or, if None, on the service's own view; returns the answers and
-        the version of the policy that gave them."""
+        on ``snapshot`` or, if None, on the service's own view. ``prefixes``: where each
+        request's prefix sits as its caller said (None: as the block index says);
+        ``ordered``: in the policy's queue order rather than as listed."""
         if not requests:
             raise InvalidMessage("no requests: a batch needs at least one")
         if len(requests) > self.max_batch:
@@ -94,32 +117,52 @@ class SchedulerCore:
         own = snapshot is None
         view = self.state.view() if snapshot is None else view_from_pb(snapshot, self.cluster)
         start_view = view
-        answers: list[Answer] = []
+        policy = served.policy
+        turn = (self._queue_order(requests, policy, view.time_s) if ordered
+                else range(len(requests)))
+        done = Scheduled([], [], [], served.version)
         latencies: list[float] = []
         scores: list[tuple[float, ...] | None] = []
-        policy = served.policy
         decide = policy.decide
         last = len(requests) - 1
-        for i, request in enumerate(requests):
+        for k, i in enumerate(turn):
+            request = requests[i]
             t0 = time.perf_counter()
-            answer = self._checked(served, decide, request, view)
+            given = prefixes[i] if prefixes is not None else None
+            prefix = given if given is not None else self.cache.locate(request)
+            answer = self._checked(served, decide, request,
+                                   view if prefix is None else replace(view, prefix=prefix))
             if own:
                 answer = self.state.vet(answer)
             if isinstance(answer, Decision):
                 if own:
                     self.state.hold(client_id, request, answer)
-                if i < last:  # only the next decision of this call looks at it
+                    self.cache.placed(request, answer)
+                if k < last:  # only the next decision of this call looks at it
                     view = reserve_view(view, request, answer)
             latencies.append((time.perf_counter() - t0) * 1e6)
-            answers.append(answer)
+            done.requests.append(request)
+            done.answers.append(answer)
+            done.prefixes.append(prefix)
             scores.append(last_scores(policy))
             self._count(served.name, path_of(answer))
         self._after(_Call(client_id, start_view,
                           b"" if self.log is None else
                           (snapshot if snapshot is not None else view_to_pb(start_view))
                           .SerializeToString(),
-                          requests, answers, latencies, scores, served, time.time()))
-        return answers, served.version
+                          done.requests, done.answers, latencies, scores, served, time.time()))
+        return done
+
+    def _queue_order(self, requests: Sequence[Request], policy: object,
+                     now: float) -> list[int]:
+        """Indexes of ``requests`` in the order the placement core's waiting queue would
+        ask about them under the policy's queue order (and its ``max_wait_s``) at
+        ``now``: the ones waiting longest first when overdue, else the order's."""
+        queue: WaitingQueue[_Queued] = WaitingQueue()
+        queue.set_order(order_of(policy), self.cluster)
+        for i in sorted(range(len(requests)), key=lambda i: requests[i].arrival_s):
+            queue.arrive(_Queued(requests[i], i))
+        return [queue.take(queue.pick(now)).index for _ in range(len(requests))]
 
     def _count(self, policy: str, path: str) -> None:
         counter = self._counters.get((policy, path))

@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agents.model_registry import MODEL_NAME, alias_version
+from policy_service.cache_index import CacheIndex
 from policy_service.cluster_state import ClusterState
 from policy_service.decision_log import DecisionLog
 from policy_service.hot_swap import LoadedPolicy, PolicyRefused, PolicyRegistry
@@ -59,6 +60,7 @@ class ServeConfig:
     max_batch: int = 1024
     engine_max_age_s: float = 2.0
     grace_s: float = 10.0
+    cache_ttl_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -71,7 +73,8 @@ class ServeConfig:
                            ("--admin-token-file", self.admin_token_file)):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{flag} {path}: no such file")
-        for name in ("watch_interval_s", "log_flush_s", "engine_max_age_s", "grace_s"):
+        for name in ("watch_interval_s", "log_flush_s", "engine_max_age_s", "grace_s",
+                     "cache_ttl_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 1 <= self.max_batch <= 100_000:
@@ -140,7 +143,8 @@ class SchedulerServer:
                         if config.db else None)
         self.core = SchedulerCore(self.registry, ClusterState(self.cluster,
                                                               config.engine_max_age_s),
-                                  self.metrics, decision_log, config.max_batch)
+                                  self.metrics, decision_log, config.max_batch,
+                                  CacheIndex(self.cluster, config.cache_ttl_s))
         self.admin = Admin(self.registry, self.metrics, self._health_follows_policy)
         self.servicer = Servicer(self.core, self.admin, config.token())
         self.health = health.aio.HealthServicer()

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from policy_service.codec import InvalidMessage, decision_to_pb, request_from_pb
+from policy_service.codec import InvalidMessage, decision_to_pb, prefix_from_pb, request_from_pb
 from policy_service.hot_swap import LoadedPolicy, PolicyRefused
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.scheduler import NoPolicy, PolicyFailed, SchedulerCore
@@ -60,18 +60,26 @@ class Servicer:
         if not msg.HasField("request"):
             raise InvalidMessage("request is missing")
         request = request_from_pb(msg.request)
-        answers, version = self.core.schedule(
-            (request,), msg.view if msg.HasField("view") else None, msg.client_id)
-        return decision_to_pb(answers[0], request.request_id, version)
+        done = self.core.schedule(
+            (request,), msg.view if msg.HasField("view") else None, msg.client_id,
+            [prefix_from_pb(msg.request, self.core.cluster)])
+        return decision_to_pb(done.answers[0], request.request_id, done.version,
+                              done.prefixes[0])
 
     async def schedule_batch(self, msg: pb.ScheduleBatchRequest,
                              _ctx: Any) -> pb.ScheduleBatchResponse:
         requests = [request_from_pb(r, f"requests[{i}]") for i, r in enumerate(msg.requests)]
-        answers, version = self.core.schedule(
-            requests, msg.view if msg.HasField("view") else None, msg.client_id)
+        prefixes = [prefix_from_pb(r, self.core.cluster, f"requests[{i}]")
+                    for i, r in enumerate(msg.requests)]
+        done = self.core.schedule(
+            requests, msg.view if msg.HasField("view") else None, msg.client_id, prefixes,
+            ordered=msg.ordered)
         return pb.ScheduleBatchResponse(decisions=[
-            decision_to_pb(a, r.request_id, version) for a, r in zip(answers, requests,
-                                                                    strict=True)])
+            decision_to_pb(a, r.request_id, done.version, p)
+            for a, r, p in zip(done.answers, done.requests, done.prefixes, strict=True)])
+
+    async def report_cache_events(self, msg: pb.CacheEventBatch, _ctx: Any) -> pb.ReportAck:
+        return pb.ReportAck(accepted=self.core.cache.report(msg))
 
     async def report(self, msg: pb.EngineStateReport, _ctx: Any) -> pb.ReportAck:
         return pb.ReportAck(accepted=self.core.report(msg.engines))
@@ -133,6 +141,7 @@ class Servicer:
             "Schedule": (self.schedule, pb.ScheduleRequest),
             "ScheduleBatch": (self.schedule_batch, pb.ScheduleBatchRequest),
             "ReportEngineState": (self.report, pb.EngineStateReport),
+            "ReportCacheEvents": (self.report_cache_events, pb.CacheEventBatch),
             "Complete": (self.complete, pb.CompleteRequest),
             "GetPolicy": (self.get_policy, pb.GetPolicyRequest),
             "Ping": (self.ping, pb.PingRequest),

@@ -28,7 +28,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         db=None if args.db == "none" else args.db, log_flush_s=args.log_flush,
         metrics_port=args.metrics_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, admin_token_file=args.admin_token_file,
-        max_batch=args.max_batch, engine_max_age_s=args.engine_max_age, grace_s=args.grace)
+        max_batch=args.max_batch, engine_max_age_s=args.engine_max_age, grace_s=args.grace,
+        cache_ttl_s=args.cache_ttl)
     serve(config)
 
 
@@ -76,6 +77,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="seconds after its last report an engine is no longer chosen")
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds in-flight calls get to finish on SIGTERM")
+    p.add_argument("--cache-ttl", type=float, default=30.0,
+                   help="seconds after which the block index forgets a node no cache event "
+                        "or heartbeat named")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("decisions", help="the service's decision log")

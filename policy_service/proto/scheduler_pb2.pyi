@@ -18,15 +18,24 @@ class WaitFor(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WAIT_ANY: _ClassVar[WaitFor]
     WAIT_PREFILL: _ClassVar[WaitFor]
     WAIT_DECODE: _ClassVar[WaitFor]
+
+class CacheEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_STORED: _ClassVar[CacheEventKind]
+    CACHE_EVICTED: _ClassVar[CacheEventKind]
+    CACHE_CLEARED: _ClassVar[CacheEventKind]
 ROLE_UNSPECIFIED: Role
 PREFILL: Role
 DECODE: Role
 WAIT_ANY: WaitFor
 WAIT_PREFILL: WaitFor
 WAIT_DECODE: WaitFor
+CACHE_STORED: CacheEventKind
+CACHE_EVICTED: CacheEventKind
+CACHE_CLEARED: CacheEventKind
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "agent_id", "turn", "hit_tokens", "appended_tokens", "gen_tokens", "arrival_s", "block_hashes")
+    __slots__ = ("request_id", "agent_id", "turn", "hit_tokens", "appended_tokens", "gen_tokens", "arrival_s", "block_hashes", "slo_class", "prefix")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +44,8 @@ class Request(_message.Message):
     GEN_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ARRIVAL_S_FIELD_NUMBER: _ClassVar[int]
     BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    SLO_CLASS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     agent_id: int
     turn: int
@@ -43,7 +54,19 @@ class Request(_message.Message):
     gen_tokens: int
     arrival_s: float
     block_hashes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[int] = ..., agent_id: _Optional[int] = ..., turn: _Optional[int] = ..., hit_tokens: _Optional[int] = ..., appended_tokens: _Optional[int] = ..., gen_tokens: _Optional[int] = ..., arrival_s: _Optional[float] = ..., block_hashes: _Optional[_Iterable[int]] = ...) -> None: ...
+    slo_class: str
+    prefix: PrefixLocations
+    def __init__(self, request_id: _Optional[int] = ..., agent_id: _Optional[int] = ..., turn: _Optional[int] = ..., hit_tokens: _Optional[int] = ..., appended_tokens: _Optional[int] = ..., gen_tokens: _Optional[int] = ..., arrival_s: _Optional[float] = ..., block_hashes: _Optional[_Iterable[int]] = ..., slo_class: _Optional[str] = ..., prefix: _Optional[_Union[PrefixLocations, _Mapping]] = ...) -> None: ...
+
+class PrefixLocations(_message.Message):
+    __slots__ = ("block_tokens", "dram_blocks", "hbm_blocks")
+    BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    HBM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    block_tokens: int
+    dram_blocks: _containers.RepeatedScalarFieldContainer[int]
+    hbm_blocks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, block_tokens: _Optional[int] = ..., dram_blocks: _Optional[_Iterable[int]] = ..., hbm_blocks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EngineState(_message.Message):
     __slots__ = ("engine_id", "role", "node_id", "group", "seq", "tok", "free_hbm_bytes", "cnic_busy_until_s")
@@ -66,18 +89,20 @@ class EngineState(_message.Message):
     def __init__(self, engine_id: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., node_id: _Optional[int] = ..., group: _Optional[int] = ..., seq: _Optional[int] = ..., tok: _Optional[int] = ..., free_hbm_bytes: _Optional[float] = ..., cnic_busy_until_s: _Optional[float] = ...) -> None: ...
 
 class NodeState(_message.Message):
-    __slots__ = ("node_id", "role", "read_q_tokens", "snic_bytes_s", "free_buffer_bytes")
+    __slots__ = ("node_id", "role", "read_q_tokens", "snic_bytes_s", "free_buffer_bytes", "cache_used_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     READ_Q_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SNIC_BYTES_S_FIELD_NUMBER: _ClassVar[int]
     FREE_BUFFER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     role: Role
     read_q_tokens: float
     snic_bytes_s: float
     free_buffer_bytes: float
-    def __init__(self, node_id: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., read_q_tokens: _Optional[float] = ..., snic_bytes_s: _Optional[float] = ..., free_buffer_bytes: _Optional[float] = ...) -> None: ...
+    cache_used_bytes: float
+    def __init__(self, node_id: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., read_q_tokens: _Optional[float] = ..., snic_bytes_s: _Optional[float] = ..., free_buffer_bytes: _Optional[float] = ..., cache_used_bytes: _Optional[float] = ...) -> None: ...
 
 class ClusterSnapshot(_message.Message):
     __slots__ = ("cluster_digest", "time_s", "engines", "nodes", "queue_requests", "queue_tokens")
@@ -106,7 +131,7 @@ class ScheduleRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[Request, _Mapping]] = ..., view: _Optional[_Union[ClusterSnapshot, _Mapping]] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("defer", "prefill_engine", "decode_engine", "decode_share", "wait_for", "reason", "policy_version", "request_id")
+    __slots__ = ("defer", "prefill_engine", "decode_engine", "decode_share", "wait_for", "reason", "policy_version", "request_id", "prefix")
     DEFER_FIELD_NUMBER: _ClassVar[int]
     PREFILL_ENGINE_FIELD_NUMBER: _ClassVar[int]
     DECODE_ENGINE_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +140,7 @@ class Decision(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
     defer: bool
     prefill_engine: int
     decode_engine: int
@@ -123,17 +149,20 @@ class Decision(_message.Message):
     reason: str
     policy_version: str
     request_id: int
-    def __init__(self, defer: _Optional[bool] = ..., prefill_engine: _Optional[int] = ..., decode_engine: _Optional[int] = ..., decode_share: _Optional[float] = ..., wait_for: _Optional[_Union[WaitFor, str]] = ..., reason: _Optional[str] = ..., policy_version: _Optional[str] = ..., request_id: _Optional[int] = ...) -> None: ...
+    prefix: PrefixLocations
+    def __init__(self, defer: _Optional[bool] = ..., prefill_engine: _Optional[int] = ..., decode_engine: _Optional[int] = ..., decode_share: _Optional[float] = ..., wait_for: _Optional[_Union[WaitFor, str]] = ..., reason: _Optional[str] = ..., policy_version: _Optional[str] = ..., request_id: _Optional[int] = ..., prefix: _Optional[_Union[PrefixLocations, _Mapping]] = ...) -> None: ...
 
 class ScheduleBatchRequest(_message.Message):
-    __slots__ = ("requests", "view", "client_id")
+    __slots__ = ("requests", "view", "client_id", "ordered")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDERED_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[Request]
     view: ClusterSnapshot
     client_id: str
-    def __init__(self, requests: _Optional[_Iterable[_Union[Request, _Mapping]]] = ..., view: _Optional[_Union[ClusterSnapshot, _Mapping]] = ..., client_id: _Optional[str] = ...) -> None: ...
+    ordered: bool
+    def __init__(self, requests: _Optional[_Iterable[_Union[Request, _Mapping]]] = ..., view: _Optional[_Union[ClusterSnapshot, _Mapping]] = ..., client_id: _Optional[str] = ..., ordered: _Optional[bool] = ...) -> None: ...
 
 class ScheduleBatchResponse(_message.Message):
     __slots__ = ("decisions",)
@@ -170,6 +199,28 @@ class EngineStateReport(_message.Message):
     ENGINES_FIELD_NUMBER: _ClassVar[int]
     engines: _containers.RepeatedCompositeFieldContainer[EngineReport]
     def __init__(self, engines: _Optional[_Iterable[_Union[EngineReport, _Mapping]]] = ...) -> None: ...
+
+class CacheEvent(_message.Message):
+    __slots__ = ("kind", "node_id", "engine_id", "hashes", "at_s")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    AT_S_FIELD_NUMBER: _ClassVar[int]
+    kind: CacheEventKind
+    node_id: int
+    engine_id: int
+    hashes: _containers.RepeatedScalarFieldContainer[int]
+    at_s: float
+    def __init__(self, kind: _Optional[_Union[CacheEventKind, str]] = ..., node_id: _Optional[int] = ..., engine_id: _Optional[int] = ..., hashes: _Optional[_Iterable[int]] = ..., at_s: _Optional[float] = ...) -> None: ...
+
+class CacheEventBatch(_message.Message):
+    __slots__ = ("events", "alive_nodes")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_NODES_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[CacheEvent]
+    alive_nodes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, events: _Optional[_Iterable[_Union[CacheEvent, _Mapping]]] = ..., alive_nodes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("accepted",)

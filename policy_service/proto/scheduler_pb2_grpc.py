@@ -50,6 +50,11 @@ class SchedulerStub:
                 request_serializer=policy__service_dot_proto_dot_scheduler__pb2.EngineStateReport.SerializeToString,
                 response_deserializer=policy__service_dot_proto_dot_scheduler__pb2.ReportAck.FromString,
                 _registered_method=True)
+        self.ReportCacheEvents = channel.unary_unary(
+                '/dualpath.v1.Scheduler/ReportCacheEvents',
+                request_serializer=policy__service_dot_proto_dot_scheduler__pb2.CacheEventBatch.SerializeToString,
+                response_deserializer=policy__service_dot_proto_dot_scheduler__pb2.ReportAck.FromString,
+                _registered_method=True)
         self.Complete = channel.unary_unary(
                 '/dualpath.v1.Scheduler/Complete',
                 request_serializer=policy__service_dot_proto_dot_scheduler__pb2.CompleteRequest.SerializeToString,
@@ -82,6 +87,8 @@ class SchedulerServicer:
 
     def ScheduleBatch(self, request, context):
         """Many requests decided in order, each seeing the reservations of those before.
+        With `ordered`, the policy's queue order (and its max_wait_s) decides which
+        request goes first; decisions come back in the order they were made.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +96,15 @@ class SchedulerServicer:
 
     def ReportEngineState(self, request, context):
         """Engines (or their node agents) report their state for the service's own view.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportCacheEvents(self, request, context):
+        """Caches report what they stored and evicted (as engines report KV events to a
+        router); the service keeps a block index from them and fills the prefix
+        locations of requests that carry none. A batch is applied all or none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +146,11 @@ def add_SchedulerServicer_to_server(servicer, server):
             'ReportEngineState': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportEngineState,
                     request_deserializer=policy__service_dot_proto_dot_scheduler__pb2.EngineStateReport.FromString,
+                    response_serializer=policy__service_dot_proto_dot_scheduler__pb2.ReportAck.SerializeToString,
+            ),
+            'ReportCacheEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportCacheEvents,
+                    request_deserializer=policy__service_dot_proto_dot_scheduler__pb2.CacheEventBatch.FromString,
                     response_serializer=policy__service_dot_proto_dot_scheduler__pb2.ReportAck.SerializeToString,
             ),
             'Complete': grpc.unary_unary_rpc_method_handler(
@@ -229,6 +250,33 @@ class Scheduler:
             target,
             '/dualpath.v1.Scheduler/ReportEngineState',
             policy__service_dot_proto_dot_scheduler__pb2.EngineStateReport.SerializeToString,
+            policy__service_dot_proto_dot_scheduler__pb2.ReportAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportCacheEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualpath.v1.Scheduler/ReportCacheEvents',
+            policy__service_dot_proto_dot_scheduler__pb2.CacheEventBatch.SerializeToString,
             policy__service_dot_proto_dot_scheduler__pb2.ReportAck.FromString,
             options,
             channel_credentials,

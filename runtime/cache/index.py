@@ -86,14 +86,15 @@ class BlockIndex:
             raise EventError(f"cache event of {len(event.hashes)} blocks; at most "
                              f"{MAX_EVENT_BLOCKS} per event")
 
-    def apply(self, events: Iterable[CacheEvent]) -> None:
-        """Apply ``events`` in order, all or none (:class:`EventError` names the first bad)."""
+    def apply(self, events: Iterable[CacheEvent], heard_at: float | None = None) -> None:
+        """Apply ``events`` in order, all or none (:class:`EventError` names the first bad).
+        ``heard_at``: the clock the TTL runs on (default: the events' own times)."""
         batch = list(events)
         for event in batch:
             self.check(event)
         self._check_room(batch)
         for event in batch:
-            self._apply(event)
+            self._apply(event, event.at if heard_at is None else heard_at)
 
     def _check_room(self, batch: list[CacheEvent]) -> None:
         """Refuse a batch after which, at any point, a location would hold more than its
@@ -119,7 +120,7 @@ class BlockIndex:
                                  f"{self._cap(event.engine)} (+{MAX_EVENT_BLOCKS}): events "
                                  "refused")
 
-    def _apply(self, event: CacheEvent) -> None:
+    def _apply(self, event: CacheEvent, heard_at: float) -> None:
         held = self._where(event.node, event.engine)
         if event.kind is EventKind.STORE:
             held.update(event.hashes)
@@ -127,7 +128,10 @@ class BlockIndex:
             held.difference_update(event.hashes)
         else:
             held.clear()
-        self.heard[event.node] = max(self.heard[event.node], event.at)
+        if self._guessed:  # an event settles what was guessed there
+            for h in event.hashes:
+                self._guessed.pop((event.node, event.engine, h), None)
+        self.heard[event.node] = max(self.heard[event.node], heard_at)
         self.events += 1
 
     def hear(self, node: int, now: float) -> None:
@@ -135,8 +139,10 @@ class BlockIndex:
         self.heard[node] = max(self.heard[node], now)
 
     def guess(self, hashes: Sequence[int], node: int, engine: int, now: float) -> None:
-        """A placement will put ``hashes`` there: believed until ``ttl_s`` unless an event
-        says so first (used where no events come, or before they do)."""
+        """A placement will put ``hashes`` there: believed for ``ttl_s``. Only for a node
+        that has never reported events (one that does is believed, not guessed about)."""
+        if self.heard[node] > -math.inf:
+            return
         held = self._where(node, engine)
         for h in hashes:
             if h not in held and len(held) < self._cap(engine):
@@ -163,8 +169,7 @@ class BlockIndex:
         for (node, engine, h), t in list(self._guessed.items()):
             if now - t > self.ttl_s:
                 del self._guessed[(node, engine, h)]
-                if self.heard[node] < t:  # no event from that node since the guess
-                    self._where(node, engine).discard(h)
+                self._where(node, engine).discard(h)
         return gone
 
     # -- answers ------------------------------------------------------------------------
@@ -227,7 +232,7 @@ def audit(spec: ClusterSpec, hash_tokens: int, events: Sequence[CacheEvent],
     k = exact = 0
     for t, hashes, seen in sorted(decisions, key=lambda d: d[0]):
         while k < len(ordered) and ordered[k].at <= t:
-            truth._apply(ordered[k])
+            truth._apply(ordered[k], ordered[k].at)
             k += 1
         real = truth.locate(seen.request_id, hashes)
         exact += real.dram_blocks == seen.dram_blocks and real.hbm_blocks == seen.hbm_blocks

@@ -135,8 +135,8 @@ def service_own_view() -> list[Any]:
     out: list[Any] = []
 
     def schedule(batch: list[Any], client: str = "c") -> None:
-        answers, version = core.schedule(batch, None, client)
-        out.append([version, [_answer(a) for a in answers]])
+        done = core.schedule(batch, None, client)
+        out.append([done.version, [_answer(a) for a in done.answers]])
 
     report(range(spec.engines), 1, 1000, 5000.0)
     schedule(requests[0:4])
@@ -155,8 +155,8 @@ def service_own_view() -> list[Any]:
     out.append(_view(state.view()))
     # A batch on a caller's snapshot: each decision sees the ones before it reserved.
     points = sim_points(40, preset="ds27b-1p2d", seed=2)
-    answers, _ = core.schedule([r for r, _ in points[20:36]], view_to_pb(points[20][1]), "snap")
-    out.append([_answer(a) for a in answers])
+    done = core.schedule([r for r, _ in points[20:36]], view_to_pb(points[20][1]), "snap")
+    out.append([_answer(a) for a in done.answers])
     core.close()
     return out
 

@@ -52,7 +52,8 @@ class Client:
         self.channel = (grpc.secure_channel(target, credentials) if credentials
                         else grpc.insecure_channel(target))
         replies = {"Schedule": pb.Decision, "ScheduleBatch": pb.ScheduleBatchResponse,
-                   "ReportEngineState": pb.ReportAck, "Complete": pb.CompleteResponse,
+                   "ReportEngineState": pb.ReportAck, "ReportCacheEvents": pb.ReportAck,
+                   "Complete": pb.CompleteResponse,
                    "GetPolicy": pb.PolicyInfo, "Ping": pb.PingResponse,
                    "SwapPolicy": pb.PolicyInfo, "Rollback": pb.PolicyInfo,
                    "SetShadow": pb.PolicyInfo}

@@ -37,8 +37,8 @@ def test_scores_and_shadow_decisions_reach_the_log(tmp_path):
                          DecisionLog(f"sqlite:///{db}", flush_interval_s=0.05))
     points = sim_points(3)
     msg = schedule_msg(points[0][0], points[0][1])
-    answers, version = core.schedule([r for r, _ in points], msg.view, "c")
-    assert version == "v1:scored" and all(isinstance(a, Decision) for a in answers)
+    done = core.schedule([r for r, _ in points], msg.view, "c")
+    assert done.version == "v1:scored" and all(isinstance(a, Decision) for a in done.answers)
     core.drain_shadow()
     core.close()
     with sqlite3.connect(db) as conn:
