@@ -6,15 +6,22 @@ answer in time or cannot be reached, a local heuristic decides instead and the
 fallback is counted; an answer that says the call itself was wrong (for example
 INVALID_ARGUMENT) is raised, since deciding locally would hide the bug.
 
-Spec syntax: ``grpc://HOST:PORT[?timeout_ms=N&fallback=NAME&ca=FILE&token=...]``;
-``ca`` switches to TLS with that root certificate.
+Spec syntax: ``grpc://HOST:PORT[?timeout_ms=N&fallback=NAME&ca=FILE&prefix=WHO]``;
+``ca`` switches to TLS with that root certificate. ``prefix=caller`` (the default)
+sends where the caller's view says each request's prefix sits; ``prefix=service``
+sends none, so the service's block index answers, fed by the cache events the
+caller forwards (:meth:`RemotePolicy.cache_events`): sent in order, by a thread and,
+before each decision, by the deciding call itself, so a decision never overtakes
+an event the caller had heard of.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -26,11 +33,12 @@ from agents.spec import resolve_policy
 from policy_service.codec import decision_from_pb, request_to_pb, view_to_pb
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.servicer import SCHEDULER
+from runtime.cache.index import CacheEvent, EventKind
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer
 from runtime.policy import Policy, as_learner
 from runtime.request import Request
-from runtime.view import ClusterView
+from runtime.view import ClusterView, PrefixView
 
 # Failures that mean "the service did not answer": decide locally.
 _TRANSIENT = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
@@ -43,6 +51,7 @@ class RemoteSpec:
     timeout_s: float = 1.0
     fallback: str = "dualpath"
     ca: str | None = None
+    prefix: str = "caller"
 
     @classmethod
     def parse(cls, text: str) -> RemoteSpec:
@@ -50,7 +59,7 @@ class RemoteSpec:
         if url.scheme != "grpc" or not url.hostname or url.port is None:
             raise ValueError(f"policy spec {text!r}: expected grpc://HOST:PORT[?options]")
         options = dict(parse_qsl(url.query, strict_parsing=False))
-        known = {"timeout_ms", "fallback", "ca"}
+        known = {"timeout_ms", "fallback", "ca", "prefix"}
         if unknown := set(options) - known:
             raise ValueError(f"policy spec {text!r}: unknown option(s) {sorted(unknown)}; "
                              f"known: {sorted(known)}")
@@ -63,8 +72,12 @@ class RemoteSpec:
         ca = options.get("ca")
         if ca is not None and not Path(ca).is_file():
             raise ValueError(f"policy spec {text!r}: ca {ca}: no such file")
+        prefix = options.get("prefix", "caller")
+        if prefix not in ("caller", "service"):
+            raise ValueError(f"policy spec {text!r}: prefix must be 'caller' or 'service', "
+                             f"got {prefix!r}")
         return cls(f"{url.hostname}:{url.port}", timeout_s, options.get("fallback", "dualpath"),
-                   ca)
+                   ca, prefix)
 
 
 class RemotePolicy:
@@ -90,7 +103,16 @@ class RemotePolicy:
             self._channel = grpc.insecure_channel(spec.target)
         self._schedule = self._unary("Schedule", pb.Decision)
         self._complete = self._unary("Complete", pb.CompleteResponse)
+        self._events = self._unary("ReportCacheEvents", pb.ReportAck)
         self._pending: list[grpc.Future] = []
+        #: Where the service said each request's prefix sits (prefix=service), by id.
+        self.service_prefixes: OrderedDict[int, PrefixView] = OrderedDict()
+        self._outbox: list[tuple[int, Sequence[CacheEvent]]] = []
+        self._queued = threading.Condition()  # guards the outbox and _closed
+        self._closed = False
+        self._sender: threading.Thread | None = None
+        self._sending = threading.Lock()  # one batch at a time, in order
+        self.events_failed = 0
 
     def _unary(self, method: str, reply: type[Message]) -> grpc.UnaryUnaryMultiCallable:
         return self._channel.unary_unary(f"/{SCHEDULER}/{method}",
@@ -98,8 +120,11 @@ class RemotePolicy:
                                          response_deserializer=reply.FromString)
 
     def decide(self, request: Request, view: ClusterView) -> Decision | Defer | None:
-        msg = pb.ScheduleRequest(request=request_to_pb(request), view=view_to_pb(view),
-                                 client_id=self.client_id)
+        own = self.spec.prefix == "caller"
+        if not own:
+            self._flush()
+        msg = pb.ScheduleRequest(request=request_to_pb(request, view.prefix if own else None),
+                                 view=view_to_pb(view), client_id=self.client_id)
         try:
             reply = self._schedule(msg, timeout=self.spec.timeout_s)
         except grpc.RpcError as err:
@@ -110,7 +135,56 @@ class RemotePolicy:
             return self.fallback.decide(request, view)
         self.last_version = reply.policy_version
         self.served += 1
+        if not own and reply.HasField("prefix"):
+            self._remember(request.request_id, reply)
         return decision_from_pb(reply)
+
+    def _remember(self, request_id: int, reply: pb.Decision) -> None:
+        p = reply.prefix
+        self.service_prefixes[request_id] = PrefixView(request_id, p.block_tokens,
+                                                       tuple(p.dram_blocks), tuple(p.hbm_blocks))
+        if len(self.service_prefixes) > _PREFIXES_REMEMBERED:
+            self.service_prefixes.popitem(last=False)
+
+    # -- cache events --------------------------------------------------------------
+    def cache_events(self, node: int, events: Sequence[CacheEvent]) -> None:
+        """Forward node ``node``'s cache events (none: it is alive) to the service, in
+        order, without waiting; only with ``prefix=service``."""
+        if self.spec.prefix != "service":
+            return
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_events, name="cache-events",
+                                            daemon=True)
+            self._sender.start()
+        with self._queued:
+            self._outbox.append((node, events))
+            self._queued.notify()
+
+    def _send_events(self) -> None:
+        while True:
+            with self._queued:
+                self._queued.wait_for(lambda: self._outbox or self._closed)
+                if not self._outbox:
+                    return
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send what the outbox holds, after any batch being sent."""
+        with self._sending:
+            with self._queued:
+                batch, self._outbox = self._outbox, []
+            if batch:
+                self._send(batch)
+
+    def _send(self, batch: list[tuple[int, Sequence[CacheEvent]]]) -> None:
+        msg = pb.CacheEventBatch(alive_nodes=sorted({node for node, _ in batch}), events=[
+            pb.CacheEvent(kind=_KIND_TO_PB[e.kind], node_id=e.node, engine_id=e.engine,
+                          hashes=e.hashes, at_s=e.at)
+            for _, events in batch for e in events])
+        try:
+            self._events(msg, timeout=self.spec.timeout_s * 5)
+        except grpc.RpcError:
+            self.events_failed += 1  # the index then ages out what it missed
 
     def complete(self, request_id: int, outcome: Mapping[str, float]) -> None:
         """Tell the service ``request_id`` finished (asynchronously; failures are ignored:
@@ -123,11 +197,21 @@ class RemotePolicy:
             learner.complete(request_id, outcome)
 
     def close(self) -> None:
+        if self._sender is not None:
+            with self._queued:
+                self._closed = True
+                self._queued.notify()
+            self._sender.join(30)
         for future in self._pending:
             with contextlib.suppress(grpc.RpcError):
                 future.result()
         self._pending.clear()
         self._channel.close()
+
+
+_PREFIXES_REMEMBERED = 1_000_000
+_KIND_TO_PB = {EventKind.STORE: pb.CACHE_STORED, EventKind.EVICT: pb.CACHE_EVICTED,
+               EventKind.CLEAR: pb.CACHE_CLEARED}
 
 
 def remote_policy(text: str, cluster: ClusterSpec | None = None) -> RemotePolicy:

@@ -77,14 +77,23 @@ def run_cluster(cfg: LiveRunConfig,
     use it to time faults against the run)."""
     cluster, overrides, options, sim = cfg.resolved()
     live = LiveCluster(load_preset(cluster, overrides), options)
+    routers: list[Router] = []
     with policy_run(cfg.policy, live.spec) as chosen:
+        forward = getattr(chosen.policy, "cache_events", None)  # a service's own index
+
         def hook(router: Router) -> None:
+            routers.append(router)
             router.on_finish = chosen.on_finish
+            if router.caches is not None and forward is not None:
+                router.caches.listeners.append(forward)
+                router.caches.witness = getattr(chosen.policy, "service_prefixes", {}).get
             if on_start is not None:
                 on_start(router, chosen.policy)
         metrics = live.run(build_workload(sim, live.spec), local_decider(chosen.policy),
                            cfg.faults, router_hook=hook, order=order_of(chosen.policy))
         counts = chosen.counts()
+        if routers and routers[0].caches is not None and routers[0].caches.witnessed:
+            metrics["service_index"] = routers[0].caches.audit(witnessed=True)
     return {"policy": cfg.policy, "mal": sim.mal, "agents": sim.agents, "seed": cfg.seed,
             **metrics, **counts}
 

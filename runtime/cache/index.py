@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from runtime.cluster import ClusterSpec
 from runtime.view import PrefixView
@@ -156,6 +157,7 @@ class BlockIndex:
             if self.spec.node_of(engine) == node:
                 self.hbm[engine].clear()
         self._guessed = {k: t for k, t in self._guessed.items() if k[0] != node}
+        self.heard[node] = -math.inf
 
     def expire(self, now: float) -> list[int]:
         """Drop what was not heard about for ``ttl_s``; returns the nodes forgotten."""
@@ -165,7 +167,6 @@ class BlockIndex:
                 if t > -math.inf and now - t > self.ttl_s]
         for node in gone:
             self.drop_node(node)
-            self.heard[node] = -math.inf
         for (node, engine, h), t in list(self._guessed.items()):
             if now - t > self.ttl_s:
                 del self._guessed[(node, engine, h)]
@@ -221,7 +222,7 @@ def event_of(node: int, kind: object, engine: object, hashes: object, at: object
 
 
 def audit(spec: ClusterSpec, hash_tokens: int, events: Sequence[CacheEvent],
-          decisions: Sequence[tuple[float, Sequence[int], PrefixView]]) -> dict[str, float]:
+          decisions: Sequence[tuple[float, Sequence[int], PrefixView]]) -> dict[str, Any]:
     """How often an index's answers equal the caches' real contents at decision time.
 
     ``events`` are every cache change as it happened (each stamped with its model
@@ -230,11 +231,16 @@ def audit(spec: ClusterSpec, hash_tokens: int, events: Sequence[CacheEvent],
     truth = BlockIndex(spec, hash_tokens)
     ordered = sorted(events, key=lambda e: e.at)  # stable: one node's order is kept
     k = exact = 0
+    misses: list[float] = []
     for t, hashes, seen in sorted(decisions, key=lambda d: d[0]):
         while k < len(ordered) and ordered[k].at <= t:
             truth._apply(ordered[k], ordered[k].at)
             k += 1
         real = truth.locate(seen.request_id, hashes)
-        exact += real.dram_blocks == seen.dram_blocks and real.hbm_blocks == seen.hbm_blocks
+        if real.dram_blocks == seen.dram_blocks and real.hbm_blocks == seen.hbm_blocks:
+            exact += 1
+        else:
+            misses.append(t)
     n = len(decisions)
-    return {"decisions": n, "exact": exact, "exact_share": exact / n if n else 1.0}
+    return {"decisions": n, "exact": exact, "exact_share": exact / n if n else 1.0,
+            "miss_times_s": [round(t, 3) for t in misses[:20]]}

@@ -47,6 +47,7 @@ class NodeCaches:
         self._now = now
         self.events: list[CacheEvent] = []
         self.filled_by_name = 0
+        self.stored_blocks = self.evicted_blocks = 0
         #: Bytes per location: -1 the node's DRAM, else a local prefill engine's HBM.
         self.held: dict[int, dict[int, Held]] = {}
         self._names: Sequence[str] = ()
@@ -67,9 +68,11 @@ class NodeCaches:
             if kind == "store":
                 for i in range(start, end):
                     held[hashes[i]] = self._bytes_of(i)
+                self.stored_blocks += end - start
             else:
                 for h in blocks:
                     held.pop(h, None)
+                self.evicted_blocks += end - start
             self.events.append(CacheEvent(EventKind(kind), self.node_id, engine, blocks,
                                           self._now()))
             self._changed()

@@ -282,7 +282,7 @@ class LiveCluster:
         metrics = summarize(router.recorder, spec, snics, cnics, router.hit_bytes, wall_s,
                             None if caches is None else caches.by_source)
         if caches is not None:
-            counters.update({f"index_{k}": v for k, v in caches.audit().items()})
+            metrics["index"] = caches.audit()
         metrics.pop("sim_requests_per_s", None)
         metrics.update({
             "preset": spec.name, "transport": self.options.transport,

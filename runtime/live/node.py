@@ -423,7 +423,9 @@ class Node:
             links += [de.core.cnic_in, de.core.cnic_out]
         counters = dict(self.counters)
         if self.caches is not None:
-            counters["cache_filled_by_name"] = self.caches.filled_by_name
+            counters.update(cache_filled_by_name=self.caches.filled_by_name,
+                            cache_stored_blocks=self.caches.stored_blocks,
+                            cache_evicted_blocks=self.caches.evicted_blocks)
         counters.update(bytes_read=self.storage.bytes_read,
                         bytes_written=self.storage.bytes_written,
                         blocks_written=self.storage.blocks_written)

@@ -10,7 +10,7 @@ events in model-time order to tell how often that view was the caches' real cont
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from runtime.cache import hash_block_tokens, prefix_hashes
@@ -39,6 +39,13 @@ class RouterCaches:
         self.decisions: list[tuple[float, Sequence[int], PrefixView]] = []
         #: Hit bytes by source, in the order of runtime.execution.metrics.SOURCES.
         self.by_source = [0.0] * 5
+        #: Called with each node's events as they are applied (none: the node is alive),
+        #: for a scheduler service keeping its own index.
+        self.listeners: list[Callable[[int, Sequence[CacheEvent]], None]] = []
+        #: What another index (a scheduler service's) said about a request's prefix when
+        #: it was last asked (request id → view, or None), and those answers of placed ones.
+        self.witness: Callable[[int], PrefixView | None] | None = None
+        self.witnessed: list[tuple[float, Sequence[int], PrefixView]] = []
 
     def prefix(self, job: Job) -> PrefixView:
         """Where ``job``'s prefix sits, as the index knows it."""
@@ -52,6 +59,9 @@ class RouterCaches:
         plan = load_plan(self.spec, job.request, prefix, d.prefill_engine, d.decode_engine)
         if prefix is not None:
             self.decisions.append((now, job.prefix[0], prefix))
+        said = self.witness(job.request.request_id) if self.witness is not None else None
+        if said is not None:
+            self.witnessed.append((now, job.prefix[0], said))
         return plan
 
     def placed(self, plan: LoadPlan, split: tuple[int, int], first_attempt: bool) -> None:
@@ -66,13 +76,27 @@ class RouterCaches:
         events = [event_of(node, *fields) for fields in raw]
         self.index.apply(events)
         self.events += events
+        self._tell(node, events)
+
+    def alive(self, node: int) -> None:
+        """Node ``node`` reported (its state): listeners hear it is alive."""
+        self._tell(node, [])
+
+    def _tell(self, node: int, events: Sequence[CacheEvent]) -> None:
+        for listener in self.listeners:
+            listener(node, events)
 
     def node_lost(self, node: int, now: float) -> None:
         """Its caches went with it."""
         self.index.drop_node(node)
         engines = [-1] + [e for e in range(self.spec.prefill_engines)
                           if self.spec.node_of(e) == node]
-        self.events += [CacheEvent(EventKind.CLEAR, node, e, (), now) for e in engines]
+        cleared = [CacheEvent(EventKind.CLEAR, node, e, (), now) for e in engines]
+        self.events += cleared
+        self._tell(node, cleared)
 
-    def audit(self) -> dict[str, float]:
-        return audit(self.spec, self.spec.block_tokens, self.events, self.decisions)
+    def audit(self, witnessed: bool = False) -> dict[str, Any]:
+        """How often the prefix locations placements were decided on equal the caches' real
+        content then: the router's own index's, or (``witnessed``) the other index's."""
+        return audit(self.spec, self.spec.block_tokens, self.events,
+                     self.witnessed if witnessed else self.decisions)

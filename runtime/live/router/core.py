@@ -69,6 +69,10 @@ from runtime.view import ClusterView
 from runtime.workload.base import Workload
 
 
+#: Wall seconds after which a decision naming a dead node's engine is asked again.
+RETRY_DEAD_S = 0.01
+
+
 class Router:
     def __init__(self, spec: ClusterSpec, workload: Workload, decider: Decider, *,
                  clock_scale: float, block_bytes: int, storage: tuple[str, int],
@@ -207,9 +211,11 @@ class Router:
                 answer = await self.decider(entry.request, view)
                 if not waiting.items or waiting.items[index := self._pick()] is not entry:
                     continue  # the queue changed while the policy thought: ask again
-                if isinstance(answer, Decision):
-                    why = unavailable(answer, self._down)
-                    answer = answer if why is None else Defer(why, WaitFor.ANY)
+                if isinstance(answer, Decision) and (why := unavailable(answer, self._down)):
+                    # Asked again soon, not only when capacity frees: nothing may free (the
+                    # last request), and the next answer may avoid the dead node.
+                    asyncio.get_running_loop().call_later(RETRY_DEAD_S, self._wake, None)
+                    answer = Defer(why, WaitFor.ANY)
                 if not isinstance(answer, Decision):
                     waiting.defer(answer)
                     break
@@ -335,6 +341,8 @@ class Router:
                 self.fail(f"node {node} sent cache events the index refused: {exc}")
 
     def _on_state(self, state: NodeState, msg: State) -> None:
+        if self.caches is not None:
+            self.caches.alive(msg.node)
         state.read_q = msg.read_q
         state.free_buffer = msg.free_buffer
         state.ack = msg.ack
