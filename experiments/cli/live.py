@@ -50,9 +50,19 @@ def cmd_cluster(args: argparse.Namespace) -> None:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> None:
-    from experiments.live.runs import fidelity, fidelity_failures, render_fidelity
+    from experiments.live.runs import (
+        FIDELITY_CONFIGS,
+        fidelity,
+        fidelity_failures,
+        render_fidelity,
+    )
 
-    payload = fidelity(runs=args.runs)
+    labels = [label for label, _ in FIDELITY_CONFIGS]
+    if unknown := [c for c in args.configs if c not in labels]:
+        raise SystemExit(f"dualpath fidelity: unknown --config {unknown}; choose from {labels}")
+    configs = [(label, cfg) for label, cfg in FIDELITY_CONFIGS
+               if not args.configs or label in args.configs]
+    payload = fidelity(configs, runs=args.runs)
     emit(args, payload, render_fidelity(payload))
     if args.max_error_pct is not None:
         failures = fidelity_failures(payload, args.max_error_pct)
@@ -66,7 +76,7 @@ def cmd_stress(args: argparse.Namespace) -> None:
     from experiments.live.stress import StressConfig, parse_faults, render_stress, stress
 
     cfg = StressConfig(count=args.count, faults=parse_faults(args.faults), agents=args.agents,
-                       hog=not args.no_hog)
+                       hog=not args.no_hog, overrides=tuple(args.overrides))
     payload = stress(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
     emit(args, payload, render_stress(payload))
     if not payload["ok"]:  # a lost or duplicated request fails the command, after the report
@@ -89,14 +99,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "kill-scheduler, stop-2s, stop-10s, link-rate, corrupt-block (default all)")
     p.add_argument("--agents", type=int, default=4, help="agents per run")
     p.add_argument("--no-hog", action="store_true", help="run without the CPU hog")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the stress cluster (for example "
+                        "node.dram_cache_gb=0.05: caches on); repeatable")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stress)
 
     p = sub.add_parser("cluster", help="run a live cluster of real processes moving real KV "
                                        "bytes")
     p.add_argument("--preset", default="tiny-live",
-                   help="live preset (tiny-live, io-bound-live, compute-bound-live), any "
-                        "cluster preset, or a TOML file")
+                   help="live preset (tiny-live, io-bound-live, compute-bound-live, "
+                        "cache-live), any cluster preset, or a TOML file")
     p.add_argument("--policy", default="dualpath", help="policy spec, grpc://HOST:PORT too")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a cluster preset value; repeatable")
@@ -121,10 +134,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cluster)
 
-    p = sub.add_parser("fidelity", help="simulator vs live runtime: throughput and mean JCT")
+    p = sub.add_parser("fidelity", help="simulator vs live runtime: throughput and mean JCT "
+                                        "(and, with caches, hit bytes by source)")
     p.add_argument("--runs", type=int, default=3, help="live runs per config (median)")
+    p.add_argument("--config", dest="configs", action="append", default=[], metavar="LABEL",
+                   help="run only this configuration (its label in the table); repeatable")
     p.add_argument("--max-error-pct", type=float, metavar="X",
-                   help="exit 1 (after the report) if a throughput or mean JCT error exceeds X%%")
+                   help="exit 1 (after the report) if a throughput, mean JCT or (with caches) "
+                        "per-source hit bytes error exceeds X%%")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fidelity)
 

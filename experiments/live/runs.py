@@ -98,7 +98,8 @@ def run_cluster(cfg: LiveRunConfig,
             **metrics, **counts}
 
 
-#: The fidelity configs: (label, live config). One is compute-bound.
+#: The fidelity configs: (label, live config). One is compute-bound; one has DRAM caches
+#: that evict and serve a fifth of the hit bytes from other nodes' DRAM.
 FIDELITY_CONFIGS: tuple[tuple[str, LiveRunConfig], ...] = (
     ("tiny-live dualpath", LiveRunConfig(preset="tiny-live", policy="dualpath")),
     ("io-bound-live pe_only", LiveRunConfig(preset="io-bound-live", policy="pe_only",
@@ -107,7 +108,11 @@ FIDELITY_CONFIGS: tuple[tuple[str, LiveRunConfig], ...] = (
                                              agents=8)),
     ("compute-bound-live dualpath", LiveRunConfig(preset="compute-bound-live",
                                                   policy="dualpath")),
+    ("cache-live pe_only", LiveRunConfig(preset="cache-live", policy="pe_only")),
 )
+#: A source counts in the per-source check when it carries this share of the hit bytes
+#: (a relative error on a source of almost nothing says nothing).
+SOURCE_MIN_SHARE = 0.01
 
 
 def fidelity(configs: Sequence[tuple[str, LiveRunConfig]] = FIDELITY_CONFIGS,
@@ -126,7 +131,7 @@ def fidelity(configs: Sequence[tuple[str, LiveRunConfig]] = FIDELITY_CONFIGS,
                       f"(wall {lives[-1]['wall_s']:.0f} s)", file=sys.stderr, flush=True)
         live_tput = statistics.median(r["throughput_tok_s"] for r in lives)
         live_jct = statistics.median(r["jct_mean_s"] for r in lives)
-        rows.append({
+        rows.append({**_source_errors(sim, lives),
             "config": label, "sim_throughput_tok_s": sim["throughput_tok_s"],
             "live_throughput_tok_s": live_tput, "sim_jct_mean_s": sim["jct_mean_s"],
             "live_jct_mean_s": live_jct,
@@ -134,25 +139,49 @@ def fidelity(configs: Sequence[tuple[str, LiveRunConfig]] = FIDELITY_CONFIGS,
             "jct_error_pct": _error(sim["jct_mean_s"], live_jct),
             "blocks_verified": sum(r["live"].get("blocks_verified", 0) for r in lives),
             "checksum_failures": sum(r["live"].get("checksum_failures", 0) for r in lives)})
-    worst = max(max(r["throughput_error_pct"], r["jct_error_pct"]) for r in rows)
+    worst = max(max(r["throughput_error_pct"], r["jct_error_pct"],
+                    *r.get("source_error_pct", {}).values()) for r in rows)
     return {"rows": rows, "max_error_pct": worst, "runs": runs}
 
 
 def fidelity_failures(payload: dict[str, Any], max_error_pct: float) -> list[str]:
     """Each configuration whose throughput or mean JCT error exceeds ``max_error_pct``."""
-    return [f"{row['config']}: {what} error {row[key]:.1f}% > {max_error_pct:g}%"
-            for row in payload["rows"]
-            for what, key in (("throughput", "throughput_error_pct"),
-                              ("mean JCT", "jct_error_pct"))
-            if row[key] > max_error_pct]
+    failures = [f"{row['config']}: {what} error {row[key]:.1f}% > {max_error_pct:g}%"
+                for row in payload["rows"]
+                for what, key in (("throughput", "throughput_error_pct"),
+                                  ("mean JCT", "jct_error_pct"))
+                if row[key] > max_error_pct]
+    return failures + [f"{row['config']}: hit bytes from {source} error {error:.1f}% > "
+                       f"{max_error_pct:g}%" for row in payload["rows"]
+                       for source, error in row.get("source_error_pct", {}).items()
+                       if error > max_error_pct]
 
 
 def render_fidelity(payload: dict[str, Any]) -> str:
     cols = ["config", "sim_throughput_tok_s", "live_throughput_tok_s", "throughput_error_pct",
             "sim_jct_mean_s", "live_jct_mean_s", "jct_error_pct", "blocks_verified"]
-    return (format_table(payload["rows"], cols)
-            + f"\nlive = median of {payload['runs']} runs; largest error "
-              f"{payload['max_error_pct']:.1f}%")
+    lines = [f"{row['config']}: hit bytes by source, error % (sources of >= "
+             f"{SOURCE_MIN_SHARE:.0%} of the hit bytes): "
+             + ", ".join(f"{s} {e:.1f}" for s, e in row["source_error_pct"].items())
+             + f"; index exact {row['index_exact_share']:.2%}"
+             for row in payload["rows"] if "source_error_pct" in row]
+    return "\n".join([format_table(payload["rows"], cols), *lines,
+                      f"live = median of {payload['runs']} runs; largest error "
+                      f"{payload['max_error_pct']:.1f}%"])
+
+
+def _source_errors(sim: dict[str, Any], lives: list[dict[str, Any]]) -> dict[str, Any]:
+    """With caches: the error of each source's hit bytes (live median against the
+    simulator), for the sources carrying at least SOURCE_MIN_SHARE of them."""
+    by_source = sim["hit_bytes_by_source"]
+    if not any(by_source[s] for s in ("hbm", "dram_local", "dram_peer")):
+        return {}
+    total = sum(by_source.values())
+    live = {s: statistics.median(r["hit_bytes_by_source"][s] for r in lives) for s in by_source}
+    return {"hit_bytes_by_source_sim": by_source, "hit_bytes_by_source_live": live,
+            "source_error_pct": {s: _error(v, live[s]) for s, v in by_source.items()
+                                 if v >= SOURCE_MIN_SHARE * total},
+            "index_exact_share": min(r["index"]["exact_share"] for r in lives)}
 
 
 def _error(sim: float, live: float) -> float:

@@ -50,6 +50,7 @@ class StressConfig:
     time_scale: float = 0.25
     fault_at_s: float = 3.0  # model seconds after the start
     hog: bool = True
+    overrides: tuple[str, ...] = ()  # on top of CLUSTER (caches on, for example)
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -142,7 +143,7 @@ def run_fault(fault: str, cfg: StressConfig, seed: int = 0) -> dict[str, Any]:
     from runtime.preset import load_preset
     from runtime.workload.agentic import AgenticWorkload
 
-    spec = load_preset("tiny", CLUSTER)
+    spec = load_preset("tiny", CLUSTER + cfg.overrides)
     netns = fault == "link-rate"
     options = LiveOptions(time_scale=cfg.time_scale, netns=netns,
                           transport="tcp" if netns else "shm", stall_s=STALL_S)
@@ -151,7 +152,7 @@ def run_fault(fault: str, cfg: StressConfig, seed: int = 0) -> dict[str, Any]:
     delay = cfg.fault_at_s * cfg.time_scale
     wall = time.perf_counter()
     error, metrics, outcome = None, {}, None
-    with _decider(fault, spec, injector, delay) as decider:
+    with _decider(fault, spec, cfg.overrides, injector, delay) as decider:
         hook = _hook(fault, cluster, injector, delay)
         try:
             metrics = cluster.run(AgenticWorkload(cfg.agents, "32k", seed), decider,
@@ -198,7 +199,9 @@ def _result(fault: str, metrics: dict[str, Any], outcome: dict[str, int] | None,
             "live": {k: live[k] for k in ("rescheduled", "fenced", "node_lost",
                                           "storage_restarts", "service_restarts",
                                           "fallbacks", "checksum_failures", "blocks_reread",
-                                          "stale_reports") if live[k]}}
+                                          "stale_reports", "cache_stored_blocks",
+                                          "cache_evicted_blocks", "peer_blocks_sent",
+                                          "cache_fallback_blocks") if live[k]}}
 
 
 def _router_faults(fault: str, at_s: float) -> Any:
@@ -245,7 +248,8 @@ def _hook(fault: str, cluster: Any, injector: _Injector, delay: float
 
 
 @contextmanager
-def _decider(fault: str, spec: Any, injector: _Injector, delay: float) -> Iterator[Any]:
+def _decider(fault: str, spec: Any, overrides: tuple[str, ...], injector: _Injector,
+             delay: float) -> Iterator[Any]:
     """The router's decider: local ``dualpath``, or for ``kill-scheduler`` a ``dualpath
     serve`` process over gRPC that is killed and restarted mid-run."""
     import policy_service  # noqa: F401 - teaches resolve_policy the grpc:// specs
@@ -257,7 +261,8 @@ def _decider(fault: str, spec: Any, injector: _Injector, delay: float) -> Iterat
     if fault != "kill-scheduler":
         yield local_decider(resolve_policy("dualpath", spec).policy)
         return
-    serve = ["--preset", "tiny", *(a for kv in CLUSTER for a in ("--set", kv)), "--db", "none"]
+    serve = ["--preset", "tiny", *(a for kv in CLUSTER + overrides for a in ("--set", kv)),
+             "--db", "none"]
     service = [ServiceProcess(serve)]
     port = service[0].port
     spec_text = f"grpc://127.0.0.1:{port}?timeout_ms=2000"

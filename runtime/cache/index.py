@@ -8,9 +8,10 @@ live router and the scheduler service keep one each.
 
 Bounds: a location never holds more blocks than its cache can (the cluster's
 ``dram_cache_gb`` or ``hbm_cache_gb`` in blocks), so a flood of stores is refused
-with an :class:`EventError` naming the location rather than grown without end; a node not heard from for ``ttl_s`` is forgotten (its events
-were lost: it died, or its link did), and so are blocks the index only guessed
-from a placement and no event confirmed within ``ttl_s``.
+with an :class:`EventError` naming the location rather than grown without end; a
+node not heard from for ``ttl_s`` is forgotten (its events were lost: it died, or
+its link did), and so are blocks the index only guessed from a placement and no
+event confirmed within ``ttl_s``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 
 from runtime.cluster import ClusterSpec
 from runtime.view import PrefixView
-
 
 #: Blocks one event may name (a prompt of 64K blocks).
 MAX_EVENT_BLOCKS = 1 << 16
@@ -206,7 +206,7 @@ def event_of(node: int, kind: object, engine: object, hashes: object, at: object
     """A :class:`CacheEvent` from plain values (as they came over a wire), checked for
     types only (:meth:`BlockIndex.check` checks the rest); :class:`EventError` if wrong."""
     try:
-        event_kind = EventKind(kind)
+        event_kind = EventKind(kind)  # type: ignore[arg-type]  # checked right here
     except ValueError:
         raise EventError(f"unknown cache event kind {kind!r}; expected one of "
                          f"{', '.join(k.value for k in EventKind)}") from None

@@ -64,8 +64,9 @@ from runtime.live.messages import (
 from runtime.live.reader import StorageSide
 from runtime.live.storage import StorageClient
 from runtime.live.transport import make_transport
-from runtime.live.transport.base import Region, RemoteRegion, Transport
+from runtime.live.transport.base import RemoteRegion, Transport
 from runtime.live.wire import Channel
+from runtime.live.writer import Writer
 from runtime.request import Request
 from runtime.view import Role
 
@@ -117,6 +118,7 @@ class Node:
         self._remotes: dict[tuple[int, int], RemoteRegion] = {}
         self._transports: list[Transport] = []
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"node{cfg.node_id}")
+        self.writer = Writer(cfg.node_id, self.pool, self.counters)
         self._ack = -1
         self._dirty = False
         self._failed: str | None = None
@@ -263,6 +265,9 @@ class Node:
             if job is None or job.attempt < msg.attempt:
                 self._early[rid].append(msg)  # its placement has not reached us yet
             return
+        self._on_job_message(job, msg)
+
+    def _on_job_message(self, job: LiveJob, msg: PeerMessage) -> None:
         match msg:
             case DeReady(offset=offset):
                 _resolve(job.de_offset, offset)
@@ -357,39 +362,6 @@ class Node:
                 [e.kind.value, e.engine, list(e.hashes), e.at] for e in self.caches.drain()]))
         self.router.send(State(self.node_id, self._ack, storage.read_queue_bytes(),
                                storage.buffer_bytes - storage.buffer_used, busy))
-
-    async def write(self, transport: Transport, region: Region, offset: int,
-                    remote: RemoteRegion, dst: int, nbytes: int) -> bool:
-        """One one-sided write, run off the event loop; False if the peer is gone."""
-        def run() -> None:
-            transport.write(region, offset, remote, dst, nbytes).wait(30.0)
-        return await self._off_loop(run)
-
-    async def write_gathered(self, transport: Transport, staging: Region, slot: int,
-                             slot_bytes: int, pieces: Sequence[bytes], remote: RemoteRegion,
-                             dst: int) -> bool:
-        """Gather ``pieces`` into a staging slot and write them to ``dst`` contiguously."""
-        def run() -> None:
-            view, at, filled = staging.view, dst, 0
-            for piece in pieces:
-                if filled + len(piece) > slot_bytes:
-                    transport.write(staging, slot, remote, at, filled).wait(30.0)
-                    at, filled = at + filled, 0
-                view[slot + filled:slot + filled + len(piece)] = piece
-                filled += len(piece)
-            if filled:
-                transport.write(staging, slot, remote, at, filled).wait(30.0)
-        return await self._off_loop(run)
-
-    async def _off_loop(self, run: Any) -> bool:
-        try:
-            await self.loop.run_in_executor(self.pool, run)
-            self.counters["writes"] += 1
-            return True
-        except Exception as exc:  # the peer died (its requests are being rescheduled)
-            self.counters["write_errors"] += 1
-            print(f"[node {self.node_id}] write failed: {exc!r}", file=sys.stderr, flush=True)
-            return False
 
     async def write_back(self, tokens: int, names: list[str]) -> None:
         if self.opts.oracle or not names:

@@ -27,9 +27,43 @@ def test_failures_name_each_error_over_the_bound():
     assert len(fidelity_failures(_payload(6.0, 7.5), 5.0)) == 2
 
 
+def test_with_caches_each_sources_error_counts_too():
+    payload = _payload(1.0, 1.0)
+    payload["rows"][0]["source_error_pct"] = {"dram_local": 2.0, "dram_peer": 12.5}
+    assert fidelity_failures(payload, 10.0) == [
+        "tiny-live dualpath: hit bytes from dram_peer error 12.5% > 10%"]
+
+
+def test_a_cache_config_reports_sources_and_only_substantial_ones_are_judged():
+    sim = {"hit_bytes_by_source": {"hbm": 0.0, "dram_local": 800.0, "dram_peer": 190.0,
+                                   "storage_pe_path": 10.0, "storage_de_path": 0.0}}
+    lives = [{"hit_bytes_by_source": {**sim["hit_bytes_by_source"], "dram_peer": v,
+                                      "storage_pe_path": 30.0},
+              "index": {"exact_share": s}} for v, s in ((200.0, 1.0), (210.0, 0.99),
+                                                        (150.0, 0.995))]
+    errors = runs._source_errors(sim, lives)
+    # storage_pe_path carries 1% of the hit bytes: judged (3x); storage_de_path: not.
+    assert errors["source_error_pct"] == pytest.approx(
+        {"dram_local": 0.0, "dram_peer": 100 * 10 / 190, "storage_pe_path": 200.0})
+    assert errors["index_exact_share"] == 0.99
+    assert runs._source_errors({"hit_bytes_by_source": {**sim["hit_bytes_by_source"],
+                                                        "dram_local": 0.0, "dram_peer": 0.0}},
+                               lives) == {}
+
+
+def test_every_fidelity_label_can_be_picked_alone(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(runs, "fidelity", lambda configs, runs: seen.append(configs)
+                        or _payload(1.0, 1.0))
+    main(["fidelity", "--runs", "1", "--config", "cache-live pe_only", "--json"])
+    assert [label for label, _ in seen[0]] == ["cache-live pe_only"]
+    with pytest.raises(SystemExit, match="unknown --config"):
+        main(["fidelity", "--config", "no-such-config"])
+
+
 @pytest.mark.parametrize(("error", "code"), [(3.0, 0), (12.0, 1)])
 def test_max_error_pct_sets_the_exit_status_after_the_report(monkeypatch, capsys, error, code):
-    monkeypatch.setattr(runs, "fidelity", lambda runs: _payload(error, 1.0))
+    monkeypatch.setattr(runs, "fidelity", lambda configs, runs: _payload(error, 1.0))
     argv = ["fidelity", "--runs", "1", "--max-error-pct", "10", "--json"]
     if code:
         with pytest.raises(SystemExit) as exit_:

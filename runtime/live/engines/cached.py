@@ -118,7 +118,7 @@ async def serve_fetch(node: NodeServices, sender: Any, staging: Staging, msg: Fe
     for layer in range(layers):
         slot = await staging.take()
         try:
-            ok = await node.write_gathered(
+            ok = await node.writer.write_gathered(
                 sender.transport, staging.region, slot, staging.slot_bytes,
                 [data[layer * size:(layer + 1) * size] for data, _ in blocks],
                 remote, msg.offset + layer * msg.stride)

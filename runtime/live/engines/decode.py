@@ -86,7 +86,7 @@ class LiveDecode:
         for layer in range(layers):
             slot = await staging.take()
             try:
-                ok = await node.write_gathered(
+                ok = await node.writer.write_gathered(
                     self.transport, staging.region, slot, staging.slot_bytes,
                     [p[layer * size:(layer + 1) * size] for p in fetched.payloads],
                     remote, msg.offset + layer * msg.stride)

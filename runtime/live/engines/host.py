@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -20,7 +20,8 @@ from runtime.live.config import LiveOptions
 from runtime.live.engines.job import LiveJob
 from runtime.live.messages import NodeReport, PeerMessage
 from runtime.live.reader import StorageSide
-from runtime.live.transport.base import Region, RemoteRegion, Transport
+from runtime.live.transport.base import RemoteRegion
+from runtime.live.writer import Writer
 
 
 class NodeServices(Protocol):
@@ -41,6 +42,7 @@ class NodeServices(Protocol):
     clock: Clock
     storage: StorageSide
     caches: NodeCaches | None  # None: the cluster has no cache
+    writer: Writer  # one-sided writes into peers' buffers
 
     def node_of(self, engine: int) -> int: ...
 
@@ -49,13 +51,6 @@ class NodeServices(Protocol):
     def to_router(self, msg: NodeReport) -> None: ...
 
     def to_peer(self, node: int, msg: PeerMessage) -> None: ...
-
-    async def write(self, transport: Transport, region: Region, offset: int,
-                    remote: RemoteRegion, dst: int, nbytes: int) -> bool: ...
-
-    async def write_gathered(self, transport: Transport, staging: Region, slot: int,
-                             slot_bytes: int, pieces: Sequence[bytes], remote: RemoteRegion,
-                             dst: int) -> bool: ...
 
     async def write_back(self, tokens: int, names: list[str]) -> None: ...
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from runtime.execution.job import Job
+from runtime.live.cache import Held
 from runtime.live.messages import (
     Place,
 )
-from runtime.live.cache import Held
 from runtime.live.reader import Fetched
 from runtime.placement.plan import LoadPlan
 from runtime.request import Request

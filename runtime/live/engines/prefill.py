@@ -340,7 +340,7 @@ class LivePrefill:
             return self._sent(job, clock.now())
         if job.cancelled:
             return self._sent(job, clock.now())
-        ok = await node.write(self.transport, self.region, job.offset,
+        ok = await node.writer.write(self.transport, self.region, job.offset,
                               node.remote(self.engine_id, job.de), dst_offset, job.nbytes_real)
         if node.paced_cnic:
             await clock.sleep_until(end)

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from runtime.cache.index import EventError
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.execution.job import Job
@@ -28,16 +29,14 @@ from runtime.live.messages import (
     Free,
     Loaded,
     Message,
-    Place,
     Rdma,
     Setup,
     State,
     Stats,
     Stop,
 )
-from runtime.cache.index import EventError
 from runtime.live.router.caches import RouterCaches
-from runtime.live.router.naming import BlockNamer
+from runtime.live.router.naming import BlockNamer, place_message
 from runtime.live.router.records import (
     NO_FAULTS,
     ON_NODES,
@@ -50,10 +49,9 @@ from runtime.live.router.records import (
 )
 from runtime.live.router.snapshot import cluster_view
 from runtime.live.router.startup import Hellos, accept_hello, gather_nodes, start_nodes
-from runtime.live.router.watch import watch_nodes
+from runtime.live.router.watch import inject_kill, watch_nodes
 from runtime.live.storage import StorageClient, corrupt_block
 from runtime.placement import Ledger, Phase, WaitingQueue, unavailable, unfinished_message
-from runtime.placement.plan import LoadPlan
 from runtime.placement.lifecycle import (
     DECODING,
     FINISHED,
@@ -64,10 +62,10 @@ from runtime.placement.lifecycle import (
     RESCHEDULED,
     WAITING,
 )
+from runtime.placement.plan import LoadPlan
 from runtime.request import Request
 from runtime.view import ClusterView
 from runtime.workload.base import Workload
-
 
 #: Wall seconds after which a decision naming a dead node's engine is asked again.
 RETRY_DEAD_S = 0.01
@@ -88,10 +86,10 @@ class Router:
         self.storage_root = storage_root
         self.host = host
         self.faults = faults
-        self._kill = kill
+        self.kill = kill
         self.liveness_s = liveness_s
         self.stall_s = stall_s
-        self._progress_at = time.monotonic()  # wall clock of the last report about a request
+        self.progress_at = time.monotonic()  # wall clock of the last report about a request
         self.nodes: dict[int, NodeState] = {}
         self.waiting: WaitingQueue[Entry] = WaitingQueue()  # FIFO unless set_order is called
         self.caches = RouterCaches(spec, workload) if spec.has_cache else None
@@ -138,9 +136,9 @@ class Router:
             asyncio.ensure_future(self._serve_node(node, state))
         for request in self.workload.initial_requests():
             self._schedule_arrival(request)
-        if self.faults.kill_node is not None:
+        if (victim := self.faults.kill_node) is not None:
             loop.call_at(self.clock.t0 + self.faults.kill_at_s * self.time_scale,
-                         self._inject_kill)
+                         inject_kill, self, victim, self.faults.kill_at_s)
         decide = asyncio.ensure_future(self._decide_loop())
         watch = asyncio.ensure_future(watch_nodes(self))
         done = asyncio.ensure_future(self._done.wait())
@@ -272,23 +270,10 @@ class Router:
 
     def _send_place(self, entry: Entry, names: list[str], split: tuple[int, int],
                     plan: LoadPlan | None) -> None:
-        spec, req = self.spec, entry.request
+        """To the prefill and decode nodes and a peer whose DRAM serves blocks."""
+        spec = self.spec
         pe_tokens, de_tokens = split
-        block = spec.block_tokens
-        msg = Place(
-            rid=req.request_id, attempt=entry.attempt, agent=req.agent_id, turn=req.turn,
-            hit=req.hit_tokens, app=req.appended_tokens, gen=req.gen_tokens,
-            arrival=req.arrival_s, pe=entry.pe, de=entry.de, pe_tokens=pe_tokens,
-            de_tokens=de_tokens, names=names, nde=-(-de_tokens // block),
-            pe_writes=self._namer.names(req, req.hit_tokens // block,
-                                        -(-req.prompt_tokens // block)),
-            de_writes=([] if req.block_hashes else
-                       self._namer.names(req, req.prompt_tokens // block,
-                                   -(-req.total_tokens // block))),
-            hashes=[] if plan is None else list(entry.job.prefix[0]),
-            plan=[] if plan is None else [plan.hbm_tokens, plan.dram_local_tokens,
-                                          plan.dram_peer_tokens, plan.peer_node,
-                                          plan.storage_tokens])
+        msg = place_message(spec, self._namer, entry, names, split, plan)
         targets = [(spec.node_of(entry.pe), pe_tokens), (spec.node_of(entry.de), de_tokens)]
         if entry.peer >= 0 and entry.peer != targets[1][0]:
             targets.append((entry.peer, 0))  # its DRAM serves blocks: it holds them
@@ -304,7 +289,7 @@ class Router:
         while (msg := await state.channel.recv()) is not None:
             state.heard = time.monotonic()
             if not isinstance(msg, State):
-                self._progress_at = state.heard
+                self.progress_at = state.heard
             if isinstance(msg, Stats):
                 state.stats = msg
                 return
@@ -410,14 +395,6 @@ class Router:
             self._done.set()
 
     # -- faults -----------------------------------------------------------------------
-    def _inject_kill(self) -> None:
-        node = self.faults.kill_node
-        assert node is not None
-        print(f"[router] fault: killing node {node} at t={self.clock.now():.2f} s (model)",
-              file=sys.stderr, flush=True)
-        if self._kill is not None:
-            self._kill(node)
-
     def node_lost(self, node: int) -> None:
         """Reschedule every placed request that touched ``node``; its engines take no more
         work. (A request still placing is rescheduled when its placement resumes.)"""

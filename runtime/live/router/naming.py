@@ -1,4 +1,4 @@
-"""Names of a request's cluster blocks in storage."""
+"""Names of a request's cluster blocks in storage, and the placement that carries them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import hashlib
 
 from runtime.cluster import ClusterSpec
 from runtime.live.blocks import block_name, hashed_block_name
+from runtime.live.messages import Place
+from runtime.live.router.records import Entry
+from runtime.placement.plan import LoadPlan
 from runtime.request import Request
 from runtime.workload.base import Workload
 
@@ -49,3 +52,23 @@ def _fold(ids: tuple[int, ...]) -> int:
         return ids[0]
     digest = hashlib.blake2b(repr(ids).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def place_message(spec: ClusterSpec, namer: BlockNamer, entry: Entry, names: list[str],
+                  split: tuple[int, int], plan: LoadPlan | None) -> Place:
+    """The placement of ``entry``'s current attempt: hit blocks ``names``, the storage
+    tokens each side reads (``split``) and, with caches, the hashes and the load plan."""
+    req, block = entry.request, spec.block_tokens
+    pe_tokens, de_tokens = split
+    return Place(
+        rid=req.request_id, attempt=entry.attempt, agent=req.agent_id, turn=req.turn,
+        hit=req.hit_tokens, app=req.appended_tokens, gen=req.gen_tokens,
+        arrival=req.arrival_s, pe=entry.pe, de=entry.de, pe_tokens=pe_tokens,
+        de_tokens=de_tokens, names=names, nde=-(-de_tokens // block),
+        pe_writes=namer.names(req, req.hit_tokens // block, -(-req.prompt_tokens // block)),
+        de_writes=([] if req.block_hashes else
+                   namer.names(req, req.prompt_tokens // block, -(-req.total_tokens // block))),
+        hashes=[] if plan is None else list(entry.job.prefix[0]),
+        plan=[] if plan is None else [plan.hbm_tokens, plan.dram_local_tokens,
+                                      plan.dram_peer_tokens, plan.peer_node,
+                                      plan.storage_tokens])

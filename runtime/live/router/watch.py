@@ -5,13 +5,30 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from runtime.live.router.core import Router
+from runtime.live.router.records import NodeState
 
 
-async def watch_nodes(router: Router) -> None:
+class Watched(Protocol):
+    """What the watch reads and does of the router."""
+
+    liveness_s: float
+    stall_s: float
+    nodes: dict[int, NodeState]
+    open: int
+    progress_at: float  # wall clock of the last report about a request
+    counters: Counter[str]
+    kill: Callable[[int], None] | None
+
+    def node_lost(self, node: int) -> None: ...
+
+    def fail(self, message: str) -> None: ...
+
+
+async def watch_nodes(router: Watched) -> None:
     """Fence a node silent for ``liveness_s`` (stopped, hung, cut off): kill it, so it
     cannot act on work that is rescheduled elsewhere, and reschedule its requests.
     Fail the run, naming what is open, if nothing progressed for ``stall_s``."""
@@ -26,9 +43,9 @@ async def watch_nodes(router: Router) -> None:
             # the nodes' reports wait unread in its sockets, so silence proves nothing.
             for state in router.nodes.values():
                 state.heard = max(state.heard, now)
-            router._progress_at = max(router._progress_at, now)
+            router.progress_at = max(router.progress_at, now)
             continue
-        if router.open and now - router._progress_at > router.stall_s:
+        if router.open and now - router.progress_at > router.stall_s:
             router.fail(f"no request progressed for {router.stall_s:g} s")  # run() names them
             return
         for node, state in router.nodes.items():
@@ -36,6 +53,14 @@ async def watch_nodes(router: Router) -> None:
                 print(f"[router] node {node} silent for {now - state.heard:.1f} s: fencing it",
                       file=sys.stderr, flush=True)
                 router.counters["fenced"] += 1
-                if router._kill is not None:
-                    router._kill(node)
+                if router.kill is not None:
+                    router.kill(node)
                 router.node_lost(node)
+
+
+def inject_kill(router: Watched, node: int, at_s: float) -> None:
+    """The ``kill_node`` fault: SIGKILL node ``node`` (due at model time ``at_s``)."""
+    print(f"[router] fault: killing node {node} at t={at_s:.2f} s (model)", file=sys.stderr,
+          flush=True)
+    if router.kill is not None:
+        router.kill(node)
