@@ -44,6 +44,13 @@ def cmd_bench_grpc(args: argparse.Namespace) -> None:
     emit(args, payload, render_grpc(payload))
 
 
+def cmd_bench_cache_events(args: argparse.Namespace) -> None:
+    from experiments.bench.cache_events import bench_cache_events, render_cache_events
+
+    payload = bench_cache_events(seconds=args.seconds)
+    emit(args, payload, render_cache_events(payload))
+
+
 def cmd_bench_soak(args: argparse.Namespace) -> None:
     from experiments.bench.soak import render_soak, soak
 
@@ -90,6 +97,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-log", action="store_true", help="serve with the decision log off")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_grpc)
+    b = bench.add_parser("cache-events", help="the service's block index under a flood of "
+                                             "cache events: statuses, calls/s, memory")
+    b.add_argument("--seconds", type=float, default=30.0, help="length of the flood")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_cache_events)
+
     b = bench.add_parser("soak", help="the scheduler service under steady load for minutes, "
                                       "its policy swapped; failures and server memory")
     b.add_argument("--minutes", type=float, default=10.0, help="length of the load (0.2 ok)")
