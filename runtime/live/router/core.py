@@ -204,6 +204,8 @@ class Router:
             await self._wake_event.wait()
             self._wake_event.clear()
             while waiting.ready:
+                if self.caches is not None:
+                    await asyncio.sleep(0)  # reports already received are read first
                 entry = waiting.items[self._pick()]
                 view = self.view(entry)
                 answer = await self.decider(entry.request, view)
