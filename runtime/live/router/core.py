@@ -69,6 +69,8 @@ from runtime.workload.base import Workload
 
 #: Wall seconds after which a decision naming a dead node's engine is asked again.
 RETRY_DEAD_S = 0.01
+#: Event-loop passes before each decision with caches (see _decide_loop).
+READ_PASSES = 3
 
 
 class Router:
@@ -205,7 +207,10 @@ class Router:
             self._wake_event.clear()
             while waiting.ready:
                 if self.caches is not None:
-                    await asyncio.sleep(0)  # reports already received are read first
+                    # Reports already received are read first: a socket's data reaches its
+                    # reader's task a few loop passes after the poll that sees it.
+                    for _ in range(READ_PASSES):
+                        await asyncio.sleep(0)
                 entry = waiting.items[self._pick()]
                 view = self.view(entry)
                 answer = await self.decider(entry.request, view)
