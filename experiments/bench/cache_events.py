@@ -53,7 +53,8 @@ def _hoarding(k: int) -> pb.CacheEventBatch:
 MALFORMED = (
     pb.CacheEventBatch(events=[pb.CacheEvent(node_id=999, engine_id=-1)]),
     pb.CacheEventBatch(events=[pb.CacheEvent(node_id=0, engine_id=999)]),
-    pb.CacheEventBatch(events=[pb.CacheEvent(kind=42, node_id=0, engine_id=-1)]),
+    pb.CacheEventBatch(events=[pb.CacheEvent(kind=42,  # type: ignore[arg-type]  # on purpose
+                                             node_id=0, engine_id=-1)]),
     pb.CacheEventBatch(events=[pb.CacheEvent(node_id=0, engine_id=-1, at_s=float("nan"))]),
     pb.CacheEventBatch(events=[pb.CacheEvent(node_id=0, engine_id=-1)]
                        * (MAX_EVENTS_PER_CALL + 1)),

@@ -16,14 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.execution.link import Link
 from runtime.live.blocks import block_content, checksum
 from runtime.live.cache import Held, Supply
 from runtime.live.engines.host import NodeServices
 from runtime.live.engines.job import LiveJob
+from runtime.live.engines.push import push_layers
 from runtime.live.engines.staging import Staging
 from runtime.live.messages import Fetch, Layer
-from runtime.live.reader import Fetched, record_transfer
+from runtime.live.reader import Fetched
 
 
 def buffer_supply(node: NodeServices, view: memoryview, job: LiveJob) -> Supply:
@@ -98,7 +98,7 @@ async def serve_fetch(node: NodeServices, sender: Any, staging: Staging, msg: Fe
     buffer through local engine ``sender`` (a live engine: its transport and CNIC). The
     blocks were touched when the placement reached this node, as the model does at the
     decision (:meth:`runtime.live.node.Node._place`)."""
-    caches, clock, cost = node.caches, node.clock, node.cost
+    caches = node.caches
     assert caches is not None
     held = caches.take(-1, msg.hashes)
     missing = [k for k, h in enumerate(held) if h is None]
@@ -108,28 +108,14 @@ async def serve_fetch(node: NodeServices, sender: Any, staging: Staging, msg: Fe
                                       strict=True):
             held[k] = (payload, stored)
     blocks = [h for h in held if h is not None]
-    nbytes = msg.tokens * node.spec.model.kv_bytes_per_token
-    link: Link = sender.core.cnic_out
-    now = clock.now()
-    if node.paced_cnic:
-        start, end = link.reserve(now, nbytes, cost.rdma_overhead_s(nbytes))
-    remote = node.remote(sender.engine_id, msg.engine)
-    layers, size = node.layers, node.slice_bytes
-    for layer in range(layers):
-        slot = await staging.take()
-        try:
-            ok = await node.writer.write_gathered(
-                sender.transport, staging.region, slot, staging.slot_bytes,
-                [data[layer * size:(layer + 1) * size] for data, _ in blocks],
-                remote, msg.offset + layer * msg.stride)
-        finally:
-            staging.give(slot)
-        if not ok:
-            return
-        if node.paced_cnic:
-            await clock.sleep_until(start + (layer + 1) * (end - start) / layers)
-        node.to_peer(node.node_of(msg.engine), Layer(
-            msg.rid, msg.attempt, layer, "peer", [c for _, c in blocks] if layer == 0 else []))
-    if not node.paced_cnic:
-        record_transfer(link, now, clock.now(), nbytes)
-    node.counters["peer_blocks_sent"] += len(blocks)
+    checksums = [c for _, c in blocks]
+    pe_node = node.node_of(msg.engine)
+
+    def landed(layer: int) -> None:
+        node.to_peer(pe_node, Layer(msg.rid, msg.attempt, layer, "peer",
+                                    checksums if layer == 0 else []))
+    if await push_layers(node, sender.transport, staging, sender.core.cnic_out,
+                         [data for data, _ in blocks], node.remote(sender.engine_id, msg.engine),
+                         msg.offset, msg.stride, msg.tokens * node.spec.model.kv_bytes_per_token,
+                         landed):
+        node.counters["peer_blocks_sent"] += len(blocks)

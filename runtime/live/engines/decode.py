@@ -10,6 +10,7 @@ from runtime.live.arena import Arena
 from runtime.live.engines.cached import buffer_supply, read_supply
 from runtime.live.engines.host import NodeServices
 from runtime.live.engines.job import LiveJob
+from runtime.live.engines.push import push_layers
 from runtime.live.engines.staging import Staging
 from runtime.live.messages import (
     DeLoaded,
@@ -71,35 +72,17 @@ class LiveDecode:
 
     async def push(self, job: LiveJob, msg: Push) -> None:
         """Write the DE-path blocks into the prefill engine's buffer, one layer at a time."""
-        node, clock, cost = self.node, self.node.clock, self.node.cost
+        node = self.node
         await job.de_loaded
         # Taken from the job: from here on this push owns (and frees) the host buffer.
         fetched, job.fetched = job.fetched, None
         assert fetched is not None
-        layers, size = node.layers, node.slice_bytes
-        now = clock.now()
-        if node.paced_cnic:
-            start, end = self.core.cnic_out.reserve(now, job.de_bytes,
-                                                    cost.rdma_overhead_s(job.de_bytes))
-        remote = node.remote(self.engine_id, msg.engine)
-        staging = self.staging
-        for layer in range(layers):
-            slot = await staging.take()
-            try:
-                ok = await node.writer.write_gathered(
-                    self.transport, staging.region, slot, staging.slot_bytes,
-                    [p[layer * size:(layer + 1) * size] for p in fetched.payloads],
-                    remote, msg.offset + layer * msg.stride)
-            finally:
-                staging.give(slot)
-            if not ok:
-                return
-            if node.paced_cnic:
-                await clock.sleep_until(start + (layer + 1) * (end - start) / layers)
-            node.to_peer(node.node_of(job.pe), Layer(job.request.request_id, job.attempt, layer))
-        if not node.paced_cnic:
-            record_transfer(self.core.cnic_out, now, clock.now(), job.de_bytes)
-        node.storage.release(job.de_bytes)
+        pe_node, rid = node.node_of(job.pe), job.request.request_id
+        if await push_layers(node, self.transport, self.staging, self.core.cnic_out,
+                             fetched.payloads, node.remote(self.engine_id, msg.engine),
+                             msg.offset, msg.stride, job.de_bytes,
+                             lambda layer: node.to_peer(pe_node, Layer(rid, job.attempt, layer))):
+            node.storage.release(job.de_bytes)
 
     async def receive(self, job: LiveJob, msg: KvIn) -> None:
         """The P→D transfer ended: the request joins the decode batch."""
