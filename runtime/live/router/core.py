@@ -69,7 +69,8 @@ from runtime.workload.base import Workload
 
 #: Wall seconds after which a decision naming a dead node's engine is asked again.
 RETRY_DEAD_S = 0.01
-#: Event-loop passes before each decision with caches (see _decide_loop).
+#: Event-loop passes before each decision with caches: a socket's data reaches its reader's
+#: task a few passes after the poll that sees it, and the block index needs it first.
 READ_PASSES = 3
 
 
@@ -206,11 +207,8 @@ class Router:
             await self._wake_event.wait()
             self._wake_event.clear()
             while waiting.ready:
-                if self.caches is not None:
-                    # Reports already received are read first: a socket's data reaches its
-                    # reader's task a few loop passes after the poll that sees it.
-                    for _ in range(READ_PASSES):
-                        await asyncio.sleep(0)
+                for _ in range(READ_PASSES if self.caches is not None else 0):
+                    await asyncio.sleep(0)  # so reports already received are applied first
                 entry = waiting.items[self._pick()]
                 view = self.view(entry)
                 answer = await self.decider(entry.request, view)
@@ -243,8 +241,7 @@ class Router:
         """The view a policy decides ``entry`` on (the head's by default)."""
         if entry is None and self.waiting.items:
             entry = self.waiting.head
-        prefix = (None if self.caches is None or entry is None
-                  else self.caches.prefix(entry.job))
+        prefix = None if self.caches is None or entry is None else self.caches.prefix(entry.job)
         return cluster_view(self.spec, self.nodes, self.ledger, self.waiting.view(),
                             self.clock.now(), prefix)
 
@@ -261,8 +258,10 @@ class Router:
         names = self._namer.names(req, 0, -(-req.hit_tokens // self.spec.block_tokens))
         if names:
             self.counters["blocks_ensured"] += await self.storage.ensure(self.block_bytes, names)
-            if self.counters["blocks_corrupted"] < self.faults.corrupt_blocks:
-                corrupt_block(self.storage_root, names[0])
+            first = 0 if plan is None else -(-plan.cached_tokens // self.spec.block_tokens)
+            corrupting = self.counters["blocks_corrupted"] < self.faults.corrupt_blocks
+            if first < len(names) and corrupting:
+                corrupt_block(self.storage_root, names[first])  # the first one read from storage
                 self.counters["blocks_corrupted"] += 1
         if self._down(entry.pe) or self._down(entry.de):
             self._reschedule(entry)  # a node went away while storage answered
@@ -443,8 +442,7 @@ class Router:
         """Admitted, completed (exactly once), lost and duplicated requests of the run."""
         completed = sum(e.phase is FINISHED for e in self.entries.values())
         return {"admitted": len(self.entries), "completed": completed,
-                "lost": len(self.entries) - completed,
-                "duplicated": self.counters["duplicated"]}
+                "lost": len(self.entries) - completed, "duplicated": self.counters["duplicated"]}
 
     def fail(self, message: str) -> None:
         if self._error is None:
