@@ -9,11 +9,14 @@ on the clock.
 Layout of a request's KV in a prefill engine's registered buffer: hit blocks
 layer-major (``[layer][block]``, each slice ``block_bytes / layers``) so that one
 layer of the DE-path blocks arrives as one contiguous write, then the appended
-tokens' KV. The DE-path blocks come first in each layer row, the PE-path ones
-after them.
+tokens' KV. In each layer row the blocks come in the prompt's order, which is
+also their sources' order: those caches serve (this engine's HBM, its node's DRAM,
+a peer's DRAM), then the prefill side's storage reads, then the decode side's.
 
 Modules: :mod:`.prefill` (:class:`LivePrefill`), :mod:`.decode` (:class:`LiveDecode`),
-:mod:`.job` (:class:`LiveJob`), :mod:`.device` (:class:`DeviceMemory`) and
+:mod:`.job` (:class:`LiveJob`), :mod:`.cached` (cached blocks on the data path),
+:mod:`.push` (host-held blocks written into a prefill engine layer by layer),
+:mod:`.staging` (:class:`Staging`), :mod:`.device` (:class:`DeviceMemory`) and
 :mod:`.host` (:class:`NodeServices`, what they use of their node).
 """
 

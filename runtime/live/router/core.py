@@ -263,7 +263,7 @@ class Router:
             if first < len(names) and corrupting:
                 corrupt_block(self.storage_root, names[first])  # the first one read from storage
                 self.counters["blocks_corrupted"] += 1
-        if self._down(entry.pe) or self._down(entry.de):
+        if any(self.nodes[node].dead for node in entry.nodes(self.spec)):
             self._reschedule(entry)  # a node went away while storage answered
             return
         job.t_decision = self.clock.now()
@@ -411,8 +411,7 @@ class Router:
         self.counters["node_lost"] += 1
         if self.caches is not None:
             self.caches.node_lost(node, self.clock.now())
-        lost = [e for e in self.entries.values() if e.phase in ON_NODES
-                and node in (spec.node_of(e.pe), spec.node_of(e.de), e.peer)]
+        lost = [e for e in self.entries.values() if e.phase in ON_NODES and node in e.nodes(spec)]
         print(f"[router] node {node} went away; rescheduling {len(lost)} request(s)",
               file=sys.stderr, flush=True)
         alive = [n for n, s in self.nodes.items() if not s.dead

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer
 from runtime.execution.job import Job
 from runtime.live.messages import (
@@ -61,6 +62,11 @@ class Entry:
     @property
     def request(self) -> Request:
         return self.job.request
+
+    def nodes(self, spec: ClusterSpec) -> set[int]:
+        """The nodes its current attempt uses: its engines' and a peer serving blocks."""
+        return {spec.node_of(self.pe), spec.node_of(self.de)} | (
+            {self.peer} if self.peer >= 0 else set())
 
 
 @dataclass
