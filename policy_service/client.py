@@ -30,6 +30,7 @@ import grpc
 from google.protobuf.message import Message
 
 from agents.spec import resolve_policy
+from policy_service.cache_index import MAX_EVENTS_PER_CALL
 from policy_service.codec import decision_from_pb, request_to_pb, view_to_pb
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.servicer import SCHEDULER
@@ -177,14 +178,17 @@ class RemotePolicy:
                 self._send(batch)
 
     def _send(self, batch: list[tuple[int, Sequence[CacheEvent]]]) -> None:
-        msg = pb.CacheEventBatch(alive_nodes=sorted({node for node, _ in batch}), events=[
-            pb.CacheEvent(kind=_KIND_TO_PB[e.kind], node_id=e.node, engine_id=e.engine,
-                          hashes=e.hashes, at_s=e.at)
-            for _, events in batch for e in events])
-        try:
-            self._events(msg, timeout=self.spec.timeout_s * 5)
-        except grpc.RpcError:
-            self.events_failed += 1  # the index then ages out what it missed
+        events = [pb.CacheEvent(kind=_KIND_TO_PB[e.kind], node_id=e.node, engine_id=e.engine,
+                                hashes=e.hashes, at_s=e.at) for _, some in batch for e in some]
+        alive = sorted({node for node, _ in batch})
+        for at in range(0, max(len(events), 1), MAX_EVENTS_PER_CALL):
+            msg = pb.CacheEventBatch(events=events[at:at + MAX_EVENTS_PER_CALL],
+                                     alive_nodes=alive)
+            try:
+                self._events(msg, timeout=self.spec.timeout_s * 5)
+            except grpc.RpcError:
+                # Counted: the service's index misses these until the blocks change again.
+                self.events_failed += 1
 
     def complete(self, request_id: int, outcome: Mapping[str, float]) -> None:
         """Tell the service ``request_id`` finished (asynchronously; failures are ignored:

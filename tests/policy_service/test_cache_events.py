@@ -186,3 +186,24 @@ def test_clients_of_the_older_api_keep_working(start_server, tmp_path):
         assert new.request.slo_class == "" and not new.request.HasField("prefix")
     finally:
         channel.close()
+
+
+def test_remote_policy_forwards_events_before_it_decides(start_server):
+    from policy_service.client import RemotePolicy, RemoteSpec
+    from runtime.cache.index import CacheEvent, EventKind
+    from tests.builders import make_view
+
+    spec = load_preset("ds27b-1p1d", CACHED)
+    server = start_server(overrides=CACHED)
+    policy = RemotePolicy(RemoteSpec.parse(f"grpc://{server.target}?prefix=service"), spec)
+    try:
+        request = _agent_turn(9, agent=4)
+        hashes = tuple(prefix_hashes(request, spec.block_tokens))
+        policy.cache_events(1, [CacheEvent(EventKind.STORE, 1, -1, hashes[:5], 0.5)])
+        answer = policy.decide(request, make_view(spec))
+        assert answer is not None and policy.served == 1
+        # The event went out before the decision: the service located the prefix with it.
+        assert policy.service_prefixes[9].dram_blocks == (0, 5)
+        assert policy.events_failed == 0
+    finally:
+        policy.close()
