@@ -12,7 +12,9 @@ sends where the caller's view says each request's prefix sits; ``prefix=service`
 sends none, so the service's block index answers, fed by the cache events the
 caller forwards (:meth:`RemotePolicy.cache_events`): sent in order, by a thread and,
 before each decision, by the deciding call itself, so a decision never overtakes
-an event the caller had heard of.
+an event the caller had heard of. When a call of events failed (the service was down
+or restarting), the next decision first sends the caller's whole index instead
+(``resync``, a callable giving it as events, if the caller set one).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import contextlib
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -114,6 +116,11 @@ class RemotePolicy:
         self._sender: threading.Thread | None = None
         self._sending = threading.Lock()  # one batch at a time, in order
         self.events_failed = 0
+        #: The caller's whole index as events (see the module docstring); called on the
+        #: deciding thread, which is the one that changes that index.
+        self.resync: Callable[[], Sequence[CacheEvent]] | None = None
+        self.resyncs = 0
+        self._resync_due = False
 
     def _unary(self, method: str, reply: type[Message]) -> grpc.UnaryUnaryMultiCallable:
         return self._channel.unary_unary(f"/{SCHEDULER}/{method}",
@@ -123,7 +130,7 @@ class RemotePolicy:
     def decide(self, request: Request, view: ClusterView) -> Decision | Defer | None:
         own = self.spec.prefix == "caller"
         if not own:
-            self._flush()
+            self._flush(deciding=True)
         msg = pb.ScheduleRequest(request=request_to_pb(request, view.prefix if own else None),
                                  view=view_to_pb(view), client_id=self.client_id)
         try:
@@ -169,26 +176,32 @@ class RemotePolicy:
                     return
             self._flush()
 
-    def _flush(self) -> None:
-        """Send what the outbox holds, after any batch being sent."""
+    def _flush(self, deciding: bool = False) -> None:
+        """Send what the outbox holds, after any batch being sent; when deciding and a
+        resync is due, the caller's whole index instead (it holds what is queued)."""
         with self._sending:
             with self._queued:
                 batch, self._outbox = self._outbox, []
+            if deciding and self._resync_due and self.resync is not None:
+                self._resync_due = False
+                self.resyncs += 1
+                batch = [(-1, self.resync())]
             if batch:
                 self._send(batch)
 
     def _send(self, batch: list[tuple[int, Sequence[CacheEvent]]]) -> None:
         events = [pb.CacheEvent(kind=_KIND_TO_PB[e.kind], node_id=e.node, engine_id=e.engine,
                                 hashes=e.hashes, at_s=e.at) for _, some in batch for e in some]
-        alive = sorted({node for node, _ in batch})
+        alive = sorted({node for node, _ in batch if node >= 0})
         for at in range(0, max(len(events), 1), MAX_EVENTS_PER_CALL):
             msg = pb.CacheEventBatch(events=events[at:at + MAX_EVENTS_PER_CALL],
                                      alive_nodes=alive)
             try:
                 self._events(msg, timeout=self.spec.timeout_s * 5)
             except grpc.RpcError:
-                # Counted: the service's index misses these until the blocks change again.
+                # The service's index misses these: the next decision resyncs it.
                 self.events_failed += 1
+                self._resync_due = True
 
     def complete(self, request_id: int, outcome: Mapping[str, float]) -> None:
         """Tell the service ``request_id`` finished (asynchronously; failures are ignored:

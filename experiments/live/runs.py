@@ -87,6 +87,9 @@ def run_cluster(cfg: LiveRunConfig,
             if router.caches is not None and forward is not None:
                 router.caches.listeners.append(forward)
                 router.caches.witness = getattr(chosen.policy, "service_prefixes", {}).get
+                caches, clock = router.caches, router.clock
+                if hasattr(chosen.policy, "resync"):
+                    chosen.policy.resync = lambda: caches.index.snapshot(clock.now())
             if on_start is not None:
                 on_start(router, chosen.policy)
         metrics = live.run(build_workload(sim, live.spec), local_decider(chosen.policy),

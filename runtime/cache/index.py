@@ -173,6 +173,20 @@ class BlockIndex:
                 self._where(node, engine).discard(h)
         return gone
 
+    def snapshot(self, now: float) -> list[CacheEvent]:
+        """The index's content as events (per location: cleared, then stored), which
+        bring another index to this one's state whatever it held: a resync."""
+        out: list[CacheEvent] = []
+        locations = [(n, -1, held) for n, held in enumerate(self.dram)] + [
+            (self.spec.node_of(e), e, held) for e, held in enumerate(self.hbm)]
+        for node, engine, held in locations:
+            out.append(CacheEvent(EventKind.CLEAR, node, engine, (), now))
+            blocks = sorted(held)
+            out += [CacheEvent(EventKind.STORE, node, engine,
+                               tuple(blocks[i:i + MAX_EVENT_BLOCKS]), now)
+                    for i in range(0, len(blocks), MAX_EVENT_BLOCKS)]
+        return out
+
     # -- answers ------------------------------------------------------------------------
     def locate(self, request_id: int, hashes: Sequence[int]) -> PrefixView:
         """Leading blocks of ``hashes`` per node DRAM and per prefill engine HBM."""

@@ -207,3 +207,39 @@ def test_remote_policy_forwards_events_before_it_decides(start_server):
         assert policy.events_failed == 0
     finally:
         policy.close()
+
+
+def test_events_lost_while_the_service_was_down_are_resynced(start_server):
+    import time
+
+    from policy_service.client import RemotePolicy, RemoteSpec
+    from runtime.cache.index import BlockIndex, CacheEvent, EventKind
+    from tests.builders import make_view
+
+    spec = load_preset("ds27b-1p1d", CACHED)
+    server = start_server(overrides=CACHED)
+    port = server.port
+    policy = RemotePolicy(RemoteSpec.parse(f"grpc://127.0.0.1:{port}?prefix=service"
+                                           "&timeout_ms=500"), spec)
+    caller = BlockIndex(spec, spec.block_tokens)  # the caller's own index, always right
+    policy.resync = lambda: caller.snapshot(1.0)
+    request = _agent_turn(11, agent=6)
+    hashes = tuple(prefix_hashes(request, spec.block_tokens))
+    try:
+        server.stop()
+        stored = CacheEvent(EventKind.STORE, 1, -1, hashes[:7], 0.5)
+        caller.apply([stored])
+        policy.cache_events(1, [stored])  # sent while nobody listens: lost
+        deadline = time.monotonic() + 20
+        while policy.events_failed == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert policy.events_failed >= 1
+        start_server(overrides=CACHED, port=port)  # a fresh service: an empty index
+        deadline = time.monotonic() + 20
+        while policy.served == 0 and time.monotonic() < deadline:  # the channel reconnects
+            policy.decide(request, make_view(spec))
+            time.sleep(0.05)
+        assert policy.resyncs >= 1
+        assert policy.service_prefixes[11].dram_blocks == (0, 7)
+    finally:
+        policy.close()

@@ -96,3 +96,13 @@ def test_a_lost_node_is_forgotten_at_once_or_after_its_ttl() -> None:
     index.hear(0, 4.0)
     assert index.expire(6.0) == [] and index.locate(0, [1, 2]).dram_blocks == (2, 0)
     assert index.expire(9.5) == [0] and index.blocks == 0
+
+
+def test_a_snapshot_brings_any_index_to_the_same_answers() -> None:
+    source, stale = BlockIndex(SPEC, BLOCK), BlockIndex(SPEC, BLOCK)
+    source.apply([event_of(0, "store", -1, [1, 2, 3], 0.0), event_of(1, "store", -1, [1], 0.0),
+                  event_of(0, "store", 0, [1, 2], 0.0)])
+    stale.apply([event_of(1, "store", -1, [1, 2, 3, 4], 0.0), event_of(0, "store", 1, [1], 0.0)])
+    stale.apply(source.snapshot(5.0))
+    for prompt in ([1, 2, 3, 4], [1, 5], [2]):
+        assert stale.locate(0, prompt) == source.locate(0, prompt)
