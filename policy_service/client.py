@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 import grpc
@@ -42,6 +43,9 @@ from runtime.decision import Decision, Defer
 from runtime.policy import Policy, as_learner
 from runtime.request import Request
 from runtime.view import ClusterView, PrefixView
+
+if TYPE_CHECKING:  # the live runtime is imported only by its callers
+    from runtime.live.router.caches import RouterCaches
 
 # Failures that mean "the service did not answer": decide locally.
 _TRANSIENT = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
@@ -155,6 +159,14 @@ class RemotePolicy:
             self.service_prefixes.popitem(last=False)
 
     # -- cache events --------------------------------------------------------------
+    def watch_caches(self, caches: RouterCaches, now: Callable[[], float]) -> None:
+        """Follow a live router's caches (``now``: its clock): their events are forwarded,
+        what the service answered is audited against them, and a resync sends their
+        whole index."""
+        caches.listeners.append(self.cache_events)
+        caches.witness = self.service_prefixes.get
+        self.resync = lambda: caches.index.snapshot(now())
+
     def cache_events(self, node: int, events: Sequence[CacheEvent]) -> None:
         """Forward node ``node``'s cache events (none: it is alive) to the service, in
         order, without waiting; only with ``prefix=service``."""

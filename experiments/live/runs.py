@@ -79,17 +79,13 @@ def run_cluster(cfg: LiveRunConfig,
     live = LiveCluster(load_preset(cluster, overrides), options)
     routers: list[Router] = []
     with policy_run(cfg.policy, live.spec) as chosen:
-        forward = getattr(chosen.policy, "cache_events", None)  # a service's own index
+        watch = getattr(chosen.policy, "watch_caches", None)  # a service's own index
 
         def hook(router: Router) -> None:
             routers.append(router)
             router.on_finish = chosen.on_finish
-            if router.caches is not None and forward is not None:
-                router.caches.listeners.append(forward)
-                router.caches.witness = getattr(chosen.policy, "service_prefixes", {}).get
-                caches, clock = router.caches, router.clock
-                if hasattr(chosen.policy, "resync"):
-                    chosen.policy.resync = lambda: caches.index.snapshot(clock.now())
+            if router.caches is not None and watch is not None:
+                watch(router.caches, router.clock.now)
             if on_start is not None:
                 on_start(router, chosen.policy)
         metrics = live.run(build_workload(sim, live.spec), local_decider(chosen.policy),

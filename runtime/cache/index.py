@@ -66,7 +66,6 @@ class BlockIndex:
         self.heard: list[float] = [-math.inf] * spec.nodes
         # Blocks guessed from placements: (location, hash) → model time of the guess.
         self._guessed: dict[tuple[int, int, int], float] = {}
-        self.events = 0
 
     # -- events -----------------------------------------------------------------------
     def check(self, event: CacheEvent) -> None:
@@ -133,7 +132,6 @@ class BlockIndex:
             for h in event.hashes:
                 self._guessed.pop((event.node, event.engine, h), None)
         self.heard[event.node] = max(self.heard[event.node], heard_at)
-        self.events += 1
 
     def hear(self, node: int, now: float) -> None:
         """Node ``node`` is alive at ``now`` (a heartbeat with no events)."""

@@ -126,7 +126,8 @@ def reserve_view(view: ClusterView, request: Request, decision: Decision) -> Clu
     The prefill engine gains one sequence and the tokens it must compute, the
     decode engine one sequence, the request's whole context and the HBM for it;
     each side's node gains the hit tokens read through it; the request leaves
-    the waiting queue if it was counted there. ``view`` itself is not changed.
+    the waiting queue if it was counted there; the view's prefix, if it was the
+    request's, is dropped. ``view`` itself is not changed.
     """
     spec = view.spec
     engines = list(view.engines)
@@ -147,6 +148,7 @@ def reserve_view(view: ClusterView, request: Request, decision: Decision) -> Clu
     if prefix is not None and prefix.request_id == request.request_id:
         stored = load_plan(spec, request, prefix, decision.prefill_engine,
                            decision.decode_engine).storage_tokens
+        prefix = None  # it was this request's: the next decision is about another one
     pe_tokens, de_tokens = split_tokens(stored, decision.decode_share, spec.block_tokens)
     for node_id, tokens in ((pe.node_id, pe_tokens), (de.node_id, de_tokens)):
         if tokens:

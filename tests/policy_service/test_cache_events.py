@@ -243,3 +243,20 @@ def test_events_lost_while_the_service_was_down_are_resynced(start_server):
         assert policy.service_prefixes[11].dram_blocks == (0, 7)
     finally:
         policy.close()
+
+
+def test_each_request_of_a_batch_is_decided_on_its_own_prefix(start_server):
+    spec = load_preset("ds27b-1p1d", CACHED)
+    server = start_server(overrides=CACHED)
+    client = Client(server.target)
+    try:
+        client.ReportCacheEvents(pb.CacheEventBatch(events=[_stored(spec, 5, 1, -1, 6)]),
+                                 timeout=30)
+        cached, other = _agent_turn(1, agent=5), _agent_turn(2, agent=8)
+        reply = client.ScheduleBatch(pb.ScheduleBatchRequest(
+            requests=[request_to_pb(cached), request_to_pb(other)]), timeout=30)
+        first, second = reply.decisions
+        assert list(first.prefix.dram_blocks) == [0, 6]
+        assert list(second.prefix.dram_blocks) == [0, 0]  # not the first request's
+    finally:
+        client.close()

@@ -123,3 +123,21 @@ def test_an_unfinished_run_names_its_requests_and_their_phases():
     assert message is not None
     assert "2 admitted request(s) did not finish" in message
     assert "2 (placing)" in message and "3 (decoding)" in message
+
+
+def test_a_reserved_view_no_longer_carries_the_placed_requests_prefix():
+    from dataclasses import replace
+
+    from runtime.view import PrefixView
+    from tests.builders import make_request, make_view
+
+    spec = load_preset("ds27b-1p1d", ("node.dram_cache_gb=1",))
+    request = make_request()
+    own = PrefixView(request.request_id, spec.block_tokens, (0, 3), (0,) * spec.prefill_engines)
+    view = make_view(spec)
+    placed = reserve(replace(view, prefix=own), request, Decision(0, spec.prefill_engines, 0.0))
+    assert placed.prefix is None  # the next decision is about another request
+    other = PrefixView(request.request_id + 1, spec.block_tokens, (0, 3),
+                       (0,) * spec.prefill_engines)
+    kept = reserve(replace(view, prefix=other), request, Decision(0, spec.prefill_engines, 0.0))
+    assert kept.prefix is other

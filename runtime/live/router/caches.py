@@ -27,12 +27,12 @@ class RouterCaches:
     """Block index, load plans and hit sources of a live run with caches."""
 
     def __init__(self, spec: ClusterSpec, workload: Workload) -> None:
-        if hash_block_tokens(workload, spec.block_tokens) != spec.block_tokens:
+        traced = hash_block_tokens(workload, spec.block_tokens)
+        if traced != spec.block_tokens:
             raise ValueError(
-                f"workload {workload.name}: its trace blocks hold "
-                f"{hash_block_tokens(workload, spec.block_tokens)} tokens and the cluster's "
-                f"{spec.block_tokens}; a live run with caches needs them equal "
-                f"(set block_tokens={hash_block_tokens(workload, spec.block_tokens)})")
+                f"workload {workload.name}: its trace blocks hold {traced} tokens and the "
+                f"cluster's {spec.block_tokens}; a live run with caches needs them equal "
+                f"(set block_tokens={traced})")
         self.spec = spec
         self.index = BlockIndex(spec, spec.block_tokens)
         self.events: list[CacheEvent] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import astuple
 
 from runtime.cluster import ClusterSpec
 from runtime.live.blocks import block_name, hashed_block_name
@@ -69,6 +70,4 @@ def place_message(spec: ClusterSpec, namer: BlockNamer, entry: Entry, names: lis
         de_writes=([] if req.block_hashes else
                    namer.names(req, req.prompt_tokens // block, -(-req.total_tokens // block))),
         hashes=[] if plan is None else list(entry.job.prefix[0]),
-        plan=[] if plan is None else [plan.hbm_tokens, plan.dram_local_tokens,
-                                      plan.dram_peer_tokens, plan.peer_node,
-                                      plan.storage_tokens])
+        plan=[] if plan is None else list(astuple(plan)))  # LoadPlan(*plan) reads it back
