@@ -136,3 +136,8 @@ class ClusterState:
     def _down(self, engine_id: int) -> str | None:
         return None if self.live(engine_id) else \
             f"has not reported within {self.max_age_s:g} s"
+
+    def endpoint(self, engine_id: int) -> str:
+        """Where the engine serves HTTP, as it last reported ('' if never, or stale)."""
+        report = self._reports[engine_id]
+        return report.msg.endpoint if report is not None and self.live(engine_id) else ""

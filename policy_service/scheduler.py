@@ -93,6 +93,8 @@ class SchedulerCore:
         self._digest = cluster_digest(registry.cluster)
         self._counters: dict[tuple[str, str], Any] = {}
         self._completed: OrderedDict[tuple[str, int], None] = OrderedDict()
+        #: Called with (client id, request id) of each request completed (once each).
+        self.completed: list[Callable[[str, int], None]] = []
         self._shadow_q: queue.Queue[_Call | None] = queue.Queue(SHADOW_QUEUE_CALLS)
         self._shadow_thread = threading.Thread(target=self._shadow_loop, name="shadow",
                                                daemon=True)
@@ -265,6 +267,8 @@ class SchedulerCore:
             self._completed.popitem(last=False)
         if self.log is not None:
             self.log.record_outcome(client_id, request_id, dict(outcome))
+        for listener in self.completed:
+            listener(client_id, request_id)
         served = self.registry.current
         learner = as_learner(served.policy) if served is not None else None
         if learner is not None:

@@ -171,7 +171,7 @@ class ScheduleBatchResponse(_message.Message):
     def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
 
 class EngineReport(_message.Message):
-    __slots__ = ("engine_id", "role", "node_id", "seq", "tok", "free_hbm_bytes", "cnic_backlog_bytes", "read_q_tokens", "free_buffer_bytes", "reporter_time_s")
+    __slots__ = ("engine_id", "role", "node_id", "seq", "tok", "free_hbm_bytes", "cnic_backlog_bytes", "read_q_tokens", "free_buffer_bytes", "reporter_time_s", "endpoint")
     ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +182,7 @@ class EngineReport(_message.Message):
     READ_Q_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FREE_BUFFER_BYTES_FIELD_NUMBER: _ClassVar[int]
     REPORTER_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     engine_id: int
     role: Role
     node_id: int
@@ -192,7 +193,8 @@ class EngineReport(_message.Message):
     read_q_tokens: float
     free_buffer_bytes: float
     reporter_time_s: float
-    def __init__(self, engine_id: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., node_id: _Optional[int] = ..., seq: _Optional[int] = ..., tok: _Optional[int] = ..., free_hbm_bytes: _Optional[float] = ..., cnic_backlog_bytes: _Optional[float] = ..., read_q_tokens: _Optional[float] = ..., free_buffer_bytes: _Optional[float] = ..., reporter_time_s: _Optional[float] = ...) -> None: ...
+    endpoint: str
+    def __init__(self, engine_id: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., node_id: _Optional[int] = ..., seq: _Optional[int] = ..., tok: _Optional[int] = ..., free_hbm_bytes: _Optional[float] = ..., cnic_backlog_bytes: _Optional[float] = ..., read_q_tokens: _Optional[float] = ..., free_buffer_bytes: _Optional[float] = ..., reporter_time_s: _Optional[float] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class EngineStateReport(_message.Message):
     __slots__ = ("engines",)

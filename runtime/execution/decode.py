@@ -69,6 +69,13 @@ class DecodeEngine(EngineLoad):
         self.ctx_base += job.request.prompt_tokens + 1 - self.iters
         return self._retime()
 
+    def iters_at(self, now: float) -> float:
+        """Iterations run by ``now`` (read only): a member that joined at ``k`` has
+        generated ``1 + floor(iters_at(now) - k)`` tokens, its first from prefill."""
+        if self.heap and self.iter_s > 0:
+            return self.iters + max(0.0, now - self.t_last) / self.iter_s
+        return self.iters
+
     def finish_due(self, now: float) -> tuple[list[Job], float | None]:
         """Remove the members done by ``now``; return them and the next finish time."""
         self._advance(now)

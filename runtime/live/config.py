@@ -48,8 +48,15 @@ class LiveOptions:
     # Wall seconds with requests open and no report about any of them after which the run
     # fails naming them and their phases (a hang becomes an error, not a wait forever).
     stall_s: float = 120.0
+    # HTTP fronts (runtime.live.front): a port per engine, in engine order (empty: none),
+    # on ``front_host``; the tokenizer of served prompts and the model name they report.
+    fronts: tuple[int, ...] = ()
+    front_host: str = "127.0.0.1"
+    tokenizer: str = "bytes"
+    served_model: str = "dualpath-emulated"
 
     def __post_init__(self) -> None:
+        self._check_fronts()
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
         if self.bytes_scale < 1:
@@ -68,6 +75,13 @@ class LiveOptions:
             raise ValueError(f"stall_s must be > 0, got {self.stall_s}")
         if self.storage_clients < 1:
             raise ValueError(f"storage_clients must be >= 1, got {self.storage_clients}")
+
+    def _check_fronts(self) -> None:
+        object.__setattr__(self, "fronts", tuple(self.fronts))  # a list, from JSON
+        if any(not 0 < p < 65536 for p in self.fronts):
+            raise ValueError(f"fronts: ports must lie in 1..65535, got {list(self.fronts)}")
+        if self.fronts and self.netns:
+            raise ValueError("HTTP fronts run on loopback: they do not go with netns")
 
     def real_block_bytes(self, spec: ClusterSpec) -> int:
         """Bytes of one Full Block as stored and moved (all layers of ``block_tokens``)."""

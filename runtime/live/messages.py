@@ -5,10 +5,11 @@ A message travels (by :class:`runtime.live.wire.Channel`) as a JSON object whose
 Senders build a dataclass and receivers dispatch on the decoded type, so a field
 added, renamed or dropped shows up at every sender and receiver under mypy.
 
-Router → node: :class:`Setup`, :class:`Go`, :class:`Place`, :class:`Cancel`, :class:`Stop`.
+Router → node: :class:`Setup`, :class:`Go`, :class:`Place`, :class:`Cancel`, :class:`Stop`,
+:class:`Reject`.
 Node → router: :class:`Hello`, :class:`Ready`, :class:`State`, :class:`Batch`,
 :class:`Free`, :class:`Loaded`, :class:`Rdma`, :class:`First`, :class:`Fin`,
-:class:`Cached`, :class:`Stats`, :class:`Error`.
+:class:`Cached`, :class:`Stats`, :class:`Error`, :class:`Submit`.
 Node → node (about one attempt of one request): :class:`DeReady`, :class:`DeLoaded`,
 :class:`Push`, :class:`Fetch`, :class:`Layer`, :class:`KvIn`.
 """
@@ -47,6 +48,8 @@ class Kind(StrEnum):
     FETCH = "fetch"
     LAYER = "layer"
     KV_IN = "kv_in"
+    SUBMIT = "submit"
+    REJECT = "reject"
 
 
 class MessageError(ValueError):
@@ -316,15 +319,48 @@ class KvIn:
     at: float
 
 
-RouterMessage = Setup | Go | Place | Cancel | Stop
+# -- served requests: a node's HTTP front ↔ the router --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Decode engine ``de``'s HTTP front took request ``rid``: its ``prompt`` tokens (``hit``
+    of them with KV in storage, -1: the router counts them; block ``hashes``),
+    ``gen`` tokens to generate. ``pe`` >= 0 is the endpoint picker's decision (with
+    ``share``) and is kept; -1: the router's policy chooses the prefill engine and path."""
+
+    kind: ClassVar[Kind] = Kind.SUBMIT
+    rid: int
+    agent: int
+    prompt: int
+    hit: int
+    gen: int
+    hashes: list[int]
+    de: int
+    pe: int = -1
+    share: float = 0.0
+    slo_class: str = "interactive"
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The router will not run submitted request ``rid``: an HTTP ``status`` and why."""
+
+    kind: ClassVar[Kind] = Kind.REJECT
+    rid: int
+    status: int
+    message: str
+
+
+RouterMessage = Setup | Go | Place | Cancel | Stop | Reject
 NodeReport = (Hello | Ready | State | Batch | Free | Loaded | Rdma | First | Fin | Cached | Stats
-              | Error)
+              | Error | Submit)
 PeerMessage = DeReady | DeLoaded | Push | Fetch | Layer | KvIn
 Message = RouterMessage | NodeReport | PeerMessage
 
 _CLASSES: dict[str, type[Message]] = {cls.kind.value: cls for cls in (
     Hello, Setup, Ready, Go, Place, Cancel, Stop, State, Batch, Free, Loaded, Rdma, First,
-    Fin, Cached, Stats, Error, DeReady, DeLoaded, Push, Fetch, Layer, KvIn)}
+    Fin, Cached, Stats, Error, DeReady, DeLoaded, Push, Fetch, Layer, KvIn, Submit, Reject)}
 assert set(_CLASSES) == {k.value for k in Kind}, "a Kind without its message class"
 
 

@@ -39,6 +39,7 @@ from runtime.live.config import LiveOptions, spec_from_dict
 from runtime.live.engines import LiveDecode, LiveJob, LivePrefill
 from runtime.live.engines.cached import serve_fetch
 from runtime.live.engines.staging import STAGING_SLOT_BYTES, STAGING_SLOTS, Staging
+from runtime.live.front import Front
 from runtime.live.messages import (
     Cached,
     Cancel,
@@ -56,6 +57,7 @@ from runtime.live.messages import (
     Place,
     Push,
     Ready,
+    Reject,
     Setup,
     State,
     Stats,
@@ -68,6 +70,7 @@ from runtime.live.transport.base import RemoteRegion, Transport
 from runtime.live.wire import Channel
 from runtime.live.writer import Writer
 from runtime.request import Request
+from runtime.serving.tokenizer import load_tokenizer
 from runtime.view import Role
 
 _M = TypeVar("_M", bound=Message)
@@ -126,6 +129,7 @@ class Node:
         self.decode: dict[int, LiveDecode] = {}
         self.staging: dict[int, Staging] = {}
         self.caches: NodeCaches | None = None
+        self.front: Front | None = None
         # Another node's DRAM cache may send blocks to a prefill engine of the same role.
         self._peer_fetch = self.spec.has_cache and self.spec.cache.peer_fetch
 
@@ -176,6 +180,10 @@ class Node:
             spec.node.host_buffer_bytes, clients[:-1], clients[-1],
             paced=not self.cfg.kernel_shaped)
         await self._connect_peers(setup)
+        if opts.fronts:
+            self.front = Front(self, opts.front_host, dict(enumerate(opts.fronts)),
+                               load_tokenizer(opts.tokenizer), opts.served_model)
+            await self.front.start()
         self.router.send(Ready(self.node_id))
         await self._expect(Go)
 
@@ -234,6 +242,8 @@ class Node:
                     self._place(msg)
                 case Cancel(rid=rid, attempt=attempt):
                     self._cancel(rid, attempt)
+                case Reject(rid=rid, status=status, message=message) if self.front:
+                    self.front.rejected(rid, status, message)
                 case Stop():
                     self.router.send(self._stats())
                     await self.router.drain()

@@ -82,10 +82,8 @@ class Ledger:
         need = total * self._kvb
         de = self.loads[d.decode_engine]
         if de.free_hbm < need or de.seq >= self._max_batch:
-            raise PlacementError(
-                f"request {request.request_id}: decode engine {d.decode_engine} has no room "
-                f"(needs {need:.0f} B of HBM, has {de.free_hbm:.0f} B free, "
-                f"{de.seq}/{self._max_batch} sequences)")
+            raise PlacementError(f"request {request.request_id}: "
+                                 f"{self.no_room(request, d.decode_engine)}")
         de.seq += 1
         de.tok += total
         de.free_hbm -= need
@@ -95,6 +93,14 @@ class Ledger:
         pe.tok += appended if appended > 1 else 1  # prefill_tokens(request), inlined
         stored = request.hit_tokens if storage_tokens is None else storage_tokens
         return split_tokens(stored, d.decode_share, self._block)
+
+    def no_room(self, request: Request, de: int) -> str | None:
+        """Why decode engine ``de`` cannot take ``request`` now (None: it can)."""
+        load, need = self.loads[de], request.total_tokens * self._kvb
+        if load.free_hbm >= need and load.seq < self._max_batch:
+            return None
+        return (f"decode engine {de} has no room (needs {need:.0f} B of HBM, has "
+                f"{load.free_hbm:.0f} B free, {load.seq}/{self._max_batch} sequences)")
 
     def prefilled(self, pe: int) -> None:
         """The request's last prefill chunk is done: its sequence leaves the prefill engine."""

@@ -105,6 +105,8 @@ class LiveDecode:
             return
         job.state = DECODING
         self._schedule(self.core.join(job, clock.now()))
+        if node.front is not None:  # its client sees the first token now
+            node.front.joined(job.request.request_id, self.core)
 
     def _schedule(self, at: float | None) -> None:
         if at is not None:
@@ -129,6 +131,8 @@ class LiveDecode:
         rid = job.request.request_id
         node.jobs.pop(rid, None)
         node.to_router(Fin(rid, job.attempt, now))
+        if node.front is not None:
+            node.front.finished(rid)
         asyncio.ensure_future(node.write_back(job.request.gen_tokens, job.writes))
 
     def cancel(self, job: LiveJob) -> None:

@@ -18,6 +18,7 @@ from runtime.live.cache import NodeCaches
 from runtime.live.clock import Clock
 from runtime.live.config import LiveOptions
 from runtime.live.engines.job import LiveJob
+from runtime.live.front import Front
 from runtime.live.messages import NodeReport, PeerMessage
 from runtime.live.reader import StorageSide
 from runtime.live.transport.base import RemoteRegion
@@ -43,6 +44,7 @@ class NodeServices(Protocol):
     storage: StorageSide
     caches: NodeCaches | None  # None: the cluster has no cache
     writer: Writer  # one-sided writes into peers' buffers
+    front: Front | None  # its HTTP fronts, where it serves requests over HTTP
 
     def node_of(self, engine: int) -> int: ...
 

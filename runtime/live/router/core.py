@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 
 from runtime.cache.index import EventError
+from runtime.cache.stored import StoredBlocks
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.execution.job import Job
@@ -22,7 +22,6 @@ from runtime.live.clock import Clock
 from runtime.live.messages import (
     Batch,
     Cached,
-    Cancel,
     Error,
     Fin,
     First,
@@ -34,18 +33,21 @@ from runtime.live.messages import (
     State,
     Stats,
     Stop,
+    Submit,
 )
+from runtime.live.router import ingress
 from runtime.live.router.caches import RouterCaches
+from runtime.live.router.loss import lose_node, reschedule
 from runtime.live.router.naming import BlockNamer, place_message
 from runtime.live.router.records import (
     NO_FAULTS,
-    ON_NODES,
     Decider,
     Entry,
     Faults,
     NodeState,
     Progress,
     RunFailed,
+    outcome,
 )
 from runtime.live.router.snapshot import cluster_view
 from runtime.live.router.startup import Hellos, accept_hello, gather_nodes, start_nodes
@@ -59,7 +61,6 @@ from runtime.placement.lifecycle import (
     LOADING_STORAGE,
     PLACING,
     PREFILLING,
-    RESCHEDULED,
     WAITING,
 )
 from runtime.placement.plan import LoadPlan
@@ -111,6 +112,8 @@ class Router:
         self.time_in_system = 0.0
         self._t_last = 0.0
         self.hit_bytes = 0.0
+        self.serving = False  # requests come from the nodes' HTTP fronts until stop_serving
+        self.stored = StoredBlocks()
         self.on_finish: Callable[[Job], None] | None = None
         self.port = 0
         self._namer = BlockNamer(spec, workload)
@@ -173,12 +176,22 @@ class Router:
         asyncio.get_running_loop().call_at(
             self.clock.t0 + request.arrival_s * self.time_scale, self._arrive, request)
 
+    def stop_serving(self) -> None:
+        """Take no more requests from the fronts; the run ends once those open finish."""
+        self.serving = False
+        if self.open == 0:
+            self._done.set()
+
     def _arrive(self, request: Request) -> None:
         self._pending_arrivals -= 1
+        self.admit(Entry(Job(request)))
+
+    def admit(self, entry: Entry) -> None:
+        """``entry`` (an arrival of the workload, or served over HTTP) joins the queue."""
+        request = entry.request
         if request.request_id in self.entries:
             self.fail(f"request {request.request_id} was admitted twice")
             return
-        entry = Entry(Job(request))
         self._advance()
         self.in_system += 1
         self.open += 1
@@ -197,6 +210,10 @@ class Router:
         put(entry)
         self._wake_event.set()
 
+    def requeue(self, entry: Entry) -> None:
+        """``entry`` goes back to the head of the queue (its placement was undone)."""
+        self._queue(entry, self.waiting.put_back)
+
     def _wake(self, freed: WaitFor | None) -> None:
         if self.waiting.wake(freed):
             self._wake_event.set()
@@ -211,10 +228,10 @@ class Router:
                     await asyncio.sleep(0)  # so reports already received are applied first
                 entry = waiting.items[self._pick()]
                 view = self.view(entry)
-                answer = await self.decider(entry.request, view)
+                answer = await ingress.ask(self, entry, view)
                 if not waiting.items or waiting.items[index := self._pick()] is not entry:
                     continue  # the queue changed while the policy thought: ask again
-                if isinstance(answer, Decision) and (why := unavailable(answer, self._down)):
+                if isinstance(answer, Decision) and (why := unavailable(answer, self.down)):
                     # Asked again soon, not only when capacity frees: nothing may free (the
                     # last request), and the next answer may avoid the dead node.
                     asyncio.get_running_loop().call_later(RETRY_DEAD_S, self._wake, None)
@@ -232,7 +249,7 @@ class Router:
         """Index of the waiting request the queue order asks about next."""
         return self.waiting.pick(self.clock.now()) if self.waiting.ordered else 0
 
-    def _down(self, engine: int) -> str | None:
+    def down(self, engine: int) -> str | None:
         node = self.spec.node_of(engine)
         return f"is on node {node}, which is down" if self.nodes[node].dead else None
 
@@ -311,6 +328,17 @@ class Router:
                 self.ledger.computed(engine, tokens)
             case Free():
                 self._wake(WaitFor.PREFILL)
+            case Rdma() | Loaded() | First() | Fin():
+                self._on_progress(msg)
+            case Cached(events=events):
+                self._on_cached(node, events)
+            case Submit() if self.serving:
+                ingress.admit(self, node, msg)
+            case Error(message=message):
+                self.fail(f"node {node}: {message}")
+
+    def _on_progress(self, msg: Progress) -> None:
+        match msg:
             case Rdma():
                 self._on_rdma(msg)
             case Loaded():
@@ -319,10 +347,6 @@ class Router:
                 self._on_first(msg)
             case Fin():
                 self._on_finish(msg)
-            case Cached(events=events):
-                self._on_cached(node, events)
-            case Error(message=message):
-                self.fail(f"node {node}: {message}")
 
     def _on_cached(self, node: int, events: list[list[object]]) -> None:
         if self.caches is not None and not self.nodes[node].dead:
@@ -392,56 +416,24 @@ class Router:
         self.in_system -= 1
         self.open -= 1
         self.recorder.done(job)
+        ingress.finished(self, entry)
         if self.on_finish is not None:
             self.on_finish(job)
         for follow in self.workload.on_complete(req, job.t_finish):
             self._schedule_arrival(follow)
         self._wake(WaitFor.DECODE)
-        if self.open == 0 and self._pending_arrivals == 0:
+        if self.open == 0 and self._pending_arrivals == 0 and not self.serving:
             self._done.set()
 
     # -- faults -----------------------------------------------------------------------
     def node_lost(self, node: int) -> None:
-        """Reschedule every placed request that touched ``node``; its engines take no more
-        work. (A request still placing is rescheduled when its placement resumes.)"""
-        spec = self.spec
-        if self.nodes[node].dead:
-            return
-        self.nodes[node].dead = True
-        self.counters["node_lost"] += 1
-        if self.caches is not None:
-            self.caches.node_lost(node, self.clock.now())
-        lost = [e for e in self.entries.values() if e.phase in ON_NODES and node in e.nodes(spec)]
-        print(f"[router] node {node} went away; rescheduling {len(lost)} request(s)",
-              file=sys.stderr, flush=True)
-        alive = [n for n, s in self.nodes.items() if not s.dead
-                 and spec.role_of_node(n) is spec.role_of_node(node)]
-        if not alive:
-            self.fail(f"node {node} went away and no {spec.role_of_node(node)} node is left")
-            return
-        for entry in sorted(lost, key=lambda e: e.request.arrival_s, reverse=True):
-            for engine in (entry.pe, entry.de):
-                other = self.nodes[spec.node_of(engine)]
-                if not other.dead:
-                    other.channel.send(Cancel(entry.request.request_id, entry.attempt))
-            self._reschedule(entry)
+        lose_node(self, node)
 
     def _reschedule(self, entry: Entry) -> None:
-        """Undo ``entry``'s placement and put it back at the head under a new attempt."""
-        self.ledger.unplace(entry.request, entry.pe, entry.de,
-                            prefilled=entry.phase is DECODING)
-        entry.phase = RESCHEDULED
-        entry.attempt += 1
-        entry.completions = 0
-        entry.job = Job(entry.request)  # a fresh record; the arrival stays
-        self.counters["rescheduled"] += 1
-        self._queue(entry, self.waiting.put_back)
+        reschedule(self, entry)
 
     def outcome(self) -> dict[str, int]:
-        """Admitted, completed (exactly once), lost and duplicated requests of the run."""
-        completed = sum(e.phase is FINISHED for e in self.entries.values())
-        return {"admitted": len(self.entries), "completed": completed,
-                "lost": len(self.entries) - completed, "duplicated": self.counters["duplicated"]}
+        return outcome(self.entries, self.counters["duplicated"])
 
     def fail(self, message: str) -> None:
         if self._error is None:

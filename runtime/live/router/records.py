@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
+from runtime.cache.stored import StoredBlocks
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer
 from runtime.execution.job import Job
+from runtime.live.clock import Clock
 from runtime.live.messages import (
     Fin,
     First,
@@ -16,9 +20,10 @@ from runtime.live.messages import (
     Stats,
 )
 from runtime.live.wire import Channel
-from runtime.placement import Phase
+from runtime.placement import Ledger, Phase, WaitingQueue
 from runtime.placement.lifecycle import (
     DECODING,
+    FINISHED,
     LOADING_RDMA,
     LOADING_STORAGE,
     PREFILLING,
@@ -26,6 +31,9 @@ from runtime.placement.lifecycle import (
 )
 from runtime.request import Request
 from runtime.view import ClusterView
+
+if TYPE_CHECKING:
+    from runtime.live.router.caches import RouterCaches
 
 #: The unfinished tokens a dead engine shows in the view (far above any real backlog).
 DEAD_BACKLOG_TOKENS = 10**12
@@ -58,6 +66,8 @@ class Entry:
     de: int = -1
     peer: int = -1  # the node whose DRAM cache sends it blocks (-1: none)
     completions: int = 0  # ``fin`` reports of its current attempt (more than 1: duplicated)
+    front: int = -1  # served over HTTP: the decode engine whose front holds it (else -1)
+    pinned: Decision | None = None  # the endpoint picker's decision, kept unless it fails
 
     @property
     def request(self) -> Request:
@@ -67,6 +77,13 @@ class Entry:
         """The nodes its current attempt uses: its engines' and a peer serving blocks."""
         return {spec.node_of(self.pe), spec.node_of(self.de)} | (
             {self.peer} if self.peer >= 0 else set())
+
+
+def outcome(entries: dict[int, Entry], duplicated: int) -> dict[str, int]:
+    """Admitted, completed (exactly once), lost and duplicated requests of a run."""
+    completed = sum(e.phase is FINISHED for e in entries.values())
+    return {"admitted": len(entries), "completed": completed,
+            "lost": len(entries) - completed, "duplicated": duplicated}
 
 
 @dataclass
@@ -84,6 +101,29 @@ class NodeState:
     dead: bool = False
     stats: Stats | None = None
     heard: float = 0.0  # wall clock of its last message
+
+
+class Routing(Protocol):
+    """What the router's helpers (:mod:`.ingress`, :mod:`.loss`) use of it."""
+
+    spec: ClusterSpec
+    nodes: dict[int, NodeState]
+    entries: dict[int, Entry]
+    counters: Counter[str]
+    clock: Clock
+    ledger: Ledger
+    waiting: WaitingQueue[Entry]
+    caches: RouterCaches | None
+    stored: StoredBlocks
+    decider: Decider
+
+    def admit(self, entry: Entry) -> None: ...
+
+    def down(self, engine: int) -> str | None: ...
+
+    def fail(self, message: str) -> None: ...
+
+    def requeue(self, entry: Entry) -> None: ...
 
 
 @dataclass(frozen=True)

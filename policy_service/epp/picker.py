@@ -1,0 +1,219 @@
+"""Picking the engines of one HTTP request; no gRPC or Envoy in sight.
+
+A request is decided as soon as it comes, unless others wait: then it waits behind
+them, and the waiting ones are asked about in the placement core's queue order
+(:class:`runtime.placement.WaitingQueue` under the policy's order) whenever the
+view may have changed (every :data:`RETRY_S`). One that waited ``max_wait_s`` is
+answered 429. Hit tokens are the prompt's leading blocks storage holds, as the
+picker heard of them: the blocks of prompts whose requests completed
+(:class:`runtime.cache.stored.StoredBlocks`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from policy_service.scheduler import SchedulerCore
+from runtime.cache.prefix import token_block_hashes
+from runtime.cache.stored import StoredBlocks
+from runtime.decision import Decision
+from runtime.placement import WaitingQueue
+from runtime.placement.order import order_of
+from runtime.request import Request
+from runtime.serving import headers as h
+from runtime.serving.openai import BadRequest, Completion, parse_completion
+from runtime.serving.served import agent_of, latency_class, served_request
+from runtime.serving.tokenizer import Tokenizer
+from runtime.view import Role
+
+#: The client id the picker's decisions carry in the log and in ``Complete``.
+EPP_CLIENT = "epp"
+#: Seconds between two looks at the waiting requests.
+RETRY_S = 0.01
+#: Sessions whose turn count is kept, and routed requests whose blocks are kept until
+#: they complete (the oldest forgotten first).
+SESSIONS_KEPT = 100_000
+ROUTED_KEPT = 1_000_000
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Where a request goes: decode endpoints (the choice, then fallbacks) and the rest
+    of the headers the fronts read."""
+
+    request: Request
+    decision: Decision
+    decode: tuple[str, ...]
+    prefill: str
+
+    def headers(self) -> dict[str, str]:
+        return {h.DESTINATION: ",".join(self.decode), h.PREFILLER: self.prefill,
+                h.REQUEST_ID: str(self.request.request_id),
+                h.DECODE_SHARE: repr(self.decision.decode_share),
+                h.HIT_TOKENS: str(self.request.hit_tokens)}
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An immediate answer instead of routing: an HTTP status and why."""
+
+    status: int
+    message: str
+
+
+@dataclass
+class _Waiting:
+    request: Request
+    done: asyncio.Future[Routed | Refused] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Picker:
+    def __init__(self, core: SchedulerCore, tokenizer: Tokenizer, max_wait_s: float = 30.0,
+                 stored: StoredBlocks | None = None) -> None:
+        if not max_wait_s > 0:
+            raise ValueError(f"max_wait_s must be > 0, got {max_wait_s}")
+        self.core = core
+        self.cluster = core.cluster
+        self.tokenizer = tokenizer
+        self.max_wait_s = max_wait_s
+        self.stored = stored if stored is not None else StoredBlocks()
+        # Ids unique across restarts of the picker (the fronts refuse one in use).
+        self._ids = itertools.count(secrets.randbits(60))
+        self._turns: OrderedDict[str, int] = OrderedDict()
+        # Routed and not completed: its blocks (bounded: a request never completed is
+        # forgotten eventually).
+        self._hashes: OrderedDict[int, tuple[int, ...]] = OrderedDict()
+        self._queue: WaitingQueue[_Waiting] = WaitingQueue()
+        self._drainer: asyncio.Task[None] | None = None
+        self.counts: dict[str, int] = {}
+        core.completed.append(self._completed)
+
+    async def pick(self, path: str, headers: Mapping[str, str], body: bytes
+                   ) -> Routed | Refused:
+        """Decide the request posted to ``path``; never raises on its input."""
+        try:
+            request = self._request(parse_completion(path, body, self.tokenizer), headers)
+        except BadRequest as exc:
+            return self._count(Refused(400, str(exc)))
+        if not any(self.core.state.live(e) for e in
+                   range(self.cluster.prefill_engines, self.cluster.engines)):
+            return self._count(Refused(503, "no decode engine is serving (none reported "
+                                            f"within {self.core.state.max_age_s:g} s)"))
+        if not self._queue.items:
+            answer = self._ask(request)
+            if answer is not None:
+                return self._count(answer)
+        return self._count(await self._wait(request))
+
+    def _count(self, answer: Routed | Refused) -> Routed | Refused:
+        key = "routed" if isinstance(answer, Routed) else str(answer.status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return answer
+
+    # -- the request -------------------------------------------------------------------
+    def _request(self, completion: Completion, headers: Mapping[str, str]) -> Request:
+        spec = self.cluster
+        tokens = completion.tokens
+        most = spec.node.de_hbm_kv_bytes // spec.model.kv_bytes_per_token
+        if len(tokens) + completion.max_tokens > most:
+            raise BadRequest(f"prompt ({len(tokens)} tokens) plus max_tokens "
+                             f"({completion.max_tokens}) exceed what a decode engine holds "
+                             f"({most} tokens)")
+        try:
+            slo = latency_class(headers.get(h.LATENCY_CLASS))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        session = headers.get(h.SESSION) or completion.user or ""
+        hashes = token_block_hashes(tokens, spec.block_tokens)
+        hit = self.stored.leading(hashes) * spec.block_tokens
+        request = served_request(next(self._ids), agent_of(session) if session else 0,
+                                 len(tokens), hashes, hit, completion.max_tokens,
+                                 self.core.state.view().time_s, spec.block_tokens, slo)
+        return _with_turn(request, self._turn(session))
+
+    def _turn(self, session: str) -> int:
+        turns = self._turns
+        turn = turns.pop(session, -1) + 1
+        turns[session] = turn
+        if len(turns) > SESSIONS_KEPT:
+            turns.popitem(last=False)
+        return turn
+
+    # -- deciding ----------------------------------------------------------------------
+    def _ask(self, request: Request) -> Routed | Refused | None:
+        """The policy's answer on the service's view now (None: it deferred)."""
+        answer = self.core.schedule([request], None, EPP_CLIENT).answers[0]
+        if not isinstance(answer, Decision):
+            return None
+        state = self.core.state
+        prefill = state.endpoint(answer.prefill_engine)
+        decode = state.endpoint(answer.decode_engine)
+        if not prefill or not decode:
+            self.core.complete(EPP_CLIENT, request.request_id, {})  # drop its reservation
+            missing = answer.prefill_engine if not prefill else answer.decode_engine
+            return Refused(503, f"engine {missing} has not reported an endpoint")
+        self._hashes[request.request_id] = request.block_hashes or ()
+        if len(self._hashes) > ROUTED_KEPT:
+            self._hashes.popitem(last=False)
+        return Routed(request, answer, (decode, *self._fallbacks(answer.decode_engine)),
+                      prefill)
+
+    def _fallbacks(self, chosen: int) -> list[str]:
+        """The other live decode engines' endpoints, least loaded first."""
+        view = self.core.state.view()
+        others = sorted((e for e in view.engines if e.role is Role.DECODE
+                         and e.engine_id != chosen and self.core.state.live(e.engine_id)),
+                        key=lambda e: e.tok)
+        return [ep for e in others if (ep := self.core.state.endpoint(e.engine_id))]
+
+    async def _wait(self, request: Request) -> Routed | Refused:
+        waiting = _Waiting(request)
+        queue = self._queue
+        if not queue.items:
+            queue.set_order(order_of(self.core.registry.current.policy
+                                     if self.core.registry.current else None), self.cluster)
+        queue.arrive(waiting)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting.done), self.max_wait_s)
+        except TimeoutError:
+            if waiting in queue.items:
+                queue.take(queue.items.index(waiting))
+            return Refused(429, f"no engine could take the request within "
+                                f"{self.max_wait_s:g} s")
+
+    async def _drain(self) -> None:
+        """Ask about the waiting requests, in queue order, until none waits."""
+        queue = self._queue
+        while queue.items:
+            index = queue.pick(self.core.state.view().time_s)
+            waiting = queue.items[index]
+            try:
+                answer = self._ask(waiting.request)
+            except Exception as exc:  # noqa: BLE001 - a failing policy must not stop the queue
+                answer = Refused(500, f"the policy failed: {exc}")
+            if answer is None:
+                await asyncio.sleep(RETRY_S)
+                continue
+            queue.take(index)
+            if not waiting.done.done():
+                waiting.done.set_result(answer)
+            await asyncio.sleep(0)
+
+    def _completed(self, client_id: str, request_id: int) -> None:
+        """A routed request completed: its prompt's blocks are in storage now."""
+        if client_id == EPP_CLIENT and (hashes := self._hashes.pop(request_id, None)):
+            self.stored.add(hashes)
+
+
+def _with_turn(request: Request, turn: int) -> Request:
+    return Request(request.request_id, request.agent_id, turn, request.hit_tokens,
+                   request.appended_tokens, request.gen_tokens, request.arrival_s,
+                   request.block_hashes, request.slo_class)

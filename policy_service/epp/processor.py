@@ -1,0 +1,130 @@
+"""Envoy's ``envoy.service.ext_proc.v3.ExternalProcessor``: one stream per HTTP request.
+
+The gateway sends the request's headers, then its body (``BUFFERED``: whole; or
+``STREAMED`` / ``FULL_DUPLEX_STREAMED``: in chunks, gathered here until the end).
+Headers without a body (``GET /v1/models``) are let through unrouted: the gateway's
+own load balancing serves them. With the body the picker decides, and the answer
+mutates the request's headers and sets the ``envoy.lb`` dynamic metadata, or is an
+immediate response. Messages are parsed here, so a malformed one ends its stream
+with INVALID_ARGUMENT; nothing a gateway sends stops the picker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
+
+from policy_service.epp.picker import Picker, Refused, Routed
+from runtime.serving import headers as h
+
+log = logging.getLogger(__name__)
+
+SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+class ExtProc:
+    """The ``ExternalProcessor`` service over a :class:`Picker`."""
+
+    def __init__(self, picker: Picker) -> None:
+        self.picker = picker
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.stream_stream_rpc_method_handler(
+            self.process, request_deserializer=None, response_serializer=None)
+        return grpc.method_handlers_generic_handler(SERVICE, {"Process": method})
+
+    async def process(self, requests: AsyncIterator[bytes],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        headers: dict[str, str] = {}
+        body = bytearray()
+        streamed = False
+        async for raw in requests:
+            try:
+                msg = ep.ProcessingRequest.FromString(raw)
+            except DecodeError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"not a ProcessingRequest: {exc}")
+            which = msg.WhichOneof("request")
+            if which == "request_headers":
+                headers = _headers(msg.request_headers.headers)
+                if msg.request_headers.end_of_stream:
+                    yield _continue_headers().SerializeToString()
+                continue
+            if which != "request_body":
+                yield _continue(which).SerializeToString()  # a phase we did not ask for
+                continue
+            body += msg.request_body.body
+            if not msg.request_body.end_of_stream:
+                streamed = True  # chunks: answered with the last one, as one body
+                continue
+            answer = await self.picker.pick(headers.get(":path", "").split("?")[0], headers,
+                                            bytes(body))
+            for out in _answer(answer, streamed, bytes(body)):
+                yield out.SerializeToString()
+
+
+def _headers(header_map: Any) -> dict[str, str]:
+    out = {}
+    for hv in header_map.headers:
+        value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
+        out[hv.key.lower()] = value
+    return out
+
+
+def _continue_headers() -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(request_headers=ep.HeadersResponse(
+        response=ep.CommonResponse(status=ep.CommonResponse.CONTINUE)))
+
+
+def _continue(which: str | None) -> ep.ProcessingResponse:
+    common = ep.CommonResponse(status=ep.CommonResponse.CONTINUE)
+    kinds = {"response_headers": "response_headers", "request_trailers": "request_trailers",
+             "response_body": "response_body", "response_trailers": "response_trailers"}
+    name = kinds.get(which or "", "request_headers")
+    if name.endswith("trailers"):
+        return ep.ProcessingResponse(**{name: ep.TrailersResponse()})
+    cls = ep.HeadersResponse if name.endswith("headers") else ep.BodyResponse
+    return ep.ProcessingResponse(**{name: cls(response=common)})
+
+
+def _answer(answer: Routed | Refused, streamed: bool, body: bytes
+            ) -> list[ep.ProcessingResponse]:
+    """The responses to the request's body: routed (with the headers, and in streamed
+    modes the body sent back on, as the protocol has the picker do), or refused."""
+    if isinstance(answer, Refused):
+        return [_immediate(answer)]
+    mutation = ep.HeaderMutation(set_headers=[
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v.encode()),
+                                   append_action=_OVERWRITE)
+        for k, v in answer.headers().items()])
+    metadata = struct_pb2.Struct()
+    metadata.update({h.LB_NAMESPACE: {h.DESTINATION: ",".join(answer.decode)}})
+    if not streamed:
+        return [ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
+            status=ep.CommonResponse.CONTINUE, header_mutation=mutation)),
+            dynamic_metadata=metadata)]
+    return [ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
+        status=ep.CommonResponse.CONTINUE, header_mutation=mutation,
+        body_mutation=ep.BodyMutation(body=body))), dynamic_metadata=metadata)]
+
+
+def _immediate(refused: Refused) -> ep.ProcessingResponse:
+    body = json.dumps({"error": {"message": refused.message, "code": refused.status,
+                                 "type": "invalid_request_error" if refused.status < 500
+                                 else "server_error"}}).encode()
+    return ep.ProcessingResponse(immediate_response=ep.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=refused.status), body=body,
+        headers=ep.HeaderMutation(set_headers=[base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"),
+            append_action=_OVERWRITE)]),
+        details=f"dualpath_picker_{refused.status}"))
