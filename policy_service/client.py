@@ -108,9 +108,9 @@ class RemotePolicy:
             self._channel = grpc.secure_channel(spec.target, creds)
         else:
             self._channel = grpc.insecure_channel(spec.target)
-        self._schedule = self._unary("Schedule", pb.Decision)
-        self._complete = self._unary("Complete", pb.CompleteResponse)
-        self._events = self._unary("ReportCacheEvents", pb.ReportAck)
+        self._schedule = self.unary("Schedule", pb.Decision)
+        self._complete = self.unary("Complete", pb.CompleteResponse)
+        self._events = self.unary("ReportCacheEvents", pb.ReportAck)
         self._pending: list[grpc.Future] = []
         #: Where the service said each request's prefix sits (prefix=service), by id.
         self.service_prefixes: OrderedDict[int, PrefixView] = OrderedDict()
@@ -126,7 +126,8 @@ class RemotePolicy:
         self.resyncs = 0
         self._resync_due = False
 
-    def _unary(self, method: str, reply: type[Message]) -> grpc.UnaryUnaryMultiCallable:
+    def unary(self, method: str, reply: type[Message]) -> grpc.UnaryUnaryMultiCallable:
+        """A callable of the scheduler's ``method`` on this client's channel."""
         return self._channel.unary_unary(f"/{SCHEDULER}/{method}",
                                          request_serializer=lambda m: m.SerializeToString(),
                                          response_deserializer=reply.FromString)
@@ -166,6 +167,12 @@ class RemotePolicy:
         caches.listeners.append(self.cache_events)
         caches.witness = self.service_prefixes.get
         self.resync = lambda: caches.index.snapshot(now())
+
+    def resync_if_due(self) -> None:
+        """Send the caller's whole index now if a call of events failed (a caller that
+        never decides through this client calls it; a decision does it anyway)."""
+        if self._resync_due:
+            self._flush(deciding=True)
 
     def cache_events(self, node: int, events: Sequence[CacheEvent]) -> None:
         """Forward node ``node``'s cache events (none: it is alive) to the service, in

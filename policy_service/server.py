@@ -27,6 +27,9 @@ from agents.model_registry import MODEL_NAME, alias_version
 from policy_service.cache_index import CacheIndex
 from policy_service.cluster_state import ClusterState
 from policy_service.decision_log import DecisionLog
+from policy_service.epp.picker import Picker
+from policy_service.epp.processor import SERVICE as EXT_PROC
+from policy_service.epp.processor import ExtProc
 from policy_service.hot_swap import LoadedPolicy, PolicyRefused, PolicyRegistry
 from policy_service.metrics import Metrics
 from policy_service.proto import scheduler_pb2 as pb
@@ -34,6 +37,7 @@ from policy_service.scheduler import SchedulerCore
 from policy_service.servicer import ADMIN, SCHEDULER, Servicer
 from runtime.cluster import ClusterSpec
 from runtime.preset import load_preset
+from runtime.serving.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +65,15 @@ class ServeConfig:
     engine_max_age_s: float = 2.0
     grace_s: float = 10.0
     cache_ttl_s: float = 30.0
+    epp_port: int | None = None
+    epp_max_wait_s: float = 30.0
+    tokenizer: str = "bytes"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"--port must lie in 0..65535, got {self.port}")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ValueError(f"--metrics-port must lie in 0..65535, got {self.metrics_port}")
+        for flag, port in (("--port", self.port), ("--metrics-port", self.metrics_port),
+                           ("--epp-port", self.epp_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"{flag} must lie in 0..65535, got {port}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
@@ -74,7 +81,7 @@ class ServeConfig:
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{flag} {path}: no such file")
         for name in ("watch_interval_s", "log_flush_s", "engine_max_age_s", "grace_s",
-                     "cache_ttl_s"):
+                     "cache_ttl_s", "epp_max_wait_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 1 <= self.max_batch <= 100_000:
@@ -148,6 +155,10 @@ class SchedulerServer:
         self.admin = Admin(self.registry, self.metrics, self._health_follows_policy)
         self.servicer = Servicer(self.core, self.admin, config.token())
         self.health = health.aio.HealthServicer()
+        self.picker = (Picker(self.core, load_tokenizer(config.tokenizer), config.epp_max_wait_s)
+                       if config.epp_port is not None else None)
+        self.epp_port: int | None = None
+        self._epp: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -174,6 +185,8 @@ class SchedulerServer:
         await self._set_health(False)
         await server.start()
         self._server = server
+        if self.picker is not None:
+            await self._start_epp()
         if cfg.metrics_port is not None:
             http = self.metrics.serve(cfg.metrics_port, cfg.host)
             self._metrics_http = http
@@ -185,13 +198,29 @@ class SchedulerServer:
             self._tasks.append(asyncio.create_task(self._watch_loop()))
         return self.port
 
+    async def _start_epp(self) -> None:
+        """The endpoint picker on its own port: ext_proc, health and reflection."""
+        assert self.picker is not None
+        server = grpc.aio.server(handlers=[ExtProc(self.picker).handler()])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (EXT_PROC, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        address = f"{self.config.host}:{self.config.epp_port}"
+        self.epp_port = server.add_insecure_port(address)
+        if self.epp_port == 0:
+            raise OSError(f"cannot bind the endpoint picker to {address}")
+        await server.start()
+        self._epp = server
+
     async def _health_follows_policy(self) -> None:
         await self._set_health(self.registry.current is not None)
 
     async def _set_health(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for service in ("", SCHEDULER):
+        # The endpoint picker's checks (the protocol's liveness, readiness and ext_proc)
+        # follow the policy too: with none loaded it cannot pick.
+        for service in ("", SCHEDULER, "liveness", "readiness", EXT_PROC):
             await self.health.set(service, status)
 
     # -- the alias watch -----------------------------------------------------------------
@@ -222,8 +251,11 @@ class SchedulerServer:
         for task in self._tasks:
             task.cancel()
         await self._set_health(False)
+        grace = self.config.grace_s if grace_s is None else grace_s
+        if self._epp is not None:
+            await self._epp.stop(grace)
         if self._server is not None:
-            await self._server.stop(self.config.grace_s if grace_s is None else grace_s)
+            await self._server.stop(grace)
         await asyncio.to_thread(self.core.close)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -263,7 +295,8 @@ async def _serve(config: ServeConfig) -> int:
     current = server.registry.current
     print(f"dualpath scheduler on {config.host}:{port} serving "
           f"{current.version if current else 'nothing yet'} for {server.cluster.name}"
-          + (f"; metrics on :{server.metrics_port}" if server.metrics_port else ""), flush=True)
+          + (f"; metrics on :{server.metrics_port}" if server.metrics_port else "")
+          + (f"; endpoint picker on :{server.epp_port}" if server.epp_port else ""), flush=True)
     await stop.wait()
     print("draining", flush=True)
     await server.stop()

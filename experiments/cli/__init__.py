@@ -12,10 +12,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from experiments.cli import bench, calibrate, learning, live, load, runs, service, sweeps
+from experiments.cli import (
+    bench,
+    calibrate,
+    gateway,
+    learning,
+    live,
+    load,
+    runs,
+    service,
+    sweeps,
+)
 
 #: The command groups, in the order ``dualpath --help`` lists their commands.
-GROUPS = (runs, learning, bench, live, load, service, sweeps, calibrate)
+GROUPS = (runs, learning, bench, live, gateway, load, service, sweeps, calibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

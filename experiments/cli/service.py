@@ -29,7 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         metrics_port=args.metrics_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, admin_token_file=args.admin_token_file,
         max_batch=args.max_batch, engine_max_age_s=args.engine_max_age, grace_s=args.grace,
-        cache_ttl_s=args.cache_ttl)
+        cache_ttl_s=args.cache_ttl, epp_port=args.epp_port, epp_max_wait_s=args.epp_max_wait_s,
+        tokenizer=args.tokenizer)
     serve(config)
 
 
@@ -80,6 +81,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-ttl", type=float, default=30.0,
                    help="seconds after which the block index forgets a node no cache event "
                         "or heartbeat named")
+    p.add_argument("--epp-port", type=int,
+                   help="also serve the endpoint picker (Envoy ext_proc) on this port")
+    p.add_argument("--epp-max-wait-s", type=float, default=30.0,
+                   help="seconds a request the policy defers may wait before a 429")
+    p.add_argument("--tokenizer", default="bytes",
+                   help="the picker's tokenizer: bytes (UTF-8 bytes, the default) or "
+                        "module:attribute")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("decisions", help="the service's decision log")

@@ -1,7 +1,10 @@
 """Envoy's ``envoy.service.ext_proc.v3.ExternalProcessor``: one stream per HTTP request.
 
-The gateway sends the request's headers, then its body (``BUFFERED``: whole; or
-``STREAMED`` / ``FULL_DUPLEX_STREAMED``: in chunks, gathered here until the end).
+The gateway sends the request's headers, then its body: ``BUFFERED`` (whole; the
+headers are answered at once and changed with the body's answer) or
+``FULL_DUPLEX_STREAMED`` (in chunks, gathered here; the headers' answer waits for the
+last chunk, then the body is sent back on). ``STREAMED`` cannot route: its headers
+leave before the body is seen.
 Headers without a body (``GET /v1/models``) are let through unrouted: the gateway's
 own load balancing serves them. With the body the picker decides, and the answer
 mutates the request's headers and sets the ``envoy.lb`` dynamic metadata, or is an
@@ -18,6 +21,7 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 
 
 class ExtProc:
@@ -47,7 +52,7 @@ class ExtProc:
                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         headers: dict[str, str] = {}
         body = bytearray()
-        streamed = False
+        duplex = False  # FULL_DUPLEX_STREAMED: the headers' answer waits for the body
         async for raw in requests:
             try:
                 msg = ep.ProcessingRequest.FromString(raw)
@@ -55,9 +60,11 @@ class ExtProc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"not a ProcessingRequest: {exc}")
             which = msg.WhichOneof("request")
+            if msg.HasField("protocol_config"):
+                duplex = msg.protocol_config.request_body_mode == _FULL_DUPLEX
             if which == "request_headers":
                 headers = _headers(msg.request_headers.headers)
-                if msg.request_headers.end_of_stream:
+                if msg.request_headers.end_of_stream or not duplex:
                     yield _continue_headers().SerializeToString()
                 continue
             if which != "request_body":
@@ -65,11 +72,10 @@ class ExtProc:
                 continue
             body += msg.request_body.body
             if not msg.request_body.end_of_stream:
-                streamed = True  # chunks: answered with the last one, as one body
-                continue
+                continue  # chunks (streamed modes): answered with the last, as one body
             answer = await self.picker.pick(headers.get(":path", "").split("?")[0], headers,
                                             bytes(body))
-            for out in _answer(answer, streamed, bytes(body)):
+            for out in _answer(answer, duplex, bytes(body)):
                 yield out.SerializeToString()
 
 
@@ -97,10 +103,11 @@ def _continue(which: str | None) -> ep.ProcessingResponse:
     return ep.ProcessingResponse(**{name: cls(response=common)})
 
 
-def _answer(answer: Routed | Refused, streamed: bool, body: bytes
+def _answer(answer: Routed | Refused, duplex: bool, body: bytes
             ) -> list[ep.ProcessingResponse]:
-    """The responses to the request's body: routed (with the headers, and in streamed
-    modes the body sent back on, as the protocol has the picker do), or refused."""
+    """The responses to the request's body: routed (the headers set with the body's
+    answer; in full-duplex mode with the headers' own answer, and the body sent back on,
+    as that mode has the processor do), or refused."""
     if isinstance(answer, Refused):
         return [_immediate(answer)]
     mutation = ep.HeaderMutation(set_headers=[
@@ -109,13 +116,15 @@ def _answer(answer: Routed | Refused, streamed: bool, body: bytes
         for k, v in answer.headers().items()])
     metadata = struct_pb2.Struct()
     metadata.update({h.LB_NAMESPACE: {h.DESTINATION: ",".join(answer.decode)}})
-    if not streamed:
-        return [ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
-            status=ep.CommonResponse.CONTINUE, header_mutation=mutation)),
-            dynamic_metadata=metadata)]
-    return [ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
-        status=ep.CommonResponse.CONTINUE, header_mutation=mutation,
-        body_mutation=ep.BodyMutation(body=body))), dynamic_metadata=metadata)]
+    routed = ep.CommonResponse(status=ep.CommonResponse.CONTINUE, header_mutation=mutation)
+    if not duplex:
+        return [ep.ProcessingResponse(request_body=ep.BodyResponse(response=routed),
+                                      dynamic_metadata=metadata)]
+    return [ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=routed),
+                                  dynamic_metadata=metadata),
+            ep.ProcessingResponse(request_body=ep.BodyResponse(response=ep.CommonResponse(
+                body_mutation=ep.BodyMutation(streamed_response=ep.StreamedBodyResponse(
+                    body=body, end_of_stream=True)))))]
 
 
 def _immediate(refused: Refused) -> ep.ProcessingResponse:

@@ -204,9 +204,15 @@ class LiveCluster:
 
     # -- a run ---------------------------------------------------------------------------
     def run(self, workload: Workload, decider: Decider, faults: Faults | None = None,
-            router_hook: Any = None, order: QueueOrder = FIFO) -> dict[str, Any]:
+            router_hook: Any = None, order: QueueOrder = FIFO, serving: bool = False
+            ) -> dict[str, Any]:
         """Replay ``workload``, asking about waiting requests in ``order``; returns the
-        simulator's metrics plus the live counters."""
+        simulator's metrics plus the live counters. ``serving``: also take the requests
+        the nodes' HTTP fronts submit, until ``router.stop_serving()`` (``router_hook``
+        gets the router once the nodes are up)."""
+        if self.options.fronts and len(self.options.fronts) != self.spec.engines:
+            raise ValueError(f"fronts: {len(self.options.fronts)} ports for "
+                             f"{self.spec.engines} engines")
         root = tempfile.mkdtemp(prefix="dualpath-kv-")
         self._stack.callback(shutil.rmtree, root, True)
         before, wall = os.times(), time.perf_counter()
@@ -215,7 +221,7 @@ class LiveCluster:
                 self._build_fabric()
             router_hook = _with_order(router_hook, order)
             metrics = asyncio.run(self._run(root, workload, decider, faults or Faults(),
-                                            router_hook))
+                                            router_hook, serving))
         finally:
             self.close()
         # CPU of the router and every process of the run (waited for by close()), over the
@@ -226,7 +232,7 @@ class LiveCluster:
         return metrics
 
     async def _run(self, root: str, workload: Workload, decider: Decider, faults: Faults,
-                   router_hook: Any) -> dict[str, Any]:
+                   router_hook: Any, serving: bool) -> dict[str, Any]:
         for_nodes, for_router = self._start_storage(root)
         stop = threading.Event()
         supervisor = threading.Thread(target=self._supervise_storage, name="storage-supervisor",
@@ -234,7 +240,7 @@ class LiveCluster:
         supervisor.start()
         try:
             router, wall = await self._replay(for_nodes, for_router, root, workload, decider,
-                                              faults, router_hook)
+                                              faults, router_hook, serving)
         finally:
             # The workload is done (or failed): from here on a dead storage stays dead. A
             # restart under way finishes first, so close() stops what it started.
@@ -244,8 +250,8 @@ class LiveCluster:
         return self._metrics(router, stats, wall)
 
     async def _replay(self, for_nodes: tuple[str, int], for_router: tuple[str, int], root: str,
-                      workload: Workload, decider: Decider, faults: Faults, router_hook: Any
-                      ) -> tuple[Router, float]:
+                      workload: Workload, decider: Decider, faults: Faults, router_hook: Any,
+                      serving: bool) -> tuple[Router, float]:
         """Start the router and the nodes and replay ``workload``; returns the router
         and the replay's wall time."""
         host = "0.0.0.0" if self.fabric is not None else "127.0.0.1"
@@ -257,6 +263,7 @@ class LiveCluster:
         router_ip = self.fabric.router_ip if self.fabric is not None else "127.0.0.1"
         self._start_nodes((router_ip, port), for_nodes)
         await router.start()
+        router.serving = serving
         if router_hook is not None:
             router_hook(router)
         wall = time.perf_counter()

@@ -332,7 +332,7 @@ class Router:
                 self._on_progress(msg)
             case Cached(events=events):
                 self._on_cached(node, events)
-            case Submit() if self.serving:
+            case Submit():
                 ingress.admit(self, node, msg)
             case Error(message=message):
                 self.fail(f"node {node}: {message}")

@@ -44,6 +44,8 @@ def admit(router: Routing, node: int, msg: Submit) -> None:
 
 def _refusal(router: Routing, node: int, msg: Submit) -> tuple[int, str] | None:
     spec = router.spec
+    if not router.serving:
+        return 503, "the cluster is not taking requests (it is shutting down)"
     if msg.rid in router.entries:
         return 409, f"request id {msg.rid} is already in use"
     if not (spec.role_of(msg.de) is Role.DECODE and spec.node_of(msg.de) == node):

@@ -116,6 +116,7 @@ class Routing(Protocol):
     caches: RouterCaches | None
     stored: StoredBlocks
     decider: Decider
+    serving: bool
 
     def admit(self, entry: Entry) -> None: ...
 

@@ -1,0 +1,227 @@
+"""``dualpath gateway``: a live cluster serving HTTP behind Envoy and the endpoint picker.
+
+Processes: the scheduler service with its endpoint picker (``dualpath serve
+--epp-port``, supervised: restarted on the same ports if it dies), the live
+cluster (storage, one process per node, each engine with its HTTP front; the
+router here), and Envoy with the configuration of :mod:`experiments.live.envoy`.
+This process feeds the service what the cluster knows (engine state with each
+engine's endpoint, cache events, completions: :class:`policy_service.feed.
+ServiceFeed`). Once all are up it prints ``ready http://127.0.0.1:PORT``; on
+SIGTERM or SIGINT (or :attr:`Gateway.stop`) the cluster stops taking requests, those
+in flight finish (at most ``drain_s``), and every process is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agents.spec import resolve_policy
+from experiments.live.envoy import EnvoyProcess, envoy_config
+from experiments.live.service_process import ServiceProcess
+from policy_service.feed import ServiceFeed
+from runtime.execution.job import Job, outcome
+from runtime.live.cluster import LiveCluster, local_decider
+from runtime.live.config import LiveOptions, load_live_preset
+from runtime.live.front.server import LOCAL_IDS
+from runtime.live.router import Router
+from runtime.placement.order import order_of
+from runtime.serving.served import ServedWorkload
+
+#: How often the supervisor looks at the service process (seconds).
+SUPERVISE_S = 0.2
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What ``dualpath gateway`` takes; checked on construction."""
+
+    preset: str
+    policy: str = "dualpath"
+    port: int = 8080
+    fail_open: bool = True
+    overrides: tuple[str, ...] = ()
+    db: str | None = "sqlite:///decisions.db"
+    admin_token_file: str | None = None
+    local_policy: str = "dualpath"  # decides requests that come without the picker's choice
+    max_wait_s: float = 30.0
+    round_robin_port: int | None = None  # also serve the engines by plain round robin here
+    drain_s: float = 30.0
+    transport: str = "shm"
+
+    def __post_init__(self) -> None:
+        for flag, port in (("--port", self.port), ("round_robin_port", self.round_robin_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"{flag} must lie in 0..65535, got {port}")
+        for name in ("max_wait_s", "drain_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        load_live_preset(self.preset)  # names the known presets if it is not one
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` ports free now on loopback (the OS's choice; a later bind may still race)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Gateway:
+    """One gateway run: :meth:`run` blocks until stopped; ``stop`` (a threading event)
+    stops it from another thread, as SIGTERM does."""
+
+    def __init__(self, cfg: GatewayConfig, on_ready: Callable[[Gateway], None] | None = None
+                 ) -> None:
+        self.cfg = cfg
+        self.preset = load_live_preset(cfg.preset)
+        self.spec = self.preset.spec(cfg.overrides)
+        self.on_ready = on_ready
+        self.stop = threading.Event()
+        ports = free_ports(self.spec.engines + 4)
+        self.fronts = ports[:self.spec.engines]
+        self.epp_port, self.service_port, self.admin_port, port = ports[self.spec.engines:]
+        self.port = cfg.port or port
+        self.endpoints = {e: f"127.0.0.1:{p}" for e, p in enumerate(self.fronts)}
+        self.service: ServiceProcess | None = None
+        self.envoy: EnvoyProcess | None = None
+        self.feed: ServiceFeed | None = None
+        self.router: Router | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix="dualpath-gateway-"))
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- the service, supervised ------------------------------------------------------
+    def _service_args(self) -> list[str]:
+        cfg = self.cfg
+        args = ["--policy", cfg.policy, "--preset", cfg.preset, "--port", str(self.service_port),
+                "--epp-port", str(self.epp_port), "--epp-max-wait-s", f"{cfg.max_wait_s:g}",
+                "--db", cfg.db or "none"]
+        for item in cfg.overrides:
+            args += ["--set", item]
+        if cfg.admin_token_file:
+            args += ["--admin-token-file", cfg.admin_token_file]
+        return args
+
+    def _start_service(self) -> None:
+        self.service = ServiceProcess(self._service_args())
+
+    def _supervise(self) -> None:
+        """Restart the service whenever it dies, until the gateway stops."""
+        while not self.stop.wait(SUPERVISE_S):
+            with self._lock:
+                service = self.service
+                if service is None or service.proc.poll() is None:
+                    continue
+                print(f"gateway: the scheduler service died ({service.proc.returncode}); "
+                      f"restarting it", file=sys.stderr, flush=True)
+                try:
+                    self._start_service()
+                except RuntimeError as exc:
+                    print(f"gateway: restart failed: {exc}", file=sys.stderr, flush=True)
+
+    def _stop_service(self) -> None:
+        with self._lock:
+            service, self.service = self.service, None
+        if service is not None:
+            service.__exit__(None, None, None)
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Serve until stopped; returns the cluster's metrics of what it served."""
+        from runtime.live.router import RunFailed
+
+        cfg, preset = self.cfg, self.preset
+        local = resolve_policy(cfg.local_policy).policy
+        options = LiveOptions(time_scale=preset.time_scale, bytes_scale=preset.bytes_scale,
+                              transport=cfg.transport, fronts=tuple(self.fronts))
+        with ExitStack() as stack:
+            self._start_service()
+            stack.callback(self._stop_service)
+            threading.Thread(target=self._supervise, name="service-supervisor",
+                             daemon=True).start()
+            self.feed = feed = ServiceFeed(f"127.0.0.1:{self.service_port}", self.endpoints)
+            stack.callback(feed.close)
+            stack.callback(self._stop_envoy)
+            stack.callback(self.stop.set)  # the supervisor stops before the service does
+            try:
+                return LiveCluster(self.spec, options).run(
+                    ServedWorkload(self.spec.block_tokens), local_decider(local),
+                    router_hook=self._hook, order=order_of(local), serving=True)
+            except RunFailed as exc:
+                return {"error": str(exc), **(exc.outcome or {})}
+
+    def _stop_envoy(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+
+    def _hook(self, router: Router) -> None:
+        self.router = router
+        router.on_finish = self._finished
+        asyncio.ensure_future(self._serve(router))
+
+    def _finished(self, job: Job) -> None:
+        rid = job.request.request_id
+        if self.feed is not None and rid < LOCAL_IDS:  # the picker's: complete it there
+            self.feed.complete(rid, outcome(job))
+
+    async def _serve(self, router: Router) -> None:
+        assert self.feed is not None
+        if router.caches is not None:
+            self.feed.remote.watch_caches(router.caches, router.clock.now)
+        asyncio.ensure_future(self.feed.run(router.view))
+        decode = [("127.0.0.1", p) for e, p in enumerate(self.fronts)
+                  if e >= self.spec.prefill_engines]
+        config = envoy_config(self.port, self.admin_port, decode, ("127.0.0.1", self.epp_port),
+                              fail_open=self.cfg.fail_open, max_wait_s=self.cfg.max_wait_s,
+                              round_robin_port=self.cfg.round_robin_port)
+        try:
+            self.envoy = await asyncio.to_thread(EnvoyProcess, config, self._workdir)
+        except (OSError, RuntimeError) as exc:
+            print(f"gateway: {exc}", file=sys.stderr, flush=True)
+            router.fail(f"envoy did not start: {exc}")
+            return
+        print(f"ready {self.url}", flush=True)
+        print(f"gateway: scheduler 127.0.0.1:{self.service_port} (pid "
+              f"{self.service.proc.pid if self.service else '?'}), picker :{self.epp_port}, "
+              f"envoy admin :{self.admin_port}, fronts {self.endpoints}", file=sys.stderr,
+              flush=True)
+        if self.on_ready is not None:
+            self.on_ready(self)
+        while not self.stop.is_set():
+            await asyncio.sleep(0.1)
+        router.stop_serving()
+        asyncio.get_running_loop().call_later(self.cfg.drain_s, _give_up, router)
+
+    def service_pid(self) -> int | None:
+        with self._lock:
+            return self.service.proc.pid if self.service is not None else None
+
+
+def _give_up(router: Router) -> None:
+    if router.open:
+        router.fail(f"stopping: {router.open} request(s) still open after the drain")
+
+
+def run_gateway(cfg: GatewayConfig) -> dict[str, Any]:
+    """``dualpath gateway``: serve until SIGTERM or SIGINT."""
+    gateway = Gateway(cfg)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: gateway.stop.set())
+    return gateway.run()
