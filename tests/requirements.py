@@ -27,3 +27,16 @@ def require_module(name: str, reason: str = "") -> ModuleType:
     except ImportError as err:
         pytest.fail(f"module {name!r} is missing under CI=true{why}, but the repository's "
                     f"bootstrap (scripts/bootstrap.sh) installs it: {err}", pytrace=False)
+
+
+def require_tool(path: str | os.PathLike[str], reason: str) -> str:
+    """The executable at ``path`` (``reason``: what it is needed for and who installs it);
+    the test skips without it, or fails under ``CI=true``, where the repository's set-up
+    installs it."""
+    if os.access(path, os.X_OK):
+        return str(path)
+    message = f"{path} is missing ({reason})"
+    if in_ci():
+        pytest.fail(f"{message}, but CI installs it", pytrace=False)
+    pytest.skip(message)
+    raise AssertionError("unreachable")

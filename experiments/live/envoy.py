@@ -131,7 +131,7 @@ class EnvoyProcess:
             self.proc = subprocess.Popen(
                 [str(envoy_binary()), "-c", str(path), "--disable-hot-restart",
                  "--log-level", "warning", "--concurrency", "2"],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._await_ready(ready_timeout_s)
 
     def _await_ready(self, timeout_s: float) -> None:

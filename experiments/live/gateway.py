@@ -91,9 +91,10 @@ class Gateway:
         self.spec = self.preset.spec(cfg.overrides)
         self.on_ready = on_ready
         self.stop = threading.Event()
-        ports = free_ports(self.spec.engines + 4)
+        ports = free_ports(self.spec.engines + 5)
         self.fronts = ports[:self.spec.engines]
-        self.epp_port, self.service_port, self.admin_port, port = ports[self.spec.engines:]
+        (self.epp_port, self.service_port, self.metrics_port, self.admin_port,
+         port) = ports[self.spec.engines:]
         self.port = cfg.port or port
         self.endpoints = {e: f"127.0.0.1:{p}" for e, p in enumerate(self.fronts)}
         self.service: ServiceProcess | None = None
@@ -112,6 +113,7 @@ class Gateway:
         cfg = self.cfg
         args = ["--policy", cfg.policy, "--preset", cfg.preset, "--port", str(self.service_port),
                 "--epp-port", str(self.epp_port), "--epp-max-wait-s", f"{cfg.max_wait_s:g}",
+                "--metrics-port", str(self.metrics_port),
                 "--db", cfg.db or "none"]
         for item in cfg.overrides:
             args += ["--set", item]
@@ -198,10 +200,9 @@ class Gateway:
             router.fail(f"envoy did not start: {exc}")
             return
         print(f"ready {self.url}", flush=True)
-        print(f"gateway: scheduler 127.0.0.1:{self.service_port} (pid "
-              f"{self.service.proc.pid if self.service else '?'}), picker :{self.epp_port}, "
-              f"envoy admin :{self.admin_port}, fronts {self.endpoints}", file=sys.stderr,
-              flush=True)
+        print(f"gateway: scheduler 127.0.0.1:{self.service_port} (pid {self.service_pid()}, "
+              f"metrics :{self.metrics_port}), picker :{self.epp_port}, envoy admin "
+              f":{self.admin_port}, fronts {self.endpoints}", file=sys.stderr, flush=True)
         if self.on_ready is not None:
             self.on_ready(self)
         while not self.stop.is_set():

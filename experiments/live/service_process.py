@@ -25,7 +25,8 @@ class ServiceProcess:
                  start_timeout_s: float = 120.0) -> None:
         cmd = [sys.executable, "-m", "experiments.cli", "serve", "--port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env={**os.environ, **(env or {})})
+                                     text=True, env={**os.environ, **(env or {})},
+                                     start_new_session=True)  # stopped by us, not Ctrl-C
         self.output: list[str] = []
         self.port = self._await_banner(start_timeout_s)
         self._reader = threading.Thread(target=self._drain, daemon=True)

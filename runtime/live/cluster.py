@@ -83,7 +83,10 @@ class LiveCluster:
         if host is not None:
             proc = self.fabric.popen(host, argv, stdout=subprocess.PIPE, env=env)
         else:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+            # Its own session: a terminal's Ctrl-C reaches the launcher only, which then
+            # stops its processes in order (a served cluster drains first).
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env,
+                                    start_new_session=True)
         self._procs[name] = proc
         return proc
 

@@ -39,7 +39,9 @@ def load_tokenizer(spec: str = "bytes") -> Tokenizer:
         obj = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"tokenizer {spec!r}: {exc}") from None
-    tokenizer = obj() if callable(obj) and not hasattr(obj, "encode") else obj
+    # A class or a factory function gives the tokenizer; anything else is one.
+    made = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "encode"))
+    tokenizer = obj() if made else obj
     if not callable(getattr(tokenizer, "encode", None)):
         raise ValueError(f"tokenizer {spec!r}: has no encode(text) method")
     return tokenizer
