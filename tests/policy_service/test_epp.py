@@ -139,9 +139,9 @@ def test_malformed_bodies_get_400_and_the_picker_goes_on(picker, raw: bytes,
     assert needle in json.loads(refused.immediate_response.body)["error"]["message"]
     _, bad_class = process(epp, header_msg(x_dualpath_class="urgent"), body_msg(completion()))
     assert bad_class.immediate_response.status.code == 400
-    with pytest.raises(grpc.RpcError) as err:  # not a ProcessingRequest at all
-        with grpc.insecure_channel(epp) as channel:
-            list(channel.stream_stream(PROCESS)(iter([b"\xff\xff\xff"]), timeout=5))
+    # Not a ProcessingRequest at all:
+    with pytest.raises(grpc.RpcError) as err, grpc.insecure_channel(epp) as channel:
+        list(channel.stream_stream(PROCESS)(iter([b"\xff\xff\xff"]), timeout=5))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     _, routed = process(epp, header_msg(), body_msg(completion()))
     assert h.DESTINATION in set_headers(routed)
