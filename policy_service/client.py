@@ -47,6 +47,11 @@ from runtime.view import ClusterView, PrefixView
 if TYPE_CHECKING:  # the live runtime is imported only by its callers
     from runtime.live.router.caches import RouterCaches
 
+# A restarted service is found again within a second (gRPC's default backoff grows to
+# two minutes, in which every call would fail and decide locally).
+_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000)]
 # Failures that mean "the service did not answer": decide locally.
 _TRANSIENT = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
               grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -105,9 +110,9 @@ class RemotePolicy:
         self.last_version = ""
         if spec.ca is not None:
             creds = grpc.ssl_channel_credentials(Path(spec.ca).read_bytes())
-            self._channel = grpc.secure_channel(spec.target, creds)
+            self._channel = grpc.secure_channel(spec.target, creds, _CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.insecure_channel(spec.target)
+            self._channel = grpc.insecure_channel(spec.target, _CHANNEL_OPTIONS)
         self._schedule = self.unary("Schedule", pb.Decision)
         self._complete = self.unary("Complete", pb.CompleteResponse)
         self._events = self.unary("ReportCacheEvents", pb.ReportAck)

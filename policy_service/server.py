@@ -41,6 +41,9 @@ from runtime.serving.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two updates of the endpoint picker's readiness.
+EPP_HEALTH_S = 0.1
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -211,6 +214,22 @@ class SchedulerServer:
             raise OSError(f"cannot bind the endpoint picker to {address}")
         await server.start()
         self._epp = server
+        self._tasks.append(asyncio.create_task(self._epp_health()))
+
+    async def _epp_health(self) -> None:
+        """The picker's checks, as its protocol asks: ``liveness`` while the process
+        answers; ``readiness`` and the ext_proc service once it can pick (a policy is
+        loaded and some decode engine reported its endpoint, so a restarted picker is not
+        ready before its view is), which a gateway's health check of it follows."""
+        assert self.picker is not None
+        serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
+                                health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set("liveness", serving)
+        while True:
+            ready = serving if self.picker.ready() else not_serving
+            for service in ("readiness", EXT_PROC):
+                await self.health.set(service, ready)
+            await asyncio.sleep(EPP_HEALTH_S)
 
     async def _health_follows_policy(self) -> None:
         await self._set_health(self.registry.current is not None)
@@ -218,9 +237,7 @@ class SchedulerServer:
     async def _set_health(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
-        # The endpoint picker's checks (the protocol's liveness, readiness and ext_proc)
-        # follow the policy too: with none loaded it cannot pick.
-        for service in ("", SCHEDULER, "liveness", "readiness", EXT_PROC):
+        for service in ("", SCHEDULER):
             await self.health.set(service, status)
 
     # -- the alias watch -----------------------------------------------------------------

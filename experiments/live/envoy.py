@@ -107,6 +107,15 @@ def envoy_config(port: int, admin_port: int, fronts: list[tuple[str, int]],
     clusters = [_engines_cluster("engines", fronts, picked=True), {
         "name": "epp", "type": "STATIC", "connect_timeout": "1s",
         "load_assignment": _endpoints("epp", [epp]),
+        # The picker's readiness (its protocol's gRPC health check): a picker that is down,
+        # or restarted and not yet synced with the engines, gets no requests; ext_proc
+        # then fails open or closed as configured.
+        "health_checks": [{"timeout": "1s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+                           "unhealthy_threshold": 1,
+                           "healthy_threshold": 1,
+                           "grpc_health_check": {"service_name": "readiness"}}],
+        # No panic routing: an unready picker is not asked even when it is the only one.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": f"{_T}extensions.upstreams.http.v3.HttpProtocolOptions",

@@ -94,6 +94,12 @@ class Picker:
         self.counts: dict[str, int] = {}
         core.completed.append(self._completed)
 
+    def ready(self) -> bool:
+        """A policy is loaded and some decode engine is live with an endpoint."""
+        state = self.core.state
+        return self.core.registry.current is not None and any(
+            state.endpoint(e) for e in range(self.cluster.prefill_engines, self.cluster.engines))
+
     async def pick(self, path: str, headers: Mapping[str, str], body: bytes
                    ) -> Routed | Refused:
         """Decide the request posted to ``path``; never raises on its input."""

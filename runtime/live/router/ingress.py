@@ -33,8 +33,13 @@ def admit(router: Routing, node: int, msg: Submit) -> None:
         return
     spec = router.spec
     hit = msg.hit if msg.hit >= 0 else router.stored.leading(msg.hashes) * spec.block_tokens
-    request = served_request(msg.rid, msg.agent, msg.prompt, msg.hashes, hit, msg.gen,
-                             router.clock.now(), spec.block_tokens, msg.slo_class)
+    try:  # model time starts a moment after the nodes are up: none is before 0
+        request = served_request(msg.rid, msg.agent, msg.prompt, msg.hashes, hit, msg.gen,
+                                 max(0.0, router.clock.now()), spec.block_tokens,
+                                 msg.slo_class)
+    except ValueError as exc:
+        router.nodes[node].channel.send(Reject(msg.rid, 400, str(exc)))
+        return
     entry = Entry(Job(request), front=msg.de)
     if msg.pe >= 0:
         entry.pinned = Decision(msg.pe, msg.de, msg.share)
