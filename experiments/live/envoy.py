@@ -160,6 +160,19 @@ class EnvoyProcess:
         self.stop()
         raise RuntimeError(f"envoy not ready within {timeout_s:g} s")
 
+    def wait_healthy(self, cluster: str, timeout_s: float = 60.0) -> None:
+        """Wait until every host of ``cluster`` passes Envoy's health check."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/clusters",
+                                        timeout=5) as reply:
+                flags = [line.rsplit("::", 1)[1] for line in reply.read().decode().splitlines()
+                         if line.startswith(f"{cluster}::") and "::health_flags::" in line]
+            if flags and all(f == "healthy" for f in flags):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"envoy: cluster {cluster} not healthy within {timeout_s:g} s")
+
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -195,6 +195,8 @@ class Gateway:
                               round_robin_port=self.cfg.round_robin_port)
         try:
             self.envoy = await asyncio.to_thread(EnvoyProcess, config, self._workdir)
+            # Ready once Envoy sees the picker ready (its view synced with the engines).
+            await asyncio.to_thread(self.envoy.wait_healthy, "epp")
         except (OSError, RuntimeError) as exc:
             print(f"gateway: {exc}", file=sys.stderr, flush=True)
             router.fail(f"envoy did not start: {exc}")

@@ -206,7 +206,9 @@ def _kill_picker_under_load(gw: Running) -> tuple[list[int], list[dict[str, Any]
         out = []
         while not stop.is_set():
             reply = gw.post({"prompt": f"load {worker}", "max_tokens": 2})
-            out.append((reply.status_code, reply.json().get("dualpath", {})))
+            # Envoy's own 503 (fail-closed) has no JSON body.
+            out.append((reply.status_code,
+                        reply.json()["dualpath"] if reply.status_code == 200 else {}))
         return out
 
     with ThreadPoolExecutor(3) as pool:
