@@ -141,3 +141,7 @@ class ClusterState:
         """Where the engine serves HTTP, as it last reported ('' if never, or stale)."""
         report = self._reports[engine_id]
         return report.msg.endpoint if report is not None and self.live(engine_id) else ""
+
+    def time_s(self) -> float:
+        """The reporters' clock now (what a view made now would say)."""
+        return self._time(self._clock())

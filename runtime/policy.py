@@ -14,7 +14,7 @@ each extra capability is a protocol of its own, checked with ``isinstance``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from runtime.decision import Decision, Defer
 from runtime.request import Request
@@ -73,14 +73,17 @@ class ReportsScores(Protocol):
     last_scores: tuple[float, ...] | None
 
 
+# Both are called for every decision a service makes: a look-up of the attribute is what
+# isinstance of a runtime-checkable protocol checks too, at a fraction of its cost
+# (tens of microseconds each, measured).
 def as_learner(policy: object) -> LearnsOnline | None:
     """``policy`` as a learner, or ``None`` where it does not learn online."""
-    return policy if isinstance(policy, LearnsOnline) else None
+    return cast(LearnsOnline, policy) if callable(getattr(policy, "complete", None)) else None
 
 
 def last_scores(policy: object) -> tuple[float, ...] | None:
     """The scores behind ``policy``'s last decision, where it keeps them."""
-    return policy.last_scores if isinstance(policy, ReportsScores) else None
+    return getattr(policy, "last_scores", None)
 
 
 def close_policy(policy: object) -> None:

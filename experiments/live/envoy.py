@@ -90,6 +90,8 @@ def _ext_proc(fail_open: bool, max_wait_s: float) -> dict[str, Any]:
         "failure_mode_allow": fail_open,
         # The picker may hold a deferred request up to max_wait_s before its 429.
         "message_timeout": f"{max_wait_s + 5:g}s",
+        # Buffered: Envoy keeps the body, so a picker that fails mid-request still fails
+        # open (full duplex saved no measurable time and turned that case into a 500).
         "processing_mode": {"request_header_mode": "SEND", "response_header_mode": "SKIP",
                             "request_body_mode": "BUFFERED", "response_body_mode": "NONE",
                             "request_trailer_mode": "SKIP", "response_trailer_mode": "SKIP"}}

@@ -29,7 +29,6 @@ from runtime.serving import headers as h
 from runtime.serving.openai import BadRequest, Completion, parse_completion
 from runtime.serving.served import agent_of, latency_class, served_request
 from runtime.serving.tokenizer import Tokenizer
-from runtime.view import Role
 
 #: The client id the picker's decisions carry in the log and in ``Complete``.
 EPP_CLIENT = "epp"
@@ -140,7 +139,7 @@ class Picker:
         hit = self.stored.leading(hashes) * spec.block_tokens
         request = served_request(next(self._ids), agent_of(session) if session else 0,
                                  len(tokens), hashes, hit, completion.max_tokens,
-                                 self.core.state.view().time_s, spec.block_tokens, slo)
+                                 self.core.state.time_s(), spec.block_tokens, slo)
         return _with_turn(request, self._turn(session))
 
     def _turn(self, session: str) -> int:
@@ -171,12 +170,13 @@ class Picker:
                       prefill)
 
     def _fallbacks(self, chosen: int) -> list[str]:
-        """The other live decode engines' endpoints, least loaded first."""
-        view = self.core.state.view()
-        others = sorted((e for e in view.engines if e.role is Role.DECODE
-                         and e.engine_id != chosen and self.core.state.live(e.engine_id)),
-                        key=lambda e: e.tok)
-        return [ep for e in others if (ep := self.core.state.endpoint(e.engine_id))]
+        """The other live decode engines' endpoints, in engine order after the chosen one
+        (so fallbacks spread over the engines rather than all naming the first)."""
+        first, end = self.cluster.prefill_engines, self.cluster.engines
+        n = end - first
+        endpoint = self.core.state.endpoint
+        return [ep for k in range(1, n)
+                if (ep := endpoint(first + (chosen - first + k) % n))]
 
     async def _wait(self, request: Request) -> Routed | Refused:
         waiting = _Waiting(request)
@@ -199,7 +199,7 @@ class Picker:
         """Ask about the waiting requests, in queue order, until none waits."""
         queue = self._queue
         while queue.items:
-            index = queue.pick(self.core.state.view().time_s)
+            index = queue.pick(self.core.state.time_s())
             waiting = queue.items[index]
             try:
                 answer = self._ask(waiting.request)

@@ -50,9 +50,7 @@ class ExtProc:
 
     async def process(self, requests: AsyncIterator[bytes],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        headers: dict[str, str] = {}
-        body = bytearray()
-        duplex = False  # FULL_DUPLEX_STREAMED: the headers' answer waits for the body
+        state = _Stream()
         async for raw in requests:
             try:
                 msg = ep.ProcessingRequest.FromString(raw)
@@ -61,22 +59,48 @@ class ExtProc:
                                     f"not a ProcessingRequest: {exc}")
             which = msg.WhichOneof("request")
             if msg.HasField("protocol_config"):
-                duplex = msg.protocol_config.request_body_mode == _FULL_DUPLEX
+                state.duplex = msg.protocol_config.request_body_mode == _FULL_DUPLEX
             if which == "request_headers":
-                headers = _headers(msg.request_headers.headers)
-                if msg.request_headers.end_of_stream or not duplex:
+                state.headers = _headers(msg.request_headers.headers)
+                if msg.request_headers.end_of_stream or not state.duplex:
                     yield _continue_headers().SerializeToString()
                 continue
-            if which != "request_body":
+            if not state.takes(msg, which):
                 yield _continue(which).SerializeToString()  # a phase we did not ask for
                 continue
-            body += msg.request_body.body
-            if not msg.request_body.end_of_stream:
+            if not state.ended:
                 continue  # chunks (streamed modes): answered with the last, as one body
-            answer = await self.picker.pick(headers.get(":path", "").split("?")[0], headers,
-                                            bytes(body))
-            for out in _answer(answer, duplex, bytes(body)):
+            answer = await self.picker.pick(state.path, state.headers, bytes(state.body))
+            for out in _answer(answer, state.duplex, bytes(state.body)):
                 yield out.SerializeToString()
+            if which == "request_trailers" and isinstance(answer, Routed):
+                yield _continue(which).SerializeToString()
+
+
+class _Stream:
+    """What one stream has brought so far."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.body = bytearray()
+        self.duplex = False  # FULL_DUPLEX_STREAMED: the headers' answer waits for the body
+        self.ended = False
+
+    @property
+    def path(self) -> str:
+        return self.headers.get(":path", "").split("?")[0]
+
+    def takes(self, msg: ep.ProcessingRequest, which: str | None) -> bool:
+        """Add a body chunk or a duplex request's trailers (which end its body); False for
+        any other message."""
+        if which == "request_body":
+            self.body += msg.request_body.body
+            self.ended = msg.request_body.end_of_stream
+            return True
+        if which == "request_trailers" and self.duplex:
+            self.ended = True
+            return True
+        return False
 
 
 def _headers(header_map: Any) -> dict[str, str]:

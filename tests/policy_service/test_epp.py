@@ -158,16 +158,26 @@ def test_no_engine_503_and_a_full_cluster_429_after_the_wait(picker) -> None:
     assert time.monotonic() - start >= 0.5
 
 
-def test_headers_only_requests_pass_unrouted_and_health_follows_the_policy(picker) -> None:
-    _, _, epp = picker
+def test_headers_only_requests_pass_unrouted_and_ready_once_engines_report(picker) -> None:
+    _, client, epp = picker
     (only,) = process(epp, header_msg("/v1/models", end=True))
     assert only.request_headers.response.status == ep.CommonResponse.CONTINUE
     assert not only.request_headers.response.header_mutation.set_headers
+    serving = health_pb2.HealthCheckResponse.SERVING
     with grpc.insecure_channel(epp) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        for service in ("liveness", "readiness", "envoy.service.ext_proc.v3.ExternalProcessor"):
-            status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
-            assert status == health_pb2.HealthCheckResponse.SERVING, service
+
+        def status(service: str) -> int:
+            return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+        # Alive, but not ready: no engine has told it where it serves.
+        assert status("liveness") == serving and status("readiness") != serving
+        report(client)
+        deadline = time.monotonic() + 10
+        while status("readiness") != serving:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert status("envoy.service.ext_proc.v3.ExternalProcessor") == serving
 
 
 def test_a_deferred_request_is_routed_once_an_engine_frees(picker) -> None:
