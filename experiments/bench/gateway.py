@@ -105,3 +105,17 @@ def bench_gateway(requests: int = REQUESTS, warmup: int = WARMUP,
     return {"preset": preset, "rows": rows,
             "epp_added_p50_ms": max(r["epp_added_p50_ms"] for r in rows),
             "epp_added_p99_ms": worst, "target_p99_ms": 2.0, "target_met": worst <= 2.0}
+
+
+def render_gateway(payload: dict[str, Any]) -> str:
+    lines = [f"{'clients':>7}  {'rr p50':>8}  {'rr p99':>8}  {'epp p50':>8}  {'epp p99':>8}  "
+             f"{'added p50':>9}  {'added p99':>9}  errors"]
+    for r in payload["rows"]:
+        lines.append(f"{r['concurrency']:>7}  {r['round_robin_p50_ms']:>8.2f}  "
+                     f"{r['round_robin_p99_ms']:>8.2f}  {r['picker_p50_ms']:>8.2f}  "
+                     f"{r['picker_p99_ms']:>8.2f}  {r['epp_added_p50_ms']:>9.2f}  "
+                     f"{r['epp_added_p99_ms']:>9.2f}  {r['errors']}")
+    verdict = "met" if payload["target_met"] else "NOT met"
+    lines.append(f"ms to the first token at the client; target: the picker adds at most "
+                 f"{payload['target_p99_ms']:g} ms at p99 ({verdict})")
+    return "\n".join(lines)

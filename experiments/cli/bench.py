@@ -112,3 +112,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--deadline-ms", type=float, default=2000.0, help="deadline of every call")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_soak)
+
+    b = bench.add_parser("gateway", help="latency the endpoint picker adds behind Envoy, "
+                                         "against round robin over the same engines")
+    b.add_argument("--requests", type=int, default=2000, help="measured requests per target "
+                                                              "and concurrency")
+    b.add_argument("--warmup", type=int, default=200, help="requests first, not measured")
+    b.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_gateway)
+
+
+def cmd_bench_gateway(args: argparse.Namespace) -> None:
+    from experiments.bench.gateway import bench_gateway, render_gateway
+
+    payload = bench_gateway(args.requests, args.warmup, tuple(args.concurrency))
+    emit(args, payload, render_gateway(payload))

@@ -247,3 +247,57 @@ def test_fail_closed_answers_503_while_the_picker_is_down(tmp_path: Path) -> Non
         result = running.stop()
     assert 503 in codes and set(codes) <= {200, 503}, codes
     assert result.get("lost", 0) == 0, result
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below ``root`` now (by parent links in /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - out
+        out |= frontier
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:1]
+    except OSError:
+        return False
+
+
+def test_the_command_prints_ready_serves_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    import select
+
+    require_tool(ENVOY_BIN, "Envoy, unpacked by scripts/bootstrap.sh")
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "gateway", "--preset",
+                             "tiny-live", "--port", "0", "--db", f"sqlite:///{tmp_path}/d.db"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 240)
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("ready http://127.0.0.1:"), line
+        url = line.split()[1]
+        reply = requests.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2},
+                              timeout=60)
+        assert reply.status_code == 200 and len(reply.json()["choices"][0]["text"]) == 2
+        children = _descendants(proc.pid)
+        assert len(children) >= 5  # storage, two nodes, the service, Envoy
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        assert proc.wait(60) == 0
+        while any(_alive(p) for p in children) and time.monotonic() - start < 60:
+            time.sleep(0.2)
+        assert not [p for p in children if _alive(p)]
+        assert proc.stdout.read() == ""  # stdout carries the ready line only
+    finally:
+        if proc.poll() is None:
+            proc.kill()
