@@ -301,3 +301,18 @@ def test_the_command_prints_ready_serves_and_stops_everything_on_sigterm(tmp_pat
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_shipped_envoy_config_and_the_generated_one_validate(tmp_path: Path) -> None:
+    from experiments.live.envoy import envoy_config
+
+    envoy = require_tool(ENVOY_BIN, "Envoy, unpacked by scripts/bootstrap.sh")
+    generated = tmp_path / "envoy.json"
+    generated.write_text(json.dumps(envoy_config(
+        8080, 9901, [("127.0.0.1", 8001)], ("127.0.0.1", 9002), fail_open=False,
+        round_robin_port=8081)))
+    shipped = Path(__file__).resolve().parents[2] / "examples" / "envoy-epp.yaml"
+    for path in (shipped, generated):
+        out = subprocess.run([envoy, "--mode", "validate", "-c", str(path)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
