@@ -27,6 +27,9 @@ from runtime.request import Request
 from runtime.view import ClusterView, EngineView, NodeView, QueueView
 
 UNAVAILABLE_TOK = 1 << 40  # a stale engine's tok: beyond any threshold
+#: Seconds after which a reservation that no counting report named is dropped anyway (its
+#: request never reached the engines: the client went away, say).
+HOLD_MAX_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +52,23 @@ class ClusterState:
         self._holds = Holds()
 
     # -- reports ----------------------------------------------------------------
-    def report(self, reports: Iterable[pb.EngineReport]) -> int:
-        """Record a batch of reports (all checked before any is applied); returns how many."""
+    def report(self, reports: Iterable[pb.EngineReport],
+               counted: Iterable[int] | None = None) -> int:
+        """Record a batch of reports (all checked before any is applied); returns how many.
+        ``counted``: the requests these reports include for the first time (None: the
+        reporter does not say, so a report after a decision is taken to include it)."""
         batch = list(reports)
         for i, msg in enumerate(batch):
             self._check(msg, f"engines[{i}]")
         now = self._clock()
         for msg in batch:
             self._reports[msg.engine_id] = _Report(msg, now)
-        self._holds.absorb(self._reported_at)
+        if counted is None:
+            self._holds.absorb(self._reported_at)
+        else:
+            ids = set(counted)
+            self._holds.release_where(lambda key: isinstance(key, tuple) and key[1] in ids)
+            self._holds.expire(now - HOLD_MAX_S)
         return len(batch)
 
     def _check(self, msg: pb.EngineReport, where: str) -> None:

@@ -133,6 +133,9 @@ def view_from_pb(msg: pb.ClusterSnapshot, spec: ClusterSpec) -> ClusterView:
     return ClusterView(msg.time_s, spec, engines, nodes, queue)
 
 
+_EngineRow = tuple[int, int, int, int, int, float, float]  # as listed in EngineState
+
+
 @dataclass(frozen=True)
 class _Layout:
     """What a valid snapshot of one cluster must say about who is who."""
@@ -142,6 +145,12 @@ class _Layout:
     engine_static: list[tuple[int, Role, int, int]]  # (id, role, node, group)
     node_keys: list[tuple[int, int]]  # (node_id, role)
     node_roles: list[Role]
+    # The last view decoded per engine, with the fields it was decoded from. A
+    # cluster's successive snapshots differ in an engine or two, and comparing a
+    # row costs a fraction of checking it and building its view; a row equal to a
+    # checked one is valid, and views are immutable, so the view is shared. (One
+    # entry per engine: a client cycling through old snapshots gains nothing.)
+    recent: list[tuple[_EngineRow, EngineView] | None]
 
 
 @lru_cache(maxsize=64)
@@ -152,33 +161,40 @@ def _layout(spec: ClusterSpec) -> _Layout:
         [(e, ROLE_TO_PB[spec.role_of(e)], spec.node_of(e)) for e in engines],
         [(e, spec.role_of(e), spec.node_of(e), spec.group_of(e)) for e in engines],
         [(n, ROLE_TO_PB[spec.role_of_node(n)]) for n in range(spec.nodes)],
-        [spec.role_of_node(n) for n in range(spec.nodes)])
+        [spec.role_of_node(n) for n in range(spec.nodes)],
+        [None] * spec.engines)
 
 
 def _fast_view(msg: pb.ClusterSnapshot, spec: ClusterSpec, layout: _Layout,
                queue: QueueView) -> ClusterView | None:
-    """The view, checked in aggregate (every decision pays for this); None if any check
-    fails, so the caller can find which field is wrong."""
-    rows = [(e.engine_id, e.role, e.node_id, e.seq, e.tok, e.free_hbm_bytes,
-             e.cnic_busy_until_s) for e in msg.engines]
-    if [r[:3] for r in rows] != layout.engine_keys:
-        return None
-    counts = [v for r in rows for v in r[3:5]]
-    floats = [v for r in rows for v in r[5:]]
+    """The view, checked engine by engine against the layout (every decision pays for
+    this); None if any check fails, so the caller can find which field is wrong."""
+    recent, keys, static = layout.recent, layout.engine_keys, layout.engine_static
+    engines: list[EngineView] = []
+    for i, e in enumerate(msg.engines):
+        row = (e.engine_id, e.role, e.node_id, e.seq, e.tok, e.free_hbm_bytes,
+               e.cnic_busy_until_s)
+        seen = recent[i]
+        if seen is not None and seen[0] == row:  # NaN never compares equal: rechecked
+            engines.append(seen[1])
+            continue
+        _, _, _, seq, tok, free, busy = row
+        if (row[:3] != keys[i] or not (0 <= seq <= _MAX_TOKENS and 0 <= tok <= _MAX_TOKENS)
+                or not (math.isfinite(free) and 0.0 <= busy < math.inf)):
+            return None
+        engine_id, role, node, group = static[i]
+        view = EngineView(engine_id, role, node, group, seq, tok, free, busy)
+        recent[i] = (row, view)  # one assignment: a thread reading it sees a whole pair
+        engines.append(view)
     nodes = [(n.node_id, n.role, n.read_q_tokens, n.snic_bytes_s, n.free_buffer_bytes,
               n.cache_used_bytes) for n in msg.nodes]
-    if [r[:2] for r in nodes] != layout.node_keys:
+    if [r[:2] for r in nodes] != layout.node_keys or not all(
+            0.0 <= r[2] < math.inf and 0.0 <= r[3] < math.inf and math.isfinite(r[4])
+            and 0.0 <= r[5] < math.inf for r in nodes):
         return None
-    floats += [v for r in nodes for v in r[2:]]
-    if (min(counts) < 0 or max(counts) > _MAX_TOKENS or not all(map(math.isfinite, floats))
-            or min(r[6] for r in rows) < 0 or min(v for r in nodes for v in r[2:4]) < 0
-            or min(r[5] for r in nodes) < 0):
-        return None
-    engines = tuple([EngineView(e, role, node, group, r[3], r[4], r[5], r[6])
-                     for (e, role, node, group), r in zip(layout.engine_static, rows, strict=True)])
     node_views = tuple([NodeView(r[0], role, r[2], r[3], r[4], r[5])
                         for role, r in zip(layout.node_roles, nodes, strict=True)])
-    return ClusterView(msg.time_s, spec, engines, node_views, queue)
+    return ClusterView(msg.time_s, spec, tuple(engines), node_views, queue)
 
 
 def _engine(e: pb.EngineState, index: int, spec: ClusterSpec) -> EngineView:

@@ -2,7 +2,9 @@
 engine state with each engine's HTTP endpoint, cache events, completions.
 
 :class:`ServiceFeed` follows a live router: every ``period_s`` it reports every
-engine as the router sees it (``ReportEngineState``, with ``endpoint``), forwards the
+engine as the router sees it (``ReportEngineState``, with ``endpoint`` and the requests
+the engines' loads took since the last report, whose reservations the service then
+releases), forwards the
 nodes' cache events in order (resyncing the whole index after a failed call, as
 :class:`~policy_service.client.RemotePolicy` does) and completes each finished
 request under the picker's client id, which releases its reservation and feeds the
@@ -51,10 +53,13 @@ class ServiceFeed:
         self._report = self.remote.unary("ReportEngineState", pb.ReportAck)
         self.reports_failed = 0
 
-    async def run(self, view: Callable[[], ClusterView]) -> None:
-        """Report ``view()`` every ``period_s`` until cancelled."""
+    async def run(self, view: Callable[[], ClusterView], placed: list[int]) -> None:
+        """Report ``view()`` every ``period_s`` until cancelled, with the requests
+        ``placed`` since the last report (drained here): what the view newly counts."""
         while True:
-            msg = pb.EngineStateReport(engines=engine_reports(view(), self.endpoints))
+            counted, placed[:] = list(placed), []
+            msg = pb.EngineStateReport(engines=engine_reports(view(), self.endpoints),
+                                       counts_requests=True, counted_request_ids=counted)
             future = self._report.future(msg, timeout=max(1.0, 10 * self.period_s))
             future.add_done_callback(self._reported)
             self.remote.resync_if_due()

@@ -252,8 +252,9 @@ class SchedulerCore:
         self.metrics.log_pending.set(self.log.pending)
 
     # -- the rest --------------------------------------------------------------------------
-    def report(self, reports: Sequence[pb.EngineReport]) -> int:
-        return self.state.report(reports)
+    def report(self, reports: Sequence[pb.EngineReport],
+               counted: Sequence[int] | None = None) -> int:
+        return self.state.report(reports, counted)
 
     def complete(self, client_id: str, request_id: int, outcome: Mapping[str, float]) -> bool:
         """Release the request's reservation and record its outcome; a repeat does nothing.

@@ -82,7 +82,8 @@ class Servicer:
         return pb.ReportAck(accepted=self.core.cache.report(msg))
 
     async def report(self, msg: pb.EngineStateReport, _ctx: Any) -> pb.ReportAck:
-        return pb.ReportAck(accepted=self.core.report(msg.engines))
+        counted = msg.counted_request_ids if msg.counts_requests else None
+        return pb.ReportAck(accepted=self.core.report(msg.engines, counted))
 
     async def complete(self, msg: pb.CompleteRequest, _ctx: Any) -> pb.CompleteResponse:
         for key, value in msg.outcome.items():

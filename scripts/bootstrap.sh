@@ -23,6 +23,12 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# xds-protos carries an older copy of opentelemetry-proto's modules and may write it over
+# that package (MLflow's tracing imports the newer one): put the newer one back.
+otel="$(.venv/bin/python -m pip show opentelemetry-proto 2>/dev/null | sed -n 's/^Version: //p')"
+if [ -n "$otel" ]; then
+    .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$otel"
+fi
 envoy_version=1.40.0
 if ! .venv/libexec/envoy --version 2>/dev/null | grep -q "/$envoy_version/"; then
     wheels="$(mktemp -d)"

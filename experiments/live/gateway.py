@@ -187,7 +187,7 @@ class Gateway:
         assert self.feed is not None
         if router.caches is not None:
             self.feed.remote.watch_caches(router.caches, router.clock.now)
-        asyncio.ensure_future(self.feed.run(router.view))
+        asyncio.ensure_future(self.feed.run(router.view, router.placed_ids))
         decode = [("127.0.0.1", p) for e, p in enumerate(self.fronts)
                   if e >= self.spec.prefill_engines]
         config = envoy_config(self.port, self.admin_port, decode, ("127.0.0.1", self.epp_port),

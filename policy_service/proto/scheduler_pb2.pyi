@@ -197,10 +197,14 @@ class EngineReport(_message.Message):
     def __init__(self, engine_id: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., node_id: _Optional[int] = ..., seq: _Optional[int] = ..., tok: _Optional[int] = ..., free_hbm_bytes: _Optional[float] = ..., cnic_backlog_bytes: _Optional[float] = ..., read_q_tokens: _Optional[float] = ..., free_buffer_bytes: _Optional[float] = ..., reporter_time_s: _Optional[float] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class EngineStateReport(_message.Message):
-    __slots__ = ("engines",)
+    __slots__ = ("engines", "counts_requests", "counted_request_ids")
     ENGINES_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     engines: _containers.RepeatedCompositeFieldContainer[EngineReport]
-    def __init__(self, engines: _Optional[_Iterable[_Union[EngineReport, _Mapping]]] = ...) -> None: ...
+    counts_requests: bool
+    counted_request_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, engines: _Optional[_Iterable[_Union[EngineReport, _Mapping]]] = ..., counts_requests: _Optional[bool] = ..., counted_request_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CacheEvent(_message.Message):
     __slots__ = ("kind", "node_id", "engine_id", "hashes", "at_s")

@@ -36,6 +36,17 @@ class Holds:
         """Drop a hold; False if there was none (already released or absorbed)."""
         return self._held.pop(key, None) is not None
 
+    def release_where(self, chosen: Callable[[Hashable], bool]) -> int:
+        """Drop the holds whose keys are ``chosen``; how many."""
+        keys = [k for k in self._held if chosen(k)]
+        for key in keys:
+            del self._held[key]
+        return len(keys)
+
+    def expire(self, before: float) -> None:
+        """Drop the holds made before ``before`` (the holder's clock)."""
+        self.release_where(lambda key: self._held[key].made < before)
+
     def absorb(self, reported_at: Callable[[int], float | None]) -> None:
         """Drop the holds both of whose engines reported after the decision
         (``reported_at(engine)``: when it last reported, ``None`` if never): their

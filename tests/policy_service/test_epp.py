@@ -188,3 +188,33 @@ def test_a_deferred_request_is_routed_once_an_engine_frees(picker) -> None:
     threading.Timer(0.15, report, (client,)).start()  # an engine frees while it waits
     _, routed = process(epp, header_msg(), body_msg(completion()))
     assert h.DESTINATION in set_headers(routed)
+
+
+def test_a_counting_reporter_releases_a_reservation_only_when_it_names_the_request() -> None:
+    from policy_service.cluster_state import HOLD_MAX_S, ClusterState
+    from runtime.decision import Decision
+    from runtime.request import Request
+
+    now = [0.0]
+    state = ClusterState(SPEC, clock=lambda: now[0])
+    reports = [pb.EngineReport(engine_id=e, role=pb.PREFILL if e < SPEC.prefill_engines
+                               else pb.DECODE, node_id=SPEC.node_of(e),
+                               free_hbm_bytes=SPEC.node.de_hbm_kv_bytes)
+               for e in range(SPEC.engines)]
+    state.report(reports, counted=[])
+    de = SPEC.prefill_engines
+    state.hold("epp", Request(5, 0, 0, 0, 100, 10, 0.0), Decision(0, de, 0.0))
+    seq = lambda: state.view().engines[de].seq  # noqa: E731
+    now[0] = 0.1
+    state.report(reports, counted=[])  # a later report that does not count it yet
+    assert seq() == 1
+    state.report(reports, counted=[5])
+    assert seq() == 0
+    state.hold("epp", Request(6, 0, 0, 0, 100, 10, 0.0), Decision(0, de, 0.0))
+    now[0] = 0.2 + HOLD_MAX_S  # never reached the engines: dropped in the end
+    state.report(reports, counted=[])
+    assert seq() == 0
+    state.hold("epp", Request(7, 0, 0, 0, 100, 10, 0.0), Decision(0, de, 0.0))
+    now[0] += 0.1
+    state.report(reports)  # a reporter that does not count: a later report absorbs it
+    assert seq() == 0

@@ -114,6 +114,8 @@ class Router:
         self.hit_bytes = 0.0
         self.serving = False  # requests come from the nodes' HTTP fronts until stop_serving
         self.stored = StoredBlocks()
+        self.placed_ids: list[int] = []  # served requests the engines' loads took since
+        # a service fed by the router last looked (it counts them: ReportEngineState)
         self.on_finish: Callable[[Job], None] | None = None
         self.port = 0
         self._namer = BlockNamer(spec, workload)
@@ -243,6 +245,8 @@ class Router:
                         else self.caches.plan(entry.job, view.prefix, answer, view.time_s))
                 split = self.ledger.place(entry.request, answer,
                                           None if plan is None else plan.storage_tokens)
+                if entry.front >= 0:
+                    self.placed_ids.append(entry.request.request_id)
                 await self._place(waiting.take(index), answer, split, plan)
 
     def _pick(self) -> int:
