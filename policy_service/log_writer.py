@@ -300,6 +300,10 @@ def _background() -> None:
     """
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)
+    import ctypes, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = struct.pack("<IIQiIQQQII", 56, 0, 0, 10, 0, 100_000, 0, 0, 0, 0)
+    libc.syscall(314, 0, ctypes.create_string_buffer(attr), 0)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -40,7 +40,7 @@ def cmd_bench_grpc(args: argparse.Namespace) -> None:
     from experiments.bench.service import bench_grpc, render_grpc
 
     payload = bench_grpc(calls=args.calls, learned=args.learned, batch=args.batch,
-                         log=not args.no_log)
+                         log=not args.no_log, runs=args.runs, pin_cores=not args.no_pin)
     emit(args, payload, render_grpc(payload))
 
 
@@ -95,6 +95,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="the learned policy measured beside dualpath")
     b.add_argument("--batch", type=int, default=64, help="requests per ScheduleBatch call")
     b.add_argument("--no-log", action="store_true", help="serve with the decision log off")
+    b.add_argument("--runs", type=int, default=5,
+                   help="runs, each on a fresh server; the figures are their medians")
+    b.add_argument("--no-pin", action="store_true",
+                   help="leave the server and the client unpinned (default: a core each)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_grpc)
     b = bench.add_parser("cache-events", help="the service's block index under a flood of "

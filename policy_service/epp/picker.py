@@ -84,10 +84,10 @@ class Picker:
         self.stored = stored if stored is not None else StoredBlocks()
         # Ids unique across restarts of the picker (the fronts refuse one in use).
         self._ids = itertools.count(secrets.randbits(60))
-        self._turns: OrderedDict[str, int] = OrderedDict()
-        # Routed and not completed: its blocks (bounded: a request never completed is
-        # forgotten eventually).
-        self._hashes: OrderedDict[int, tuple[int, ...]] = OrderedDict()
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        # Routed and not completed, with its session (bounded: a request never completed
+        # is forgotten eventually).
+        self._routed: OrderedDict[int, tuple[str, Request]] = OrderedDict()
         self._queue: WaitingQueue[_Waiting] = WaitingQueue()
         self._drainer: asyncio.Task[None] | None = None
         self.counts: dict[str, int] = {}
@@ -134,21 +134,27 @@ class Picker:
             slo = latency_class(headers.get(h.LATENCY_CLASS))
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        session = headers.get(h.SESSION) or completion.user or ""
+        name = headers.get(h.SESSION) or completion.user or ""
+        session = self._session(name)
+        session.turn += 1
         hashes = token_block_hashes(tokens, spec.block_tokens)
-        hit = self.stored.leading(hashes) * spec.block_tokens
-        request = served_request(next(self._ids), agent_of(session) if session else 0,
-                                 len(tokens), hashes, hit, completion.max_tokens,
-                                 self.core.state.time_s(), spec.block_tokens, slo)
-        return _with_turn(request, self._turn(session))
+        hit = max(self.stored.leading(hashes), session.continued(hashes))
+        request = served_request(next(self._ids), agent_of(name) if name else 0,
+                                 len(tokens), hashes, hit * spec.block_tokens,
+                                 completion.max_tokens, self.core.state.time_s(),
+                                 spec.block_tokens, slo)
+        self._routed[request.request_id] = (name, request)
+        if len(self._routed) > ROUTED_KEPT:
+            self._routed.popitem(last=False)
+        return _with_turn(request, session.turn)
 
-    def _turn(self, session: str) -> int:
-        turns = self._turns
-        turn = turns.pop(session, -1) + 1
-        turns[session] = turn
-        if len(turns) > SESSIONS_KEPT:
-            turns.popitem(last=False)
-        return turn
+    def _session(self, name: str) -> _Session:
+        sessions = self._sessions
+        session = sessions.pop(name, None) or _Session()
+        sessions[name] = session
+        if len(sessions) > SESSIONS_KEPT:
+            sessions.popitem(last=False)
+        return session
 
     # -- deciding ----------------------------------------------------------------------
     def _ask(self, request: Request) -> Routed | Refused | None:
@@ -163,9 +169,6 @@ class Picker:
             self.core.complete(EPP_CLIENT, request.request_id, {})  # drop its reservation
             missing = answer.prefill_engine if not prefill else answer.decode_engine
             return Refused(503, f"engine {missing} has not reported an endpoint")
-        self._hashes[request.request_id] = request.block_hashes or ()
-        if len(self._hashes) > ROUTED_KEPT:
-            self._hashes.popitem(last=False)
         return Routed(request, answer, (decode, *self._fallbacks(answer.decode_engine)),
                       prefill)
 
@@ -214,9 +217,38 @@ class Picker:
             await asyncio.sleep(0)
 
     def _completed(self, client_id: str, request_id: int) -> None:
-        """A routed request completed: its prompt's blocks are in storage now."""
-        if client_id == EPP_CLIENT and (hashes := self._hashes.pop(request_id, None)):
-            self.stored.add(hashes)
+        """A routed request completed: its prompt's blocks are in storage now, and its
+        session's next prompt, which holds the answer too, finds all its context's."""
+        if client_id != EPP_CLIENT or (routed := self._routed.pop(request_id, None)) is None:
+            return
+        name, request = routed
+        hashes = request.block_hashes or ()
+        self.stored.add(hashes)
+        if (session := self._sessions.get(name)) is not None and hashes:
+            session.done(hashes, request.total_tokens // self.cluster.block_tokens)
+
+
+@dataclass
+class _Session:
+    """A session's turns, and what its last completed turn left in storage: the blocks of
+    its whole context (prompt and answer; the engines write back both), of which the
+    prompt's hashes are known (the answer's are the next prompt's)."""
+
+    turn: int = -1
+    prompt_blocks: int = 0
+    last_hash: int = 0
+    context_blocks: int = 0
+
+    def done(self, hashes: tuple[int, ...], context_blocks: int) -> None:
+        self.prompt_blocks, self.last_hash = len(hashes), hashes[-1]
+        self.context_blocks = context_blocks
+
+    def continued(self, hashes: tuple[int, ...]) -> int:
+        """Leading blocks of ``hashes`` stored by the last turn, if they continue it."""
+        k = self.prompt_blocks
+        if k and len(hashes) >= k and hashes[k - 1] == self.last_hash:
+            return min(len(hashes), self.context_blocks)
+        return 0
 
 
 def _with_turn(request: Request, turn: int) -> Request:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from runtime.cache.prefix import token_block_hashes
 from runtime.cluster import ClusterSpec
+from runtime.live.blocks import hashed_block_name
 from runtime.live.clock import Clock
 from runtime.live.front import bodies
 from runtime.live.front.call import Rejected, ServedCall
@@ -41,6 +42,8 @@ class FrontHost(Protocol):
     clock: Clock
 
     def to_router(self, msg: NodeReport) -> None: ...
+
+    async def write_back(self, tokens: int, names: list[str]) -> None: ...
 
 
 class Front:
@@ -110,6 +113,18 @@ class Front:
     def finished(self, rid: int) -> None:
         if (call := self.calls.get(rid)) is not None:
             call.finish()
+            asyncio.ensure_future(self._write_answer(call))
+
+    async def _write_answer(self, call: ServedCall) -> None:
+        """Write back the KV blocks the answer completes (the prompt's full blocks were
+        written by its prefill), named by the context's hashes: the session's next prompt,
+        which holds the answer, loads them."""
+        block = self.node.spec.block_tokens
+        prompt = call.completion.tokens
+        answer = self.tokenizer.encode(bodies.placeholder_text(call.rid, 0, call.gen))
+        hashes = token_block_hashes([*prompt, *answer], block)[len(prompt) // block:]
+        if hashes:
+            await self.node.write_back(call.gen, [hashed_block_name(h) for h in hashes])
 
     def rejected(self, rid: int, status: int, message: str) -> None:
         if (call := self.calls.get(rid)) is not None:

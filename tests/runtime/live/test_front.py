@@ -41,16 +41,22 @@ class Serving:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
         self.result: dict[str, Any] = {}
+        self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        assert self.ready.wait(120), "the cluster did not start"
+        while not self.ready.wait(0.5):
+            assert self.thread.is_alive(), f"the cluster did not start: {self.error!r}"
 
     def _run(self) -> None:
         policy = resolve_policy("dualpath", SPEC).policy
         options = LiveOptions(time_scale=0.25, fronts=tuple(self.ports))
-        self.result = LiveCluster(SPEC, options).run(
-            ServedWorkload(SPEC.block_tokens), local_decider(policy), router_hook=self._hook,
-            serving=True)
+        try:
+            self.result = LiveCluster(SPEC, options).run(
+                ServedWorkload(SPEC.block_tokens), local_decider(policy),
+                router_hook=self._hook, serving=True)
+        except BaseException as exc:
+            self.error = exc
+            raise
 
     def _hook(self, router: Router) -> None:
         self.router, self.loop = router, asyncio.get_running_loop()
