@@ -2,8 +2,10 @@
 
 Contract:
 
-* ``record_call`` and ``record_outcome`` never touch the database: they append to
-  an in-memory queue and return (microseconds; they sit on the request path).
+* ``record_call``, ``record_later`` and ``record_outcome`` never touch the database:
+  they append to an in-memory queue and return (microseconds; they sit on the
+  request path). ``record_later`` defers even the rows: the shipping thread builds
+  them, in recording order, after the caller has answered.
 * Every ``flush_interval_s`` (sooner once ``max_rows_per_write`` rows wait) a
   thread ships what is queued to a writer process (:mod:`policy_service.log_writer`),
   which commits it in recording order, one transaction per write of about
@@ -35,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from operator import attrgetter
@@ -46,18 +48,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from policy_service.codec import cluster_digest, path_of, view_from_pb
+from policy_service.codec import cluster_digest, view_from_pb
 from policy_service.log_writer import (
     DECISIONS,
     META,
     VIEWS,
     Call,
     Item,
+    Later,
+    LogEntry,
+    LoggedDecision,
     Outcome,
+    decision_row,
     is_memory,
     make_engine,
     receive,
     send,
+    size,
 )
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.replay import replay_call, same_answer, same_parts
@@ -70,23 +77,6 @@ log = logging.getLogger(__name__)
 Answer = Decision | Defer | None
 
 @dataclass(frozen=True, slots=True)
-class LoggedDecision:
-    """One decision of a call, as the log records it."""
-
-    request: Request
-    answer: Answer  # what the serving policy answered
-    policy_spec: str
-    policy_version: str
-    latency_us: float
-    decided_at: float  # time.time()
-    client_id: str = ""
-    shadow: Answer = None
-    shadow_spec: str | None = None  # None: no shadow was set
-    shadow_version: str | None = None
-    scores: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class LogStats:
     written: int  # rows committed (decisions and outcomes)
     errors: int  # writes the database refused
@@ -94,7 +84,9 @@ class LogStats:
     pending: int  # rows recorded and not yet committed or dropped
 
 
-_SLICE = 32  # calls per shipment to the writer
+# Rows per shipment to the writer: building and pickling one holds the GIL (about
+# 0.1 ms for 16 rows, under the server's switch interval), released between them.
+_SLICE_ROWS = 16
 
 
 class DecisionLog:
@@ -113,7 +105,7 @@ class DecisionLog:
             engine.dispose()
         self._interval = flush_interval_s
         self._max_rows = max_rows_per_write
-        self._queue: deque[Item] = deque()
+        self._queue: deque[Item | Later] = deque()
         self._lock = threading.Lock()
         self._done_cond = threading.Condition(self._lock)
         self._wake = threading.Event()
@@ -137,8 +129,19 @@ class DecisionLog:
         if rows:
             # Rows become plain tuples here, a few microseconds per call, rather than
             # all at once later, which would hold the GIL the server needs.
-            tuples = [_decision_row(i, row) for i, row in enumerate(rows)]
+            tuples = [decision_row(i, row) for i, row in enumerate(rows)]
             self._append(Call(snapshot, cluster, time_s, tuples, time.time()), len(rows))
+        elif self._closed:
+            raise RuntimeError("decision log is closed")
+
+    def record_later(self, rows: int, build: Callable[[], LogEntry]) -> None:
+        """Record ``build()``'s call as :meth:`record_call` would, ``build`` being run
+        later on the shipping thread, so that serializing a view and building rows costs
+        the request path nothing. ``build`` must return ``rows`` decisions and read only
+        what nobody changes meanwhile. If it raises, the call's rows count as dropped
+        (and are logged); the log goes on."""
+        if rows:
+            self._append(Later(build, rows, time.time()), rows)
         elif self._closed:
             raise RuntimeError("decision log is closed")
 
@@ -148,7 +151,7 @@ class DecisionLog:
         values = {str(k): float(v) for k, v in outcome.items()}
         self._append(Outcome(client_id, request_id, values, time.time()), 1)
 
-    def _append(self, item: Item, n: int) -> None:
+    def _append(self, item: Item | Later, n: int) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("decision log is closed")
@@ -210,16 +213,42 @@ class DecisionLog:
                 self._queued = 0
                 closing = self._closed
             try:
-                # In slices, yielding between them: pickling holds the GIL, and the
-                # server's event loop should not wait for a whole interval's rows.
-                for at in range(0, len(batch), _SLICE):
-                    send(stdin, batch[at:at + _SLICE])
+                # In slices, yielding between them: building and pickling hold the GIL,
+                # and the server's event loop should not wait for a whole interval's rows.
+                for part in self._slices(batch):
+                    send(stdin, part)
                     time.sleep(0)
             except OSError:  # the writer died; the reader says so and counts the loss
                 return
             if closing:
                 stdin.close()  # the writer commits the rest and exits
                 return
+
+    def _slices(self, batch: list[Item | Later]) -> Iterator[list[Item]]:
+        """``batch`` in order, in lists of about :data:`_SLICE_ROWS` rows, deferred calls
+        built; one that cannot be is logged and its rows count as dropped."""
+        part: list[Item] = []
+        rows = 0
+        for entry in batch:
+            try:
+                item = entry.call() if isinstance(entry, Later) else entry
+            except Exception:  # noqa: BLE001 - one broken record must not stop the log
+                self._lost(size(entry))
+                continue
+            part.append(item)
+            rows += size(item)
+            if rows >= _SLICE_ROWS:
+                yield part
+                part, rows = [], 0
+        if part:
+            yield part
+
+    def _lost(self, rows: int) -> None:
+        log.exception("decision log: a call's %d rows could not be built; dropped", rows)
+        with self._done_cond:
+            self._dropped += rows
+            self._done += rows
+            self._done_cond.notify_all()
 
     def _read_loop(self) -> None:
         stdout = self._child.stdout
@@ -244,30 +273,6 @@ class DecisionLog:
             self._dropped += lost
             self._done += lost
             self._done_cond.notify_all()
-
-
-def _answer_columns(answer: Answer) -> tuple[Any, ...]:
-    """(defer, prefill_engine, decode_engine, decode_share, reason)."""
-    if isinstance(answer, Decision):
-        return (False, answer.prefill_engine, answer.decode_engine, answer.decode_share,
-                answer.reason)
-    return (True, None, None, None, answer.reason if answer is not None else "")
-
-
-_NO_SHADOW = (None,) * 5
-
-
-def _decision_row(index: int, row: LoggedDecision) -> tuple[Any, ...]:
-    """A decisions row in :data:`_DECISION_COLUMNS` order, but the leading view id."""
-    r, answer = row.request, row.answer
-    shadow = _answer_columns(row.shadow) if row.shadow_spec is not None else _NO_SHADOW
-    wait_for = (None if isinstance(answer, Decision)
-                else int(answer.wait_for if answer is not None else WaitFor.ANY))
-    scores = None if row.scores is None else json.dumps([float(s) for s in row.scores])
-    return (index, row.client_id, r.request_id, r.agent_id, r.turn, r.hit_tokens,
-            r.appended_tokens, r.gen_tokens, r.arrival_s, row.policy_spec, row.policy_version,
-            *_answer_columns(answer), wait_for, path_of(answer), scores, row.shadow_spec,
-            row.shadow_version, *shadow, row.latency_us, row.decided_at)
 
 
 # -- reading the log -------------------------------------------------------------------

@@ -15,6 +15,7 @@ what it received and exits. Run by :class:`policy_service.decision_log.DecisionL
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -24,11 +25,16 @@ import struct
 import sys
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import groupby
 from typing import IO, Any, NamedTuple
 
 import sqlalchemy as sa
+
+from policy_service.codec import path_of
+from runtime.decision import Decision, Defer, WaitFor
+from runtime.request import Request
 
 log = logging.getLogger("policy_service.log_writer")
 _FRAME = struct.Struct("<I")
@@ -76,6 +82,50 @@ DECISIONS = sa.Table(
     sa.Index("ix_decisions_client_request", "client_id", "request_id"))
 
 
+Answer = Decision | Defer | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedDecision:
+    """One decision of a call, as the log records it."""
+
+    request: Request
+    answer: Answer  # what the serving policy answered
+    policy_spec: str
+    policy_version: str
+    latency_us: float
+    decided_at: float  # time.time()
+    client_id: str = ""
+    shadow: Answer = None
+    shadow_spec: str | None = None  # None: no shadow was set
+    shadow_version: str | None = None
+    scores: tuple[float, ...] | None = None
+
+
+def _answer_columns(answer: Answer) -> tuple[Any, ...]:
+    """(defer, prefill_engine, decode_engine, decode_share, reason)."""
+    if isinstance(answer, Decision):
+        return (False, answer.prefill_engine, answer.decode_engine, answer.decode_share,
+                answer.reason)
+    return (True, None, None, None, answer.reason if answer is not None else "")
+
+
+_NO_SHADOW = (None,) * 5
+
+
+def decision_row(index: int, row: LoggedDecision) -> tuple[Any, ...]:
+    """A decisions row in :data:`DECISION_COLUMNS` order, but the leading view id."""
+    r, answer = row.request, row.answer
+    shadow = _answer_columns(row.shadow) if row.shadow_spec is not None else _NO_SHADOW
+    wait_for = (None if isinstance(answer, Decision)
+                else int(answer.wait_for if answer is not None else WaitFor.ANY))
+    scores = None if row.scores is None else json.dumps([float(s) for s in row.scores])
+    return (index, row.client_id, r.request_id, r.agent_id, r.turn, r.hit_tokens,
+            r.appended_tokens, r.gen_tokens, r.arrival_s, row.policy_spec, row.policy_version,
+            *_answer_columns(answer), wait_for, path_of(answer), scores, row.shadow_spec,
+            row.shadow_version, *shadow, row.latency_us, row.decided_at)
+
+
 class Call(NamedTuple):
     """A Schedule/ScheduleBatch call: its view and its decisions rows."""
 
@@ -94,11 +144,30 @@ class Outcome(NamedTuple):
 
 
 Item = Call | Outcome
+#: A call's record: (serialized snapshot, cluster digest, view time_s, its decisions).
+LogEntry = tuple[bytes, str, float, Sequence[LoggedDecision]]
 
 
-def size(item: Item) -> int:
+class Later(NamedTuple):
+    """A call recorded before its rows are built (the server's shipping thread builds
+    them, off the request path)."""
+
+    build: Callable[[], LogEntry]
+    rows: int  # decisions ``build`` returns
+    recorded_at: float
+
+    def call(self) -> Call:
+        snapshot, cluster, time_s, rows = self.build()
+        if len(rows) != self.rows:
+            raise ValueError(f"{len(rows)} rows built, {self.rows} announced")
+        return Call(snapshot, cluster, time_s,
+                    [decision_row(i, row) for i, row in enumerate(rows)], self.recorded_at)
+
+
+def size(item: Item | Later) -> int:
     """Rows an item counts for: a call's decisions, or one outcome."""
-    return len(item.rows) if isinstance(item, Call) else 1
+    return item.rows if isinstance(item, Later) else (
+        len(item.rows) if isinstance(item, Call) else 1)
 
 
 # -- framing ------------------------------------------------------------------------
@@ -300,10 +369,31 @@ def _background() -> None:
     """
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)
-    import ctypes, struct
-    libc = ctypes.CDLL(None, use_errno=True)
-    attr = struct.pack("<IIQiIQQQII", 56, 0, 0, 10, 0, 100_000, 0, 0, 0, 0)
-    libc.syscall(314, 0, ctypes.create_string_buffer(attr), 0)
+    _short_slices()
+
+
+_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}  # the syscall's number, by machine
+_SLICE_NS = 100_000  # the shortest slice Linux grants
+
+
+def _short_slices() -> None:
+    """Ask Linux (6.12 or later, EEVDF) for 0.1 ms time slices, the share unchanged.
+
+    A server thread woken by a call, finding the writer on its core, waits for the
+    rest of the writer's slice (1.4 ms by default on two cores): that put most of
+    the Schedule call's p99 on a core shared with the writer. Elsewhere, and on
+    older kernels, nothing changes. Set before the threads start: they inherit it.
+    """
+    number = _SCHED_SETATTR.get(os.uname().machine)
+    if number is None or not sys.platform.startswith("linux"):
+        return
+    # struct sched_attr (size 56): size, policy SCHED_OTHER, flags, nice, priority,
+    # runtime (a fair task's slice), deadline, period, util_min, util_max.
+    attr = struct.pack("<IIQiIQQQII", 56, 0, 0, os.getpriority(os.PRIO_PROCESS, 0), 0,
+                       _SLICE_NS, 0, 0, 0, 0)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).syscall(number, 0, ctypes.create_string_buffer(attr),
+                                                  0)
 
 
 def main(argv: Sequence[str]) -> int:

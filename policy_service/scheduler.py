@@ -15,12 +15,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from policy_service.cache_index import CacheIndex
 from policy_service.cluster_state import ClusterState
 from policy_service.codec import InvalidMessage, cluster_digest, path_of, view_from_pb, view_to_pb
-from policy_service.decision_log import DecisionLog, LoggedDecision
+from policy_service.decision_log import DecisionLog, LogEntry, LoggedDecision
 from policy_service.hot_swap import LoadedPolicy, PolicyRegistry
 from policy_service.metrics import Metrics
 from policy_service.proto import scheduler_pb2 as pb
@@ -53,7 +54,9 @@ class _Call:
 
     client_id: str
     view: ClusterView  # before the call's first decision
-    snapshot: bytes
+    # The snapshot as received (None: the service's own view, ``view``). Serialized by
+    # the log's shipping thread, not on the request path; nothing writes to it later.
+    snapshot: pb.ClusterSnapshot | None
     requests: Sequence[Request]
     answers: Sequence[Answer]
     latencies_us: Sequence[float]
@@ -125,6 +128,7 @@ class SchedulerCore:
         done = Scheduled([], [], [], served.version)
         latencies: list[float] = []
         scores: list[tuple[float, ...] | None] = []
+        paths: dict[str, int] = {}
         decide = policy.decide
         last = len(requests) - 1
         for k, i in enumerate(turn):
@@ -147,12 +151,11 @@ class SchedulerCore:
             done.answers.append(answer)
             done.prefixes.append(prefix)
             scores.append(last_scores(policy))
-            self._count(served.name, path_of(answer))
-        self._after(_Call(client_id, start_view,
-                          b"" if self.log is None else
-                          (snapshot if snapshot is not None else view_to_pb(start_view))
-                          .SerializeToString(),
-                          done.requests, done.answers, latencies, scores, served, time.time()))
+            path = path_of(answer)
+            paths[path] = paths.get(path, 0) + 1
+        self._count(served.name, paths)
+        self._after(_Call(client_id, start_view, snapshot, done.requests, done.answers,
+                          latencies, scores, served, time.time()))
         return done
 
     def _queue_order(self, requests: Sequence[Request], policy: object,
@@ -166,11 +169,15 @@ class SchedulerCore:
             queue.arrive(_Queued(requests[i], i))
         return [queue.take(queue.pick(now)).index for _ in range(len(requests))]
 
-    def _count(self, policy: str, path: str) -> None:
-        counter = self._counters.get((policy, path))
-        if counter is None:  # labels() costs microseconds: looked up once per pair
-            counter = self._counters[(policy, path)] = self.metrics.decisions.labels(policy, path)
-        counter.inc()
+    def _count(self, policy: str, paths: Mapping[str, int]) -> None:
+        """Count a call's decisions, ``paths`` of each path: once per path, not per
+        decision (an increment takes a lock)."""
+        for path, n in paths.items():
+            counter = self._counters.get((policy, path))
+            if counter is None:  # labels() costs microseconds: looked up once per pair
+                counter = self._counters[(policy, path)] = self.metrics.decisions.labels(
+                    policy, path)
+            counter.inc(n)
 
     def _checked(self, served: LoadedPolicy, decide: Callable[[Request, ClusterView], Answer],
                  request: Request, view: ClusterView) -> Answer:
@@ -239,6 +246,16 @@ class SchedulerCore:
     def _log(self, call: _Call, shadow: LoadedPolicy | None, shadow_answers: list[Answer]) -> None:
         if self.log is None:
             return
+        # Queued as it is: the log's shipping thread serializes the snapshot and builds
+        # the rows, after the answer has gone (everything the call holds is immutable).
+        self.log.record_later(len(call.requests),
+                              partial(self._log_entry, call, shadow, shadow_answers))
+        self.metrics.log_pending.set(self.log.pending)
+
+    def _log_entry(self, call: _Call, shadow: LoadedPolicy | None,
+                   shadow_answers: list[Answer]) -> LogEntry:
+        """What the log records of ``call``: its view, serialized, and its decisions."""
+        snapshot = call.snapshot if call.snapshot is not None else view_to_pb(call.view)
         rows = [LoggedDecision(
             request=request, answer=answer, policy_spec=call.served.spec,
             policy_version=call.served.version, latency_us=latency, decided_at=call.decided_at,
@@ -248,8 +265,7 @@ class SchedulerCore:
             shadow_version=shadow.version if shadow is not None else None, scores=scores)
             for i, (request, answer, latency, scores) in enumerate(
                 zip(call.requests, call.answers, call.latencies_us, call.scores, strict=True))]
-        self.log.record_call(call.snapshot, self._digest, call.view.time_s, rows)
-        self.metrics.log_pending.set(self.log.pending)
+        return snapshot.SerializeToString(), self._digest, call.view.time_s, rows
 
     # -- the rest --------------------------------------------------------------------------
     def report(self, reports: Sequence[pb.EngineReport],

@@ -61,6 +61,22 @@ def cmd_bench_soak(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _add_grpc(bench: argparse._SubParsersAction) -> None:
+    b = bench.add_parser("grpc", help="latency and throughput of the scheduler service on "
+                                      "loopback")
+    b.add_argument("--calls", type=int, default=20_000, help="Schedule calls per measurement")
+    b.add_argument("--learned", default="pretrained:paper-offline",
+                   help="the learned policy measured beside dualpath")
+    b.add_argument("--batch", type=int, default=64, help="requests per ScheduleBatch call")
+    b.add_argument("--no-log", action="store_true", help="serve with the decision log off")
+    b.add_argument("--runs", type=int, default=5,
+                   help="runs, each on a fresh server; the figures are their medians")
+    b.add_argument("--no-pin", action="store_true",
+                   help="leave the server and the client unpinned (default: a core each)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_grpc)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="what", required=True)
@@ -88,19 +104,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_transport)
-    b = bench.add_parser("grpc", help="latency and throughput of the scheduler service on "
-                                      "loopback")
-    b.add_argument("--calls", type=int, default=20_000, help="Schedule calls per measurement")
-    b.add_argument("--learned", default="pretrained:paper-offline",
-                   help="the learned policy measured beside dualpath")
-    b.add_argument("--batch", type=int, default=64, help="requests per ScheduleBatch call")
-    b.add_argument("--no-log", action="store_true", help="serve with the decision log off")
-    b.add_argument("--runs", type=int, default=5,
-                   help="runs, each on a fresh server; the figures are their medians")
-    b.add_argument("--no-pin", action="store_true",
-                   help="leave the server and the client unpinned (default: a core each)")
-    b.add_argument("--json", action="store_true")
-    b.set_defaults(func=cmd_bench_grpc)
+    _add_grpc(bench)
     b = bench.add_parser("cache-events", help="the service's block index under a flood of "
                                              "cache events: statuses, calls/s, memory")
     b.add_argument("--seconds", type=float, default=30.0, help="length of the flood")

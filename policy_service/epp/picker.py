@@ -114,7 +114,7 @@ class Picker:
             answer = self._ask(request)
             if answer is not None:
                 return self._count(answer)
-        return self._count(await self._wait(request))
+        return self._count(await self._enqueue(request))
 
     def _count(self, answer: Routed | Refused) -> Routed | Refused:
         key = "routed" if isinstance(answer, Routed) else str(answer.status)
@@ -181,7 +181,7 @@ class Picker:
         return [ep for k in range(1, n)
                 if (ep := endpoint(first + (chosen - first + k) % n))]
 
-    async def _wait(self, request: Request) -> Routed | Refused:
+    async def _enqueue(self, request: Request) -> Routed | Refused:
         waiting = _Waiting(request)
         queue = self._queue
         if not queue.items:
