@@ -88,7 +88,7 @@ def bench_gateway(requests: int = REQUESTS, warmup: int = WARMUP,
     ready = threading.Event()
     gateway = Gateway(GatewayConfig(preset=preset, port=0, db=f"sqlite:///{workdir}/d.db",
                                     round_robin_port=free_ports(1)[0]),
-                      on_ready=lambda _: ready.set())
+                      on_ready=lambda _: ready.set(), announce=False)
     runner = threading.Thread(target=gateway.run, daemon=True)
     runner.start()
     try:

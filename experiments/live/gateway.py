@@ -84,9 +84,10 @@ class Gateway:
     """One gateway run: :meth:`run` blocks until stopped; ``stop`` (a threading event)
     stops it from another thread, as SIGTERM does."""
 
-    def __init__(self, cfg: GatewayConfig, on_ready: Callable[[Gateway], None] | None = None
-                 ) -> None:
+    def __init__(self, cfg: GatewayConfig, on_ready: Callable[[Gateway], None] | None = None,
+                 announce: bool = True) -> None:
         self.cfg = cfg
+        self.announce = announce  # print the ready line on stdout (what the command does)
         self.preset = load_live_preset(cfg.preset)
         self.spec = self.preset.spec(cfg.overrides)
         self.on_ready = on_ready
@@ -201,7 +202,8 @@ class Gateway:
             print(f"gateway: {exc}", file=sys.stderr, flush=True)
             router.fail(f"envoy did not start: {exc}")
             return
-        print(f"ready {self.url}", flush=True)
+        if self.announce:
+            print(f"ready {self.url}", flush=True)
         print(f"gateway: scheduler 127.0.0.1:{self.service_port} (pid {self.service_pid()}, "
               f"metrics :{self.metrics_port}), picker :{self.epp_port}, envoy admin "
               f":{self.admin_port}, fronts {self.endpoints}", file=sys.stderr, flush=True)
