@@ -15,7 +15,6 @@ what it received and exits. Run by :class:`policy_service.decision_log.DecisionL
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -369,31 +368,6 @@ def _background() -> None:
     """
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)
-    _short_slices()
-
-
-_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}  # the syscall's number, by machine
-_SLICE_NS = 100_000  # the shortest slice Linux grants
-
-
-def _short_slices() -> None:
-    """Ask Linux (6.12 or later, EEVDF) for 0.1 ms time slices, the share unchanged.
-
-    A server thread woken by a call, finding the writer on its core, waits for the
-    rest of the writer's slice (1.4 ms by default on two cores): that put most of
-    the Schedule call's p99 on a core shared with the writer. Elsewhere, and on
-    older kernels, nothing changes. Set before the threads start: they inherit it.
-    """
-    number = _SCHED_SETATTR.get(os.uname().machine)
-    if number is None or not sys.platform.startswith("linux"):
-        return
-    # struct sched_attr (size 56): size, policy SCHED_OTHER, flags, nice, priority,
-    # runtime (a fair task's slice), deadline, period, util_min, util_max.
-    attr = struct.pack("<IIQiIQQQII", 56, 0, 0, os.getpriority(os.PRIO_PROCESS, 0), 0,
-                       _SLICE_NS, 0, 0, 0, 0)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).syscall(number, 0, ctypes.create_string_buffer(attr),
-                                                  0)
 
 
 def main(argv: Sequence[str]) -> int:

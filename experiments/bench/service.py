@@ -194,7 +194,7 @@ def _set_cpus(cpus: set[int]) -> None:
     os.sched_setaffinity(0, cpus)
 
 
-def _median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Line by line, each statistic's median over the runs."""
     out = []
     for lines in zip(*runs, strict=True):
@@ -255,7 +255,7 @@ def bench_grpc(calls: int = 20_000, learned: str = "pretrained:paper-offline",
         "decision_log": log, "runs": runs, "pinned": cores is not None, **medians,
         **extra[0], "learned": learned,
         "targets": met, "targets_met": all(met.values()),
-        "per_run": per_run, "rows": _median_rows(lines) + extra[1],
+        "per_run": per_run, "rows": median_rows(lines) + extra[1],
     }
 
 
