@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Mapping
 
 import grpc
@@ -25,6 +26,8 @@ from policy_service.codec import ROLE_TO_PB
 from policy_service.epp.picker import EPP_CLIENT
 from policy_service.proto import scheduler_pb2 as pb
 from runtime.view import ClusterView
+
+log = logging.getLogger(__name__)
 
 #: Seconds between two state reports (the service shows an engine unheard of for its
 #: ``--engine-max-age``, 2 s by default, as unavailable).
@@ -57,13 +60,20 @@ class ServiceFeed:
         """Report ``view()`` every ``period_s`` until cancelled, with the requests
         ``placed`` since the last report (drained here): what the view newly counts."""
         while True:
-            counted, placed[:] = list(placed), []
-            msg = pb.EngineStateReport(engines=engine_reports(view(), self.endpoints),
-                                       counts_requests=True, counted_request_ids=counted)
-            future = self._report.future(msg, timeout=max(1.0, 10 * self.period_s))
-            future.add_done_callback(self._reported)
-            self.remote.resync_if_due()
+            try:
+                self._report_once(view, placed)
+            except Exception:  # noqa: BLE001 - the next period tries again
+                log.exception("feed: a state report failed")
+                self.reports_failed += 1
             await asyncio.sleep(self.period_s)
+
+    def _report_once(self, view: Callable[[], ClusterView], placed: list[int]) -> None:
+        counted, placed[:] = list(placed), []
+        msg = pb.EngineStateReport(engines=engine_reports(view(), self.endpoints),
+                                   counts_requests=True, counted_request_ids=counted)
+        future = self._report.future(msg, timeout=max(1.0, 10 * self.period_s))
+        future.add_done_callback(self._reported)
+        self.remote.resync_if_due()
 
     def _reported(self, future: grpc.Future) -> None:
         with contextlib.suppress(grpc.FutureCancelledError):

@@ -68,6 +68,8 @@ from runtime.request import Request
 from runtime.view import ClusterView
 from runtime.workload.base import Workload
 
+#: Served requests' ids kept for a feed that has not drained them (none drains: bounded).
+PLACED_KEPT = 100_000
 #: Wall seconds after which a decision naming a dead node's engine is asked again.
 RETRY_DEAD_S = 0.01
 #: Event-loop passes before each decision with caches: a socket's data reaches its reader's
@@ -245,7 +247,7 @@ class Router:
                         else self.caches.plan(entry.job, view.prefix, answer, view.time_s))
                 split = self.ledger.place(entry.request, answer,
                                           None if plan is None else plan.storage_tokens)
-                if entry.front >= 0:
+                if entry.front >= 0 and len(self.placed_ids) < PLACED_KEPT:
                     self.placed_ids.append(entry.request.request_id)
                 await self._place(waiting.take(index), answer, split, plan)
 
