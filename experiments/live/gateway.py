@@ -14,6 +14,7 @@ in flight finish (at most ``drain_s``), and every process is stopped.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import socket
 import sys
@@ -155,6 +156,7 @@ class Gateway:
         options = LiveOptions(time_scale=preset.time_scale, bytes_scale=preset.bytes_scale,
                               transport=cfg.transport, fronts=tuple(self.fronts))
         with ExitStack() as stack:
+            stack.callback(shutil.rmtree, self._workdir, True)  # Envoy's config and log
             self._start_service()
             stack.callback(self._stop_service)
             threading.Thread(target=self._supervise, name="service-supervisor",
