@@ -34,6 +34,12 @@ class Metrics:
                                            "decisions equal to the served ones", registry=r)
         self.shadow_dropped = Counter("dualpath_shadow_dropped", "Calls the shadow skipped "
                                       "because its queue was full", registry=r)
+        self.epp_answers = Counter("dualpath_epp_answers", "Endpoint picker answers, by "
+                                   "outcome (routed, or the HTTP status it answered)",
+                                   ["outcome"], registry=r)
+        self.epp_pick = Histogram("dualpath_epp_pick_seconds", "Time from a request's body "
+                                  "to the picker's answer (queueing included)",
+                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.log_pending = Gauge("dualpath_decision_log_pending", "Decision-log rows not yet "
                                  "committed", registry=r)
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from policy_service.scheduler import SchedulerCore
+from policy_service.scheduler import NoPolicy, PolicyFailed, SchedulerCore
 from runtime.cache.prefix import token_block_hashes
 from runtime.cache.stored import StoredBlocks
 from runtime.decision import Decision
@@ -90,7 +91,6 @@ class Picker:
         self._routed: OrderedDict[int, tuple[str, Request]] = OrderedDict()
         self._queue: WaitingQueue[_Waiting] = WaitingQueue()
         self._drainer: asyncio.Task[None] | None = None
-        self.counts: dict[str, int] = {}
         core.completed.append(self._completed)
 
     def ready(self) -> bool:
@@ -101,25 +101,30 @@ class Picker:
 
     async def pick(self, path: str, headers: Mapping[str, str], body: bytes
                    ) -> Routed | Refused:
-        """Decide the request posted to ``path``; never raises on its input."""
+        """Decide the request posted to ``path``; never raises (a failing policy: 500)."""
+        start = time.perf_counter()
+        answer = await self._pick(path, headers, body)
+        metrics = self.core.metrics
+        metrics.epp_pick.observe(time.perf_counter() - start)
+        metrics.epp_answers.labels(
+            "routed" if isinstance(answer, Routed) else str(answer.status)).inc()
+        return answer
+
+    async def _pick(self, path: str, headers: Mapping[str, str], body: bytes
+                    ) -> Routed | Refused:
         try:
             request = self._request(parse_completion(path, body, self.tokenizer), headers)
         except BadRequest as exc:
-            return self._count(Refused(400, str(exc)))
+            return Refused(400, str(exc))
         if not any(self.core.state.live(e) for e in
                    range(self.cluster.prefill_engines, self.cluster.engines)):
-            return self._count(Refused(503, "no decode engine is serving (none reported "
-                                            f"within {self.core.state.max_age_s:g} s)"))
+            return Refused(503, "no decode engine is serving (none reported within "
+                                f"{self.core.state.max_age_s:g} s)")
         if not self._queue.items:
             answer = self._ask(request)
             if answer is not None:
-                return self._count(answer)
-        return self._count(await self._enqueue(request))
-
-    def _count(self, answer: Routed | Refused) -> Routed | Refused:
-        key = "routed" if isinstance(answer, Routed) else str(answer.status)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        return answer
+                return answer
+        return await self._enqueue(request)
 
     # -- the request -------------------------------------------------------------------
     def _request(self, completion: Completion, headers: Mapping[str, str]) -> Request:
@@ -159,7 +164,10 @@ class Picker:
     # -- deciding ----------------------------------------------------------------------
     def _ask(self, request: Request) -> Routed | Refused | None:
         """The policy's answer on the service's view now (None: it deferred)."""
-        answer = self.core.schedule([request], None, EPP_CLIENT).answers[0]
+        try:
+            answer = self.core.schedule([request], None, EPP_CLIENT).answers[0]
+        except (PolicyFailed, NoPolicy) as exc:
+            return Refused(500 if isinstance(exc, PolicyFailed) else 503, str(exc))
         if not isinstance(answer, Decision):
             return None
         state = self.core.state
@@ -204,10 +212,7 @@ class Picker:
         while queue.items:
             index = queue.pick(self.core.state.time_s())
             waiting = queue.items[index]
-            try:
-                answer = self._ask(waiting.request)
-            except Exception as exc:  # noqa: BLE001 - a failing policy must not stop the queue
-                answer = Refused(500, f"the policy failed: {exc}")
+            answer = self._ask(waiting.request)
             if answer is None:
                 await asyncio.sleep(RETRY_S)
                 continue

@@ -218,3 +218,26 @@ def test_a_counting_reporter_releases_a_reservation_only_when_it_names_the_reque
     now[0] += 0.1
     state.report(reports)  # a reporter that does not count: a later report absorbs it
     assert seq() == 0
+
+
+def test_a_failing_policy_gets_500_and_every_answer_is_counted(picker) -> None:
+    server, client, epp = picker
+    report(client)
+    policy = server.server.registry.current.policy
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("boom")
+
+    policy.decide = broken  # the served instance fails from now on
+    try:
+        _, failed = process(epp, header_msg(), body_msg(completion()))
+    finally:
+        del policy.decide
+    assert failed.immediate_response.status.code == 500
+    assert "boom" in json.loads(failed.immediate_response.body)["error"]["message"]
+    _, routed = process(epp, header_msg(), body_msg(completion()))
+    assert h.DESTINATION in set_headers(routed)
+    sample = server.server.metrics.registry.get_sample_value
+    assert sample("dualpath_epp_answers_total", {"outcome": "500"}) == 1
+    assert sample("dualpath_epp_answers_total", {"outcome": "routed"}) == 1
+    assert sample("dualpath_epp_pick_seconds_count") == 2
