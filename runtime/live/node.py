@@ -10,9 +10,9 @@ requests' progress to the router.
 Messages (:mod:`runtime.live.messages`, framed by :mod:`runtime.live.wire`) from
 the router: ``Setup``, ``Go``, ``Place``, ``Cancel``, ``Stop``, ``Reject``; to it:
 ``Hello``, ``Ready``, ``State``, ``Batch``, ``Free``, ``Loaded``, ``Rdma``, ``First``,
-``Fin``, ``Stats``, ``Error``, ``Submit`` (a request its HTTP fronts took: ``front/``). Between nodes: ``DeReady``, ``DeLoaded``, ``Push``, ``Layer``,
-``KvIn``. The node implements :class:`runtime.live.engines.NodeServices`, what its
-engines use of it.
+``Fin``, ``Stats``, ``Error``, ``Submit`` (a request its HTTP fronts took: ``front/``).
+Between nodes: ``DeReady``, ``DeLoaded``, ``Push``, ``Layer``, ``KvIn``. The node
+implements :class:`runtime.live.engines.NodeServices`, what its engines use of it.
 """
 
 from __future__ import annotations
