@@ -116,15 +116,18 @@ class Picker:
             request = self._request(parse_completion(path, body, self.tokenizer), headers)
         except BadRequest as exc:
             return Refused(400, str(exc))
+        answer = await self._decide(request)
+        if isinstance(answer, Refused):
+            self._routed.pop(request.request_id, None)  # it will not complete
+        return answer
+
+    async def _decide(self, request: Request) -> Routed | Refused:
         if not any(self.core.state.live(e) for e in
                    range(self.cluster.prefill_engines, self.cluster.engines)):
             return Refused(503, "no decode engine is serving (none reported within "
                                 f"{self.core.state.max_age_s:g} s)")
-        if not self._queue.items:
-            answer = self._ask(request)
-            if answer is not None:
-                return answer
-        return await self._enqueue(request)
+        answer = self._ask(request) if not self._queue.items else None
+        return answer if answer is not None else await self._enqueue(request)
 
     # -- the request -------------------------------------------------------------------
     def _request(self, completion: Completion, headers: Mapping[str, str]) -> Request:
@@ -147,11 +150,11 @@ class Picker:
         request = served_request(next(self._ids), agent_of(name) if name else 0,
                                  len(tokens), hashes, hit * spec.block_tokens,
                                  completion.max_tokens, self.core.state.time_s(),
-                                 spec.block_tokens, slo)
+                                 spec.block_tokens, slo, session.turn)
         self._routed[request.request_id] = (name, request)
         if len(self._routed) > ROUTED_KEPT:
             self._routed.popitem(last=False)
-        return _with_turn(request, session.turn)
+        return request
 
     def _session(self, name: str) -> _Session:
         sessions = self._sessions
@@ -255,8 +258,3 @@ class _Session:
             return min(len(hashes), self.context_blocks)
         return 0
 
-
-def _with_turn(request: Request, turn: int) -> Request:
-    return Request(request.request_id, request.agent_id, turn, request.hit_tokens,
-                   request.appended_tokens, request.gen_tokens, request.arrival_s,
-                   request.block_hashes, request.slo_class)

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_PHASES = ("request_headers", "response_headers", "request_body", "response_body",
+           "request_trailers", "response_trailers")
 _FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 
 
@@ -121,10 +123,9 @@ def _continue_headers() -> ep.ProcessingResponse:
 
 
 def _continue(which: str | None) -> ep.ProcessingResponse:
+    """Let a phase we have nothing to do with go on unchanged."""
     common = ep.CommonResponse(status=ep.CommonResponse.CONTINUE)
-    kinds = {"response_headers": "response_headers", "request_trailers": "request_trailers",
-             "response_body": "response_body", "response_trailers": "response_trailers"}
-    name = kinds.get(which or "", "request_headers")
+    name = which if which in _PHASES else "request_headers"
     if name.endswith("trailers"):
         return ep.ProcessingResponse(**{name: ep.TrailersResponse()})
     cls = ep.HeadersResponse if name.endswith("headers") else ep.BodyResponse

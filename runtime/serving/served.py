@@ -26,14 +26,14 @@ def latency_class(value: str | None) -> str:
 
 def served_request(request_id: int, agent_id: int, prompt_tokens: int, hashes: Sequence[int],
                    hit_tokens: int, gen_tokens: int, arrival_s: float, block_tokens: int,
-                   slo_class: str = INTERACTIVE) -> Request:
+                   slo_class: str = INTERACTIVE, turn: int = 0) -> Request:
     """A served prompt's request: of ``hit_tokens``, the whole blocks ``hashes`` cover (one
     token always left to compute) are loaded, the rest appended; its blocks are named by
     ``hashes`` (:func:`runtime.cache.prefix.token_block_hashes` of the prompt)."""
     full = min(len(hashes) * block_tokens, prompt_tokens - 1)
     hit = max(0, min(hit_tokens, full)) // block_tokens * block_tokens
-    return Request(request_id, agent_id, 0, hit, prompt_tokens - hit, gen_tokens, arrival_s,
-                   tuple(hashes), slo_class)
+    return Request(request_id, agent_id, turn, hit, prompt_tokens - hit, gen_tokens,
+                   arrival_s, tuple(hashes), slo_class)
 
 
 class ServedWorkload:

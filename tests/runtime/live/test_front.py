@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 import requests
 
 from agents import resolve_policy
+from experiments.live.gateway import free_ports
 from runtime.live.cluster import LiveCluster, local_decider
 from runtime.live.config import LiveOptions
 from runtime.live.router import Router
@@ -22,16 +22,6 @@ from runtime.serving import headers as h
 from runtime.serving.served import ServedWorkload
 
 SPEC = load_preset("tiny", ("block_tokens=1024",))  # engines 0, 1 prefill; 2, 3 decode
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Serving:
