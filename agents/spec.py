@@ -18,6 +18,7 @@ when imported.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Callable
 
 from agents.heuristics import HEURISTICS
@@ -70,6 +71,12 @@ def _resolve_learned(text: str, cluster: ClusterSpec | None) -> ResolvedPolicy:
     if text.startswith("grpc://"):
         raise ValueError(f"policy spec {text!r}: grpc:// specs are resolved by the "
                          "policy_service package; import it first")
+    try:  # a predictive picker serves any cluster
+        picker = _predictor(text)
+    except ValueError as err:
+        raise ValueError(f"policy spec {text!r}: {err}") from err
+    if picker is not None:
+        return ResolvedPolicy(policy=picker, layerwise=None, oracle=None, spec=text)
     if cluster is None:
         raise ValueError(f"policy spec {text!r}: a learned policy needs the cluster it serves "
                          "(its encoding is sized to it); pass cluster=")
@@ -87,6 +94,18 @@ def _resolve_learned(text: str, cluster: ClusterSpec | None) -> ResolvedPolicy:
     except ValueError as err:
         raise ValueError(f"policy spec {text!r}: {err}") from err
     return ResolvedPolicy(policy=policy, layerwise=None, oracle=None, spec=text)
+
+
+def _predictor(text: str) -> Policy | None:
+    """The predictive picker ``text`` names (``pretrained:NAME`` whose folder holds a
+    predictor, or a predictor file's path), else None."""
+    from agents.learned import PRETRAINED_ROOT, predictor_file
+
+    path = (PRETRAINED_ROOT / text.removeprefix("pretrained:").strip()
+            if text.startswith("pretrained:") else Path(text))
+    if text.startswith("models:/") or not predictor_file.is_predictor(path):
+        return None
+    return predictor_file.load_predictor(path)[0]
 
 
 def _is_learned(text: str) -> bool:

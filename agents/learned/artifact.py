@@ -255,10 +255,12 @@ def _check_io(session: Any, meta: dict[str, Any], path: Path) -> None:
 # -- artifact sources -------------------------------------------------------------
 
 def pretrained_names() -> list[str]:
-    """The shipped artifacts ``pretrained:NAME`` can name, sorted."""
+    """The shipped policies ``pretrained:NAME`` can name (network artifacts and
+    predictive pickers, whose folder holds ``predictor.json``), sorted."""
     if not PRETRAINED_ROOT.is_dir():
         return []
-    return sorted(d.name for d in PRETRAINED_ROOT.iterdir() if (d / META_FILE).is_file())
+    return sorted(d.name for d in PRETRAINED_ROOT.iterdir()
+                  if (d / META_FILE).is_file() or (d / "predictor.json").is_file())
 
 
 def load_pretrained(name: str) -> Artifact:

@@ -14,6 +14,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from experiments.training.seeds import render_training, train_seeds
     from experiments.training.train import TrainConfig
 
+    if args.mode == "predict" or args.distribution:
+        cmd_train_predict(args)
+        return
+    if not args.scenario:
+        raise ValueError("train: --scenario is required (or --mode predict --distribution FILE)")
     scenario = load_scenario(args.scenario)
     mode = args.mode or scenario.train.mode
     cfg = TrainConfig(
@@ -29,6 +34,34 @@ def cmd_train(args: argparse.Namespace) -> None:
     emit(args, payload, render_training(payload))
 
 
+def cmd_train_predict(args: argparse.Namespace) -> None:
+    import shlex
+    import sys
+
+    from experiments.training.distribution import Condition, load_distribution
+    from experiments.training.predict import PredictConfig, train_predictor
+
+    if bool(args.scenario) == bool(args.distribution):
+        raise ValueError("train --mode predict: give exactly one of --scenario NAME and "
+                         "--distribution FILE")
+    if args.distribution:
+        conditions = load_distribution(args.distribution).train
+        name = args.name or "distribution"
+    else:
+        conditions = (Condition(load_scenario(args.scenario).name),)
+        name = args.name or conditions[0].scenario
+    config = PredictConfig(seeds=args.train_seeds, jobs=args.jobs)
+    out = Path(args.out) if args.out else Path("results") / "train" / f"{name}-predict"
+    command = "dualpath " + shlex.join(sys.argv[1:])
+    payload = train_predictor(conditions, config, name=name, out=out, command=command,
+                              tracking_uri=args.tracking_uri, progress=not args.json)
+    best = min(payload["knob_grid"], key=lambda g: g["jct_rel"])
+    emit(args, payload, f"predictor {payload['artifact']}: knobs {payload['knobs']}, "
+                        f"JCT {best['jct_rel']:.4f} x {payload['reference']} on the training "
+                        f"seeds, held-back R² {payload['fit']['r2_prior']:.3f} (analytic) -> "
+                        f"{payload['fit']['r2_fitted']:.3f}, {payload['training_time_s']} s")
+
+
 def cmd_promote(args: argparse.Namespace) -> None:
     from experiments.training.promote import promote
 
@@ -39,8 +72,15 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a learned policy on a scenario (MLflow-logged)")
-    p.add_argument("--scenario", required=True, help="scenario name or file")
-    p.add_argument("--mode", choices=["route", "tune"], help="default: the scenario's")
+    p.add_argument("--scenario", help="scenario name or file")
+    p.add_argument("--mode", choices=["route", "tune", "predict"],
+                   help="default: the scenario's; predict: a predictive picker")
+    p.add_argument("--distribution", help="predict: train on the [[train]] conditions of "
+                                          "this file instead of one scenario")
+    p.add_argument("--train-seeds", type=int, default=4,
+                   help="predict: training seeds per condition (default 4)")
+    p.add_argument("--name", help="predict: the policy's name (default: the scenario's, or "
+                                  "distribution)")
     p.add_argument("--steps", type=int, help="env steps (default: the scenario's)")
     p.add_argument("--seed", type=int, default=0, help="the learner's seed")
     p.add_argument("--control", help="route: parts the agent decides, from "
