@@ -68,8 +68,8 @@ class Predictor:
 class Knobs:
     """What the picker chooses among and how it scores.
 
-    - ``prefill``: ``paper`` (``dualpath``'s PE, and every PE whose HBM holds some of the
-      prefix) or ``predict`` (also the least-loaded PE under β of every prefill node);
+    - ``prefill``: ``paper`` (``dualpath``'s PE, and the PE under β whose HBM holds the
+      most of the prefix) or ``predict`` (also the least-loaded PE under β of every prefill node);
     - ``decode``: ``paper`` (``dualpath``'s Z rule) or ``predict`` (also, on every other
       decode node, its least-loaded engine with room that is no busier than the paper's
       choice by more than this request — ``affine_slack`` requests on the node whose
@@ -111,14 +111,14 @@ class Knobs:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One placement: ``x`` its :data:`FEATURES`, ``spill_s`` the reading time of the hit
-    blocks its nodes' DRAM lacks, ``storage`` its storage tokens."""
+    """One placement: ``x`` its :data:`FEATURES`, ``score`` its predicted TTFT plus the
+    affinity term, ``storage`` its storage tokens."""
 
     prefill: EngineView
     decode: EngineView
     share: float
     x: tuple[float, ...]
-    spill_s: float
+    score: float
     storage: int
 
 
@@ -160,26 +160,29 @@ class PredictivePicker:
         if lane and min(c.storage for c in candidates) >= lane:
             long_reads = [c for c in candidates if c.share == 1.0]
             candidates = long_reads or candidates
-        return min(candidates, key=lambda c: (self.score(c), c.prefill.tok,
+        return min(candidates, key=lambda c: (c.score, c.prefill.tok,
                                               c.prefill.engine_id, c.decode.engine_id))
-
-    def score(self, c: Candidate) -> float:
-        return self.predictor.predict(c.x) + self.knobs.affinity * c.spill_s
 
     def candidates(self, request: Request, view: ClusterView, pes: Sequence[EngineView],
                    des: Sequence[EngineView]) -> list[Candidate]:
         cost = self._cost_model(view)
         rate = cost.prefill_tokens_per_s(request.prompt_tokens)
         knobs = self.knobs
+        split_only, lane, affinity = knobs.shares == "split", knobs.lane_tokens, knobs.affinity
+        w0, w1, w2, w3, w4, w5, w6 = self.predictor.weights
         out = []
+        paper_de = des[0]
         for pe in pes:
             for de in des:
                 plan = load_plan(view.spec, request, view.prefix, pe.engine_id, de.engine_id)
-                spill = spill_s(view, request, pe, de) if knobs.affinity else 0.0
-                for share in shares(view, plan, pe, de, knobs.shares == "split",
-                                    knobs.lane_tokens):
+                spill = affinity * spill_s(view, request, pe, de) if affinity else 0.0
+                for share in shares(view, plan, pe, de, split_only, lane):
+                    if share == 0.0 and de is not paper_de and not affinity:
+                        continue  # reads nothing on the DE side: the same as the paper's DE
                     x = features(cost, view, request, plan, pe, de, share, rate)
-                    out.append(Candidate(pe, de, share, x, spill, plan.storage_tokens))
+                    score = (w0 * x[0] + w1 * x[1] + w2 * x[2] + w3 * x[3] + w4 * x[4]
+                             + w5 * x[5] + w6 + spill)
+                    out.append(Candidate(pe, de, share, x, score, plan.storage_tokens))
         return out
 
     def prefill_candidates(self, request: Request, view: ClusterView) -> list[EngineView]:
@@ -199,9 +202,11 @@ class PredictivePicker:
                     chosen.setdefault(e.engine_id, e)
         prefix = view.prefix
         if prefix is not None and request.hit_tokens and any(prefix.hbm_blocks):
-            for e in pes:
-                if e.tok <= beta and prefix.hbm_blocks[e.engine_id]:
-                    chosen.setdefault(e.engine_id, e)
+            held = [e for e in pes if e.tok <= beta and prefix.hbm_blocks[e.engine_id]]
+            if held:
+                e = max(held, key=lambda e: (prefix.hbm_blocks[e.engine_id], -e.tok,
+                                             -e.engine_id))
+                chosen.setdefault(e.engine_id, e)
         return list(chosen.values())
 
     def _cost_model(self, view: ClusterView) -> CostModel:
@@ -287,32 +292,38 @@ def features(cost: CostModel, view: ClusterView, request: Request, plan: LoadPla
     engine prefills at this prompt's length."""
     spec = view.spec
     kv = spec.model.kv_bytes_per_token
-    cnic = spec.node.cnic_kv_bytes_s
     storage = plan.storage_tokens
-    blocks = -(-storage // spec.block_tokens)
-    de_tokens = min(storage, round(share * blocks) * spec.block_tokens)
+    block = spec.block_tokens
+    de_tokens = round(share * -(-storage // block)) * block if share else 0
+    if de_tokens > storage:
+        de_tokens = storage
     pe_tokens = storage - de_tokens
     pe_load = de_load = peer_load = 0.0
-    if pe_tokens or plan.dram_local_tokens:
-        node = view.nodes[pe.node_id]
-        read = (node.read_q_tokens + pe_tokens) * kv / node.snic_bytes_s if pe_tokens else 0.0
-        host = (pe_tokens + plan.dram_local_tokens) * kv
-        pe_load = read + host / spec.node.pcie_bytes_s + cost.h2d_overhead_s(host)
+    local = plan.dram_local_tokens
+    if pe_tokens or local:
+        host = (pe_tokens + local) * kv
+        pe_load = host / spec.node.pcie_bytes_s + cost.h2d_overhead_s(host)
+        if pe_tokens:
+            node = view.nodes[pe.node_id]
+            pe_load += (node.read_q_tokens + pe_tokens) * kv / node.snic_bytes_s
     if de_tokens:
         node = view.nodes[de.node_id]
         nbytes = de_tokens * kv
         de_load = ((node.read_q_tokens + de_tokens) * kv / node.snic_bytes_s
-                   + (view.cnic_backlog_bytes(de.engine_id) + nbytes) / cnic
-                   + cost.rdma_overhead_s(nbytes))
+                   + (view.cnic_backlog_bytes(de.engine_id) + nbytes)
+                   / spec.node.cnic_kv_bytes_s + cost.rdma_overhead_s(nbytes))
     if plan.dram_peer_tokens:
         nbytes = plan.dram_peer_tokens * kv
         sender = plan.peer_engine(pe.engine_id, spec.node.gpus)
-        peer_load = ((view.cnic_backlog_bytes(sender) + nbytes) / cnic
+        peer_load = ((view.cnic_backlog_bytes(sender) + nbytes) / spec.node.cnic_kv_bytes_s
                      + cost.rdma_overhead_s(nbytes))
     speed = rate * cost.speed(pe.node_id)
     queue = pe.tok / speed
     compute = prefill_tokens(request) / speed
-    bound = max(pe_load, de_load, peer_load, queue) + compute
+    slowest = pe_load if pe_load > de_load else de_load
+    if peer_load > slowest:
+        slowest = peer_load
+    bound = (slowest if slowest > queue else queue) + compute
     return (pe_load, de_load, peer_load, queue, compute, bound, 1.0)
 
 
@@ -345,8 +356,8 @@ class RecordingPicker(PredictivePicker):
         best = super().choose(candidates)
         if len(candidates) < 2 or self._rng.random() >= self.explore:
             return best
-        bound = self.guard * self.score(best) + 0.05
-        return self._rng.choice([c for c in candidates if self.score(c) <= bound])
+        bound = self.guard * best.score + 0.05
+        return self._rng.choice([c for c in candidates if c.score <= bound])
 
     def complete(self, request_id: int, outcome: Outcome) -> None:
         x = self._pending.pop(request_id, None)

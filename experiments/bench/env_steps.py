@@ -95,28 +95,34 @@ class _Timed:
 
 
 def bench_policy(specs: list[str], preset: str = "ds660b-2p4d", agents: int = 64,
-                 seed: int = 0, overrides: list[str] | None = None) -> dict[str, Any]:
+                 seed: int = 0, overrides: list[str] | None = None,
+                 scenario: str | None = None) -> dict[str, Any]:
     """Microseconds per ``decide`` of each policy spec, over one simulated run each
-    (64K agents on ``preset`` with ``overrides``); the first spec is the baseline of
-    the ratios."""
+    (64K agents on ``preset`` with ``overrides``, or ``scenario``'s cluster and workload on
+    its first evaluation seed); the first spec is the baseline of the ratios."""
     from agents.spec import resolve_policy
+    from experiments.evaluation.scenario import load_scenario
     from runtime.preset import load_preset
     from runtime.sim import Simulator
     from runtime.workload.agentic import AgenticWorkload
 
-    cluster = load_preset(preset, overrides or [])
+    chosen = load_scenario(scenario) if scenario else None
+    cluster = chosen.cluster() if chosen else load_preset(preset, overrides or [])
     rows: list[dict[str, Any]] = []
     for spec in specs:
         timed = _Timed(resolve_policy(spec, cluster).policy)
-        Simulator(cluster, AgenticWorkload(agents, "64k", seed)).run(timed)
+        workload = (chosen.workload(chosen.eval_seeds[0]) if chosen
+                    else AgenticWorkload(agents, "64k", seed))
+        Simulator(cluster, workload).run(timed)
         us = np.array(timed.times) * 1e6
         rows.append({"policy": spec, "decisions": len(us), "mean_us": float(us.mean()),
                      "p50_us": float(np.percentile(us, 50)),
                      "p99_us": float(np.percentile(us, 99))})
     for row in rows:
         row["vs_first"] = row["mean_us"] / rows[0]["mean_us"]
-    return {"preset": preset, "overrides": list(overrides or []), "agents": agents,
-            "rows": rows}
+    where = ({"scenario": chosen.name} if chosen
+             else {"preset": preset, "overrides": list(overrides or []), "agents": agents})
+    return {**where, "rows": rows}
 
 
 def render_bench_env(payload: dict[str, Any]) -> str:
@@ -127,7 +133,9 @@ def render_bench_env(payload: dict[str, Any]) -> str:
 def render_bench_policy(payload: dict[str, Any]) -> str:
     from experiments.evaluation.table import format_table
 
-    where = " ".join([payload["preset"], *payload.get("overrides", [])])
-    return (f"decision latency on {where} ({payload['agents']} agents, 64K)\n"
+    where = (f"scenario {payload['scenario']}" if "scenario" in payload else
+             " ".join([payload["preset"], *payload["overrides"]])
+             + f" ({payload['agents']} agents, 64K)")
+    return (f"decision latency on {where}\n"
             + format_table(payload["rows"], ["policy", "decisions", "mean_us", "p50_us",
                                              "p99_us", "vs_first"]))

@@ -20,12 +20,13 @@ from experiments.cli import (
     live,
     load,
     runs,
+    scoring,
     service,
     sweeps,
 )
 
 #: The command groups, in the order ``dualpath --help`` lists their commands.
-GROUPS = (runs, learning, bench, live, gateway, load, service, sweeps, calibrate)
+GROUPS = (runs, learning, scoring, bench, live, gateway, load, service, sweeps, calibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

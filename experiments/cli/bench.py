@@ -25,7 +25,7 @@ def cmd_bench_policy(args: argparse.Namespace) -> None:
     from experiments.bench.env_steps import bench_policy, render_bench_policy
 
     payload = bench_policy(args.policy or ["dualpath"], preset=args.preset, agents=args.agents,
-                           overrides=args.overrides)
+                           overrides=args.overrides, scenario=args.scenario)
     emit(args, payload, render_bench_policy(payload))
 
 
@@ -96,6 +96,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--agents", type=int, default=64)
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value (node.dram_cache_gb=80); repeatable")
+    b.add_argument("--scenario", help="decide on this scenario's cluster and workload instead")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_policy)
     b = bench.add_parser("transport", help="GiB/s of one-sided writes between two processes, "

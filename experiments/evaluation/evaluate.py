@@ -34,7 +34,7 @@ def run_seed(scenario: Scenario, spec: str, seed: int) -> dict[str, Any]:
     return {"policy": spec, "seed": seed, **result.metrics, **per_class}
 
 
-def _run_task(task: tuple[str, str, int]) -> dict[str, Any]:
+def run_task(task: tuple[str, str, int]) -> dict[str, Any]:
     source, spec, seed = task
     return run_seed(load_scenario(source), spec, seed)
 
@@ -51,7 +51,7 @@ def run_all(scenario: Scenario, specs: Sequence[str], seeds: Sequence[int],
         def report(done: int, total: int) -> None:
             print(f"[{scenario.name}] {done}/{total} runs done", file=sys.stderr, flush=True)
     with local(min(jobs, len(tasks))) as fanout:
-        return fanout.map(_run_task, tasks, progress=report)
+        return fanout.map(run_task, tasks, progress=report)
 
 
 def summarize_seeds(runs: Sequence[dict[str, Any]], specs: Sequence[str]) -> list[dict[str, Any]]:

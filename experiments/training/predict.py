@@ -13,7 +13,8 @@ Three steps, all on training seeds:
    seed wins.
 
 The result is a ``predictor.json`` in ``out`` (with the command, data, fit and every knob
-set's figures in its ``train`` block), logged to MLflow.
+set's figures in its ``train`` block), logged to MLflow, and beside it in ``out/prior`` the
+same knobs with the analytic predictor: the ablation that tells what fitting gave.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ KNOB_GRID = (
     Knobs(affinity=3.0),
     Knobs(affinity=3.0, shares="split"),
     Knobs(affinity=3.0, lane_tokens=2048),
+    Knobs(affinity=3.0, shares="split", lane_tokens=2048),
+    Knobs(affinity=3.0, lane_tokens=8192),
 )
 REFERENCE = "dualpath_split"
 
@@ -150,6 +153,8 @@ def train_predictor(conditions: Sequence[Condition], config: PredictConfig, *, n
              "guard": config.guard, "ridge": config.ridge, "fit": quality, "knob_grid": grid,
              "reference": REFERENCE, "training_time_s": round(time.perf_counter() - start, 1)}
     path = save_predictor(out, name, predictor, knobs, train)
+    save_predictor(out / "prior", f"{name}-prior", Predictor.prior(), knobs,
+                   {**train, "ablation": "the analytic predictor with the trained knobs"})
     summary = {"name": name, "artifact": str(path), "weights": list(predictor.weights),
                "knobs": knobs.to_json(), **{k: v for k, v in train.items() if k != "command"}}
     _log(summary, out, tracking_uri)

@@ -1,0 +1,130 @@
+"""``dualpath scoreboard``: every shipped scenario, its heuristics and every shipped learned
+policy on the evaluation seeds; per scenario the best heuristic, the best learned policy
+and how they compare, paired by seed.
+
+- ``jct_rel``: the mean over seeds of the best learned policy's mean JCT divided by the
+  best heuristic's (best: the lowest mean JCT over seeds), with ``jct_rel_ci95`` the
+  half-width of its Student-t 95% interval;
+- ``ttft_p99_rel``: likewise for the interactive class's p99 TTFT, against the heuristic
+  with the lowest mean of that measure.
+
+A learned policy *wins* a scenario when ``jct_rel`` ≤ 0.95 or ``ttft_p99_rel`` ≤ 0.85 with
+the interval's upper end below 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from agents.learned import pretrained_names
+from experiments.evaluation.evaluate import run_task
+from experiments.evaluation.fanout import local
+from experiments.evaluation.scenario import Scenario, list_scenarios, load_scenario
+from experiments.evaluation.stats import mean_ci95
+from experiments.evaluation.table import format_table
+
+#: The heuristic specs on every scenario's board, beside those its file lists.
+REQUIRED_HEURISTICS = ("pe_only", "dualpath", "dualpath_split", "cache_aware",
+                       "cache_aware:path=shorter", "dualpath_cache", "dualpath_cache:order=edf",
+                       "dualpath_cache:order=short")
+TTFT = "ttft_p99_interactive_s"
+JCT_WIN, TTFT_WIN, JCT_WORST = 0.95, 0.85, 1.01
+ROW_KEYS = ("scenario", "best_heuristic", "best_learned", "jct_rel", "jct_rel_ci95",
+            "best_heuristic_ttft", "ttft_p99_rel", "ttft_p99_rel_ci95", "win")
+
+
+def heuristics_of(scenario: Scenario) -> list[str]:
+    """The required heuristics, then the scenario's own that are not among them."""
+    return list(dict.fromkeys((*REQUIRED_HEURISTICS, *scenario.heuristics)))
+
+
+def learned_policies() -> list[str]:
+    return [f"pretrained:{name}" for name in pretrained_names()]
+
+
+def scoreboard(names: Sequence[str] | None = None, *, jobs: int = 1,
+               progress: bool = True) -> dict[str, Any]:
+    """Run every board and summarise; ``names``: scenarios (default every shipped one)."""
+    scenarios = [load_scenario(n) for n in (names or list_scenarios())]
+    learned = learned_policies()
+    boards = {s.name: (heuristics_of(s), learned) for s in scenarios}
+    tasks = [(str(s.source), spec, seed) for s in scenarios
+             for spec in (*boards[s.name][0], *learned) for seed in s.eval_seeds]
+    report = None
+    if progress:
+        def report(done: int, total: int) -> None:
+            print(f"[scoreboard] {done}/{total} runs", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with local(min(jobs, len(tasks))) as fanout:
+        runs = fanout.map(run_task, tasks, progress=report)
+    by_key = {(task[0], task[1], task[2]): run for task, run in zip(tasks, runs, strict=True)}
+    rows, policies = [], {}
+    for s in scenarios:
+        per_spec = {spec: [by_key[(str(s.source), spec, seed)] for seed in s.eval_seeds]
+                    for spec in (*boards[s.name][0], *learned)}
+        rows.append(board_row(s.name, per_spec, boards[s.name][0], learned))
+        policies[s.name] = {spec: {"jct_mean_s": mean_ci95([r["jct_mean_s"] for r in rs])[0],
+                                   TTFT: _mean(rs, TTFT)} for spec, rs in per_spec.items()}
+    return {"rows": rows, "policies": policies, "learned": learned,
+            "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def _mean(runs: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [r.get(key) for r in runs]
+    return None if any(v is None for v in values) else mean_ci95(values)[0]
+
+
+def board_row(name: str, per_spec: dict[str, list[dict[str, Any]]], heuristics: Sequence[str],
+              learned: Sequence[str]) -> dict[str, Any]:
+    """One scenario's row from every policy's per-seed runs (same seeds, same order)."""
+    jct = {spec: mean_ci95([r["jct_mean_s"] for r in rs])[0] for spec, rs in per_spec.items()}
+    best_h = min(heuristics, key=lambda h: jct[h])
+    ttft_h = min(heuristics, key=lambda h: _mean(per_spec[h], TTFT) or 0.0)
+    row: dict[str, Any] = {"scenario": name, "best_heuristic": best_h,
+                           "best_heuristic_ttft": ttft_h, "best_learned": None,
+                           "jct_rel": None, "jct_rel_ci95": None, "ttft_p99_rel": None,
+                           "ttft_p99_rel_ci95": None, "win": False}
+    if not learned:
+        return row
+    best_l = min(learned, key=lambda p: jct[p])
+    row["best_learned"] = best_l
+    row["jct_rel"], row["jct_rel_ci95"] = paired_ratio(per_spec[best_l], per_spec[best_h],
+                                                       "jct_mean_s")
+    if _mean(per_spec[best_l], TTFT) is not None:
+        row["ttft_p99_rel"], row["ttft_p99_rel_ci95"] = paired_ratio(
+            per_spec[best_l], per_spec[ttft_h], TTFT)
+    row["win"] = wins(row)
+    return row
+
+
+def paired_ratio(mine: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]],
+                 key: str) -> tuple[float, float]:
+    """Mean over seeds of ``mine[key] / base[key]`` and its 95% half-width."""
+    ratios = [m[key] / b[key] for m, b in zip(mine, base, strict=True)]
+    mean, half = mean_ci95(ratios)
+    return mean, (0.0 if half != half else half)
+
+
+def wins(row: dict[str, Any]) -> bool:
+    """The scoreboard's win (see the module docstring)."""
+    def beats(rel: float | None, half: float | None, bar: float) -> bool:
+        return rel is not None and half is not None and rel <= bar and rel + half < 1.0
+    return (beats(row["jct_rel"], row["jct_rel_ci95"], JCT_WIN)
+            or beats(row["ttft_p99_rel"], row["ttft_p99_rel_ci95"], TTFT_WIN))
+
+
+def render_scoreboard(payload: dict[str, Any]) -> str:
+    rows = [{k: row[k] for k in ROW_KEYS} for row in payload["rows"]]
+    wins_ = sum(row["win"] for row in payload["rows"])
+    worse = [row["scenario"] for row in payload["rows"]
+             if row["jct_rel"] is not None and row["jct_rel"] > JCT_WORST]
+    return "\n".join([
+        "evaluation seeds; rel = best learned / best heuristic, paired by seed, ± 95% CI; "
+        f"win: jct_rel <= {JCT_WIN} or ttft_p99_rel <= {TTFT_WIN}, interval below 1",
+        format_table(rows, list(ROW_KEYS)),
+        f"learned policies: {', '.join(payload['learned']) or 'none shipped'}",
+        f"wins: {wins_} of {len(rows)} scenarios; mean JCT more than 1% worse on: "
+        f"{', '.join(worse) or 'none'}; {payload['wall_s']} s"])
