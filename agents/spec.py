@@ -18,8 +18,8 @@ when imported.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from agents.heuristics import HEURISTICS
 from agents.parse import ResolvedPolicy, list_policies, parse_heuristic, suggest

@@ -8,7 +8,10 @@ and how they compare, paired by seed.
 - ``ttft_p99_rel``: likewise for the interactive class's p99 TTFT, against the heuristic
   with the lowest mean of that measure.
 
-A learned policy *wins* a scenario when ``jct_rel`` ≤ 0.95 or ``ttft_p99_rel`` ≤ 0.85 with
+The best learned policy of a scenario is the one chosen for it on validation seeds
+(``dualpath select --ship`` records the scenario in the shipped file), so that the
+evaluation seeds choose nothing; on a scenario no policy was chosen for, it is the shipped
+policy with the lowest mean JCT. A learned policy *wins* a scenario when ``jct_rel`` ≤ 0.95 or ``ttft_p99_rel`` ≤ 0.85 with
 the interval's upper end below 1.
 """
 
@@ -19,7 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agents.learned import pretrained_names
+from agents.learned import PRETRAINED_ROOT, pretrained_names
+from agents.learned.predictor_file import PREDICTOR_FILE, load_predictor
 from experiments.evaluation.evaluate import run_task
 from experiments.evaluation.fanout import local
 from experiments.evaluation.scenario import Scenario, list_scenarios, load_scenario
@@ -45,11 +49,24 @@ def learned_policies() -> list[str]:
     return [f"pretrained:{name}" for name in pretrained_names()]
 
 
+def selected_for() -> dict[str, str]:
+    """Scenario name -> the shipped policy chosen for it on validation seeds."""
+    chosen = {}
+    for name in pretrained_names():
+        path = PRETRAINED_ROOT / name / PREDICTOR_FILE
+        if path.is_file():
+            selection = load_predictor(path)[1].get("train", {}).get("selection") or {}
+            if "scenario" in selection:
+                chosen[selection["scenario"]] = f"pretrained:{name}"
+    return chosen
+
+
 def scoreboard(names: Sequence[str] | None = None, *, jobs: int = 1,
                progress: bool = True) -> dict[str, Any]:
     """Run every board and summarise; ``names``: scenarios (default every shipped one)."""
     scenarios = [load_scenario(n) for n in (names or list_scenarios())]
     learned = learned_policies()
+    preferred = selected_for()
     boards = {s.name: (heuristics_of(s), learned) for s in scenarios}
     tasks = [(str(s.source), spec, seed) for s in scenarios
              for spec in (*boards[s.name][0], *learned) for seed in s.eval_seeds]
@@ -65,7 +82,8 @@ def scoreboard(names: Sequence[str] | None = None, *, jobs: int = 1,
     for s in scenarios:
         per_spec = {spec: [by_key[(str(s.source), spec, seed)] for seed in s.eval_seeds]
                     for spec in (*boards[s.name][0], *learned)}
-        rows.append(board_row(s.name, per_spec, boards[s.name][0], learned))
+        rows.append(board_row(s.name, per_spec, boards[s.name][0], learned,
+                              preferred.get(s.name)))
         policies[s.name] = {spec: {"jct_mean_s": mean_ci95([r["jct_mean_s"] for r in rs])[0],
                                    TTFT: _mean(rs, TTFT)} for spec, rs in per_spec.items()}
     return {"rows": rows, "policies": policies, "learned": learned,
@@ -74,23 +92,27 @@ def scoreboard(names: Sequence[str] | None = None, *, jobs: int = 1,
 
 def _mean(runs: Sequence[dict[str, Any]], key: str) -> float | None:
     values = [r.get(key) for r in runs]
-    return None if any(v is None for v in values) else mean_ci95(values)[0]
+    return mean_ci95([float(v) for v in values if v is not None])[0] \
+        if all(v is not None for v in values) else None
 
 
 def board_row(name: str, per_spec: dict[str, list[dict[str, Any]]], heuristics: Sequence[str],
-              learned: Sequence[str]) -> dict[str, Any]:
-    """One scenario's row from every policy's per-seed runs (same seeds, same order)."""
+              learned: Sequence[str], preferred: str | None = None) -> dict[str, Any]:
+    """One scenario's row from every policy's per-seed runs (same seeds, same order);
+    ``preferred``: the learned policy chosen for it on validation seeds, if any."""
     jct = {spec: mean_ci95([r["jct_mean_s"] for r in rs])[0] for spec, rs in per_spec.items()}
     best_h = min(heuristics, key=lambda h: jct[h])
     ttft_h = min(heuristics, key=lambda h: _mean(per_spec[h], TTFT) or 0.0)
     row: dict[str, Any] = {"scenario": name, "best_heuristic": best_h,
                            "best_heuristic_ttft": ttft_h, "best_learned": None,
                            "jct_rel": None, "jct_rel_ci95": None, "ttft_p99_rel": None,
-                           "ttft_p99_rel_ci95": None, "win": False}
+                           "ttft_p99_rel_ci95": None, "win": False,
+                           "selected_on_validation": False}
     if not learned:
         return row
-    best_l = min(learned, key=lambda p: jct[p])
+    best_l = preferred if preferred in learned else min(learned, key=lambda p: jct[p])
     row["best_learned"] = best_l
+    row["selected_on_validation"] = best_l == preferred
     row["jct_rel"], row["jct_rel_ci95"] = paired_ratio(per_spec[best_l], per_spec[best_h],
                                                        "jct_mean_s")
     if _mean(per_spec[best_l], TTFT) is not None:

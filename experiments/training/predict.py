@@ -164,7 +164,7 @@ def train_predictor(conditions: Sequence[Condition], config: PredictConfig, *, n
 def _tune(fanout: Any, tasks: list[tuple[Condition, int]], predictor: Predictor,
           say: Any) -> list[dict[str, Any]]:
     """Every knob set's mean JCT relative to the reference, over the training runs."""
-    jobs = [(c, s, REFERENCE) for c, s in tasks]
+    jobs: list[tuple[Condition, int, Any]] = [(c, s, REFERENCE) for c, s in tasks]
     for knobs in KNOB_GRID:
         jobs += [(c, s, (predictor.weights, knobs.to_json())) for c, s in tasks]
     say(f"tuning knobs: {len(jobs)} runs")

@@ -94,7 +94,7 @@ def _ship(candidate: str, name: str, selection: dict[str, Any]) -> Path:
                          "or folder; only predictive pickers are shipped by select")
     _, body = load_predictor(source)
     body["name"] = name
-    body["train"] = {**body.get("train", {}), "selection": selection}
+    body["train"] = {**body.get("train", {}), "selection": {**selection, "shipped": name}}
     folder = PRETRAINED_ROOT / name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / PREDICTOR_FILE

@@ -104,8 +104,20 @@ def test_bench_reports_speed(capsys):
     assert m["sim_requests_per_s"] > 0 and m["requests"] > 0
 
 
+def test_bench_policy_on_a_scenario_times_every_decision(capsys):
+    m = _json(capsys, "bench", "policy", "--scenario", "cache-mooncake", "--policy", "dualpath",
+              "--policy", "dualpath_cache", "--json")
+    assert m["scenario"] == "cache-mooncake"
+    assert [r["policy"] for r in m["rows"]] == ["dualpath", "dualpath_cache"]
+    assert all(r["decisions"] == 1_500 and r["mean_us"] > 0 for r in m["rows"])
+    assert m["rows"][0]["vs_first"] == 1.0
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["simulate", "--preset", "nope"], "nope"),
+    (["train", "--mode", "predict"], "exactly one of --scenario"),
+    (["select", "--scenario", "online"], "at least one --candidate"),
+    (["scoreboard", "--scenario", "nosuch"], "nosuch"),
     (["simulate", "--preset", "tiny", "--set", "node.snic_gb_s=-1"], "node.snic_gb_s"),
     (["simulate", "--preset", "tiny", "--set", "node.bogus=1"], "node.bogus"),
     (["simulate", "--preset", "tiny", "--policy", "nosuch"], "nosuch"),

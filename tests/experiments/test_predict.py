@@ -122,6 +122,7 @@ def test_select_chooses_on_validation_seeds_and_ships(scenario, tmp_path, monkey
     assert shipped.name == "learned:mine"
     assert (shipped.predictor, shipped.knobs) == (chosen.predictor, chosen.knobs)
     assert body["train"]["selection"]["validation_seeds"] == [5, 6]
+    assert body["train"]["selection"]["scenario"] == "tiny-cache"
 
 
 def test_select_refuses_to_ship_a_heuristic(scenario, tmp_path, monkeypatch):

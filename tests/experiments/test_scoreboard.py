@@ -28,7 +28,7 @@ eval = [1, 2, 3]
 
 
 def runs(jct, ttft):
-    return [{"jct_mean_s": j, "ttft_p99_interactive_s": t} for j, t in zip(jct, ttft)]
+    return [{"jct_mean_s": j, "ttft_p99_interactive_s": t} for j, t in zip(jct, ttft, strict=True)]
 
 
 def test_a_row_pairs_the_best_learned_with_the_best_heuristic_on_each_measure():
@@ -91,3 +91,13 @@ def test_without_learned_policies_a_row_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(board, "learned_policies", lambda: [])
     (row,) = board.scoreboard([str(path)], progress=False)["rows"]
     assert row["best_learned"] is None and row["jct_rel"] is None and row["win"] is False
+
+
+def test_the_policy_chosen_on_validation_is_the_scenario_s_learned_policy():
+    per_spec = {"a": runs([10, 20], [1.0, 1.0]), "l1": runs([9, 18], [1.0, 1.0]),
+                "l2": runs([12, 22], [1.0, 1.0])}
+    chosen = board.board_row("s", per_spec, ["a"], ["l1", "l2"], preferred="l2")
+    unchosen = board.board_row("s", per_spec, ["a"], ["l1", "l2"])
+    assert (chosen["best_learned"], chosen["selected_on_validation"]) == ("l2", True)
+    assert (unchosen["best_learned"], unchosen["selected_on_validation"]) == ("l1", False)
+    assert chosen["jct_rel"] > 1.0 > unchosen["jct_rel"]
