@@ -130,3 +130,19 @@ def test_select_refuses_to_ship_a_heuristic(scenario, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not a predictor"):
         select_module.select(str(scenario), ["dualpath"], ship="x")
     assert not (tmp_path / "pretrained").exists()
+
+
+def test_heldout_runs_a_policy_and_every_heuristic_on_each_held_out_condition(
+        scenario, tmp_path, capsys):
+    distribution = tmp_path / "d.toml"
+    distribution.write_text(f'[[train]]\nscenario = "{scenario}"\n'
+                            f'[[held_out]]\nscenario = "{scenario}"\n'
+                            'set = ["node.snic_gb_s=0.5"]\nworkload = { agents = 3 }\n')
+    policy = save_predictor(tmp_path / "p", "p", Predictor.prior(), Knobs(affinity=3.0), {})
+    capsys.readouterr()
+    assert main(["heldout", "--policy", str(policy), "--distribution", str(distribution),
+                 "--jobs", "1", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["scenario"] == f"{scenario}[node.snic_gb_s=0.5, agents=3]"
+    assert row["best_learned"] == str(policy) and row["jct_rel"] > 0
+    assert str(policy) in row["jct_mean_s"] and "dualpath_split" in row["jct_mean_s"]
