@@ -11,8 +11,8 @@ and how they compare, paired by seed.
 The best learned policy of a scenario is the one chosen for it on validation seeds
 (``dualpath select --ship`` records the scenario in the shipped file), so that the
 evaluation seeds choose nothing; on a scenario no policy was chosen for, it is the shipped
-policy with the lowest mean JCT. A learned policy *wins* a scenario when ``jct_rel`` ≤ 0.95 or ``ttft_p99_rel`` ≤ 0.85 with
-the interval's upper end below 1.
+policy with the lowest mean JCT. A learned policy *wins* a scenario when ``jct_rel`` ≤
+0.95 or ``ttft_p99_rel`` ≤ 0.85 with the interval's upper end below 1.
 """
 
 from __future__ import annotations
