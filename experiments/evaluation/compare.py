@@ -91,11 +91,11 @@ def ablation(config: RunConfig, jobs: int) -> dict[str, Any]:
 
 
 def default_specs(scenario: Scenario, shipped: Sequence[str]) -> list[str]:
-    """The heuristics, plus the shipped learned policy trained on this scenario, if any."""
-    specs = list(DEFAULT_POLICIES)
-    if scenario.name in shipped:
-        specs.append(f"pretrained:{scenario.name}")
-    return specs
+    """The heuristics, plus the shipped learned policies trained on this scenario, if any
+    (``NAME`` and the predictive picker ``picker-NAME``)."""
+    return [*DEFAULT_POLICIES, *(f"pretrained:{name}"
+                                 for name in (scenario.name, f"picker-{scenario.name}")
+                                 if name in shipped)]
 
 
 def pick_seeds(scenario: Scenario, n: int | None) -> list[int]:

@@ -101,3 +101,13 @@ def test_the_policy_chosen_on_validation_is_the_scenario_s_learned_policy():
     assert (chosen["best_learned"], chosen["selected_on_validation"]) == ("l2", True)
     assert (unchosen["best_learned"], unchosen["selected_on_validation"]) == ("l1", False)
     assert chosen["jct_rel"] > 1.0 > unchosen["jct_rel"]
+
+
+def test_compare_s_defaults_name_the_picker_shipped_for_the_scenario():
+    from experiments.evaluation.compare import default_specs
+
+    scenario = load_scenario("cache-agentic")
+    assert default_specs(scenario, ["picker-cache-agentic", "paper-offline"])[-1] == \
+        "pretrained:picker-cache-agentic"
+    assert not any(s.startswith("pretrained:")
+                   for s in default_specs(scenario, ["picker-cache-tenants"]))
