@@ -109,7 +109,7 @@ class Knobs:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a microsecond per candidate
 class Candidate:
     """One placement: ``x`` its :data:`FEATURES`, ``score`` its predicted TTFT plus the
     affinity term, ``storage`` its storage tokens."""
@@ -192,21 +192,27 @@ class PredictivePicker:
             return []
         _, beta = self._rules.thresholds(request, view.spec)
         chosen = {pick[0].engine_id: pick[0]}
-        pes = view.prefill_engines()
-        if self.knobs.prefill == "predict":
-            gpus = view.spec.node.gpus
-            for node in range(view.spec.prefill_nodes):
-                mine = [e for e in pes[node * gpus:(node + 1) * gpus] if e.tok <= beta]
-                if mine:
-                    e = min(mine, key=lambda e: (e.tok, e.engine_id))
-                    chosen.setdefault(e.engine_id, e)
+        per_node = self.knobs.prefill == "predict"
         prefix = view.prefix
-        if prefix is not None and request.hit_tokens and any(prefix.hbm_blocks):
-            held = [e for e in pes if e.tok <= beta and prefix.hbm_blocks[e.engine_id]]
-            if held:
-                e = max(held, key=lambda e: (prefix.hbm_blocks[e.engine_id], -e.tok,
-                                             -e.engine_id))
-                chosen.setdefault(e.engine_id, e)
+        held = (prefix.hbm_blocks if prefix is not None and request.hit_tokens
+                and any(prefix.hbm_blocks) else None)
+        least: dict[int, EngineView] = {}
+        most: EngineView | None = None
+        for e in view.prefill_engines():  # one pass: this runs on every decision
+            if e.tok > beta:
+                continue
+            if per_node:
+                other = least.get(e.node_id)
+                if other is None or e.tok < other.tok:  # ties: the lower id, seen first
+                    least[e.node_id] = e
+            if held is not None and held[e.engine_id] and (
+                    most is None or held[e.engine_id] > held[most.engine_id]
+                    or (held[e.engine_id] == held[most.engine_id] and e.tok < most.tok)):
+                most = e
+        for e in least.values():
+            chosen.setdefault(e.engine_id, e)
+        if most is not None:
+            chosen.setdefault(most.engine_id, most)
         return list(chosen.values())
 
     def _cost_model(self, view: ClusterView) -> CostModel:

@@ -110,7 +110,8 @@ def board_row(name: str, per_spec: dict[str, list[dict[str, Any]]], heuristics: 
                            "selected_on_validation": False}
     if not learned:
         return row
-    best_l = preferred if preferred in learned else min(learned, key=lambda p: jct[p])
+    best_l = (preferred if preferred is not None and preferred in learned
+              else min(learned, key=lambda p: jct[p]))
     row["best_learned"] = best_l
     row["selected_on_validation"] = best_l == preferred
     row["jct_rel"], row["jct_rel_ci95"] = paired_ratio(per_spec[best_l], per_spec[best_h],
