@@ -84,10 +84,15 @@ def scoreboard(names: Sequence[str] | None = None, *, jobs: int = 1,
                     for spec in (*boards[s.name][0], *learned)}
         rows.append(board_row(s.name, per_spec, boards[s.name][0], learned,
                               preferred.get(s.name)))
-        policies[s.name] = {spec: {"jct_mean_s": mean_ci95([r["jct_mean_s"] for r in rs])[0],
-                                   TTFT: _mean(rs, TTFT)} for spec, rs in per_spec.items()}
+        policies[s.name] = policy_means(per_spec)
     return {"rows": rows, "policies": policies, "learned": learned,
             "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def policy_means(per_spec: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Every policy's mean JCT and interactive p99 TTFT over its runs."""
+    return {spec: {"jct_mean_s": _mean(rs, "jct_mean_s"), TTFT: _mean(rs, TTFT)}
+            for spec, rs in per_spec.items()}
 
 
 def _mean(runs: Sequence[dict[str, Any]], key: str) -> float | None:
@@ -126,9 +131,7 @@ def board_row(name: str, per_spec: dict[str, list[dict[str, Any]]], heuristics: 
 def paired_ratio(mine: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]],
                  key: str) -> tuple[float, float]:
     """Mean over seeds of ``mine[key] / base[key]`` and its 95% half-width."""
-    ratios = [m[key] / b[key] for m, b in zip(mine, base, strict=True)]
-    mean, half = mean_ci95(ratios)
-    return mean, (0.0 if half != half else half)
+    return mean_ci95([m[key] / b[key] for m, b in zip(mine, base, strict=True)])
 
 
 def wins(row: dict[str, Any]) -> bool:

@@ -21,7 +21,7 @@ from agents.learned.predictor_file import PREDICTOR_FILE, is_predictor, load_pre
 from experiments.evaluation.evaluate import run_seed
 from experiments.evaluation.fanout import local
 from experiments.evaluation.scenario import Scenario, load_scenario
-from experiments.evaluation.scoreboard import board_row, heuristics_of
+from experiments.evaluation.scoreboard import board_row, heuristics_of, policy_means
 from experiments.training.distribution import DISTRIBUTION_FILE, Condition, load_distribution
 
 #: Validation seeds of a scenario that names none (apart from every scenario's others).
@@ -61,8 +61,7 @@ def _runs(conditions: Sequence[tuple[Condition, tuple[int, ...]]], learned: Sequ
 def _row(label: str, per_spec: dict[str, list[dict[str, Any]]], scenario: Scenario,
          learned: Sequence[str]) -> dict[str, Any]:
     row = board_row(label, per_spec, heuristics_of(scenario), learned)
-    row["jct_mean_s"] = {spec: sum(r["jct_mean_s"] for r in rs) / len(rs)
-                         for spec, rs in per_spec.items()}
+    row["jct_mean_s"] = {spec: m["jct_mean_s"] for spec, m in policy_means(per_spec).items()}
     return row
 
 

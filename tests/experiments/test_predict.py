@@ -74,9 +74,11 @@ def test_the_shipped_distribution_holds_out_conditions_apart_from_training():
     distribution = load_distribution()
     assert distribution.train and distribution.held_out
     assert not set(distribution.train) & set(distribution.held_out)
-    held = distribution.held_out[0].build()
-    assert held.name != held.workload_config.get("name")
-    assert any(o in held.overrides for o in distribution.held_out[0].overrides)
+    condition = distribution.held_out[0]
+    held = condition.build()
+    assert held.name == condition.label != condition.scenario
+    assert held.overrides[-len(condition.overrides):] == condition.overrides
+    assert all(held.workload_config[k] == v for k, v in condition.workload)
 
 
 @pytest.mark.parametrize(("body", "message"), [
