@@ -26,6 +26,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from agents.heuristics.common import with_room
 from agents.heuristics.dualpath import DualPath
 from agents.heuristics.dualpath_split import balanced_de_blocks
 from runtime.cost import CostModel
@@ -227,9 +228,7 @@ def decode_candidates(request: Request, view: ClusterView, pick: EngineView,
     :class:`Knobs`)."""
     if request.hit_tokens == 0:
         return [pick]  # nothing to read: the decode engine changes no load time
-    spec = view.spec
-    gpus, kv, cap = spec.node.gpus, spec.model.kv_bytes_per_token, spec.decode_max_batch
-    need = request.total_tokens * kv
+    gpus = view.spec.node.gpus
     limit = pick.tok + request.total_tokens
     home = home_node(view) if knobs.affinity else -1
     wider = limit + (knobs.affine_slack - 1) * request.total_tokens
@@ -240,7 +239,7 @@ def decode_candidates(request: Request, view: ClusterView, pick: EngineView,
         if node[0].node_id == pick.node_id:
             continue
         most = wider if node[0].node_id == home else limit
-        room = [e for e in node if e.seq < cap and e.free_hbm_bytes >= need and e.tok <= most]
+        room = [e for e in with_room(node, request, view.spec) if e.tok <= most]
         if room:
             out.append(min(room, key=lambda e: (e.tok, e.engine_id)))
     return out
