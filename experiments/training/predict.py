@@ -3,8 +3,9 @@ trained on a scenario, or on a distribution of clusters and loads.
 
 Three steps, all on training seeds:
 
-1. **Data.** The picker with the analytic predictor runs each condition, exploring
-   (guarded: only candidates scored within 25% of the best) on a tenth of its decisions;
+1. **Data.** The picker with the analytic predictor (and cache affinity) runs each
+   condition, exploring (guarded: only candidates scored within 25% of the best) on a
+   tenth of its decisions;
    every finished request gives its chosen candidate's features and its TTFT.
 2. **Fit.** Ridge regression of TTFT on the features, shrunk towards the analytic
    predictor; R² on the fifth of the samples held back from the fit, for both.
