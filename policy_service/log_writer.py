@@ -25,104 +25,24 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from itertools import groupby
 from typing import IO, Any, NamedTuple
 
 import sqlalchemy as sa
 
-from policy_service.codec import path_of
-from runtime.decision import Decision, Defer, WaitFor
-from runtime.request import Request
+from policy_service.log_schema import (
+    DECISION_COLUMNS,
+    DECISIONS,
+    OUTCOME_COLUMNS,
+    VIEW_COLUMNS,
+    VIEWS,
+    LoggedDecision,
+    decision_row,
+    make_engine,
+)
 
 log = logging.getLogger("policy_service.log_writer")
 _FRAME = struct.Struct("<I")
-
-
-META = sa.MetaData()
-VIEWS = sa.Table(
-    "views", META,
-    sa.Column("view_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("call_id", sa.String(64), nullable=False, unique=True),
-    sa.Column("cluster", sa.Text, nullable=False),
-    sa.Column("time_s", sa.Float, nullable=False),
-    sa.Column("snapshot", sa.LargeBinary, nullable=False),  # a serialized pb.ClusterSnapshot
-    sa.Column("recorded_at", sa.Float, nullable=False))
-DECISIONS = sa.Table(
-    "decisions", META,
-    sa.Column("decision_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("view_id", sa.Integer, sa.ForeignKey("views.view_id"), nullable=False),
-    sa.Column("batch_index", sa.Integer, nullable=False),
-    sa.Column("client_id", sa.Text, nullable=False),
-    *(sa.Column(name, sa.BigInteger, nullable=False) for name in (
-        "request_id", "agent_id", "turn", "hit_tokens", "appended_tokens", "gen_tokens")),
-    sa.Column("arrival_s", sa.Float, nullable=False),
-    sa.Column("policy_spec", sa.Text, nullable=False),
-    sa.Column("policy_version", sa.Text, nullable=False),
-    sa.Column("defer", sa.Boolean, nullable=False),
-    sa.Column("prefill_engine", sa.Integer),  # null for a defer, as is what follows
-    sa.Column("decode_engine", sa.Integer),
-    sa.Column("decode_share", sa.Float),
-    sa.Column("wait_for", sa.Integer),  # null unless a defer
-    sa.Column("path", sa.String(8), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("scores", sa.Text),  # JSON list of candidate scores, where the policy has them
-    sa.Column("shadow_spec", sa.Text),  # shadow_*: null when no shadow was set
-    sa.Column("shadow_version", sa.Text),
-    sa.Column("shadow_defer", sa.Boolean),
-    sa.Column("shadow_prefill_engine", sa.Integer),
-    sa.Column("shadow_decode_engine", sa.Integer),
-    sa.Column("shadow_decode_share", sa.Float),
-    sa.Column("shadow_reason", sa.Text),
-    sa.Column("latency_us", sa.Float, nullable=False),
-    sa.Column("decided_at", sa.Float, nullable=False),
-    sa.Column("outcome", sa.Text),  # JSON {name: float}
-    sa.Column("completed_at", sa.Float),
-    sa.Index("ix_decisions_client_request", "client_id", "request_id"))
-
-
-Answer = Decision | Defer | None
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedDecision:
-    """One decision of a call, as the log records it."""
-
-    request: Request
-    answer: Answer  # what the serving policy answered
-    policy_spec: str
-    policy_version: str
-    latency_us: float
-    decided_at: float  # time.time()
-    client_id: str = ""
-    shadow: Answer = None
-    shadow_spec: str | None = None  # None: no shadow was set
-    shadow_version: str | None = None
-    scores: tuple[float, ...] | None = None
-
-
-def _answer_columns(answer: Answer) -> tuple[Any, ...]:
-    """(defer, prefill_engine, decode_engine, decode_share, reason)."""
-    if isinstance(answer, Decision):
-        return (False, answer.prefill_engine, answer.decode_engine, answer.decode_share,
-                answer.reason)
-    return (True, None, None, None, answer.reason if answer is not None else "")
-
-
-_NO_SHADOW = (None,) * 5
-
-
-def decision_row(index: int, row: LoggedDecision) -> tuple[Any, ...]:
-    """A decisions row in :data:`DECISION_COLUMNS` order, but the leading view id."""
-    r, answer = row.request, row.answer
-    shadow = _answer_columns(row.shadow) if row.shadow_spec is not None else _NO_SHADOW
-    wait_for = (None if isinstance(answer, Decision)
-                else int(answer.wait_for if answer is not None else WaitFor.ANY))
-    scores = None if row.scores is None else json.dumps([float(s) for s in row.scores])
-    return (index, row.client_id, r.request_id, r.agent_id, r.turn, r.hit_tokens,
-            r.appended_tokens, r.gen_tokens, r.arrival_s, row.policy_spec, row.policy_version,
-            *_answer_columns(answer), wait_for, path_of(answer), scores, row.shadow_spec,
-            row.shadow_version, *shadow, row.latency_us, row.decided_at)
 
 
 class Call(NamedTuple):
@@ -191,30 +111,6 @@ def receive(stream: IO[bytes]) -> Any:
 
 # -- the database -----------------------------------------------------------------------
 
-def make_engine(url: str) -> sa.Engine:
-    engine = sa.create_engine(url)
-    if engine.dialect.name == "sqlite":
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers (export) never block the writer
-            cursor.execute("PRAGMA synchronous=NORMAL")  # WAL keeps this safe against a kill
-            cursor.close()
-    return engine
-
-
-def is_memory(url: str) -> bool:
-    parsed = sa.make_url(url)
-    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
-
-
-VIEW_COLUMNS = ("call_id", "cluster", "time_s", "snapshot", "recorded_at")
-DECISION_COLUMNS = (
-    "view_id", "batch_index", "client_id", "request_id", "agent_id", "turn", "hit_tokens",
-    "appended_tokens", "gen_tokens", "arrival_s", "policy_spec", "policy_version",
-    "defer", "prefill_engine", "decode_engine", "decode_share", "reason", "wait_for", "path",
-    "scores", "shadow_spec", "shadow_version", "shadow_defer", "shadow_prefill_engine",
-    "shadow_decode_engine", "shadow_decode_share", "shadow_reason", "latency_us", "decided_at")
 _MARKERS = {"qmark": "?", "format": "%s"}
 
 
@@ -242,7 +138,8 @@ def _set_outcome_statement() -> sa.Update:
               .scalar_subquery())
     return (DECISIONS.update()
             .where(DECISIONS.c.decision_id == latest, DECISIONS.c.outcome.is_(None))
-            .values(outcome=sa.bindparam("b_outcome"), completed_at=sa.bindparam("b_at")))
+            .values(outcome=sa.bindparam("b_outcome"), completed_at=sa.bindparam("b_at"),
+                    **{k: sa.bindparam(f"b_{k}") for k in OUTCOME_COLUMNS}))
 
 
 _SET_OUTCOME = _set_outcome_statement()
@@ -265,7 +162,8 @@ class Writer:
                 else:
                     conn.execute(_SET_OUTCOME, [
                         {"b_client": o.client_id, "b_request": o.request_id,
-                         "b_outcome": json.dumps(o.outcome), "b_at": o.completed_at}
+                         "b_outcome": json.dumps(o.outcome), "b_at": o.completed_at,
+                         **{f"b_{k}": o.outcome.get(k) for k in OUTCOME_COLUMNS}}
                         for o in items if isinstance(o, Outcome)])
 
     def _insert_calls(self, conn: sa.Connection, calls: list[Call]) -> None:

@@ -29,7 +29,7 @@ from policy_service.replay import replay_call, same_answer
 from runtime.decision import Decision, Defer
 from runtime.placement import PlacementError, WaitingQueue, check_engines, reserve_view
 from runtime.placement.order import order_of
-from runtime.policy import as_learner, last_scores
+from runtime.policy import as_learner, last_action_prob, last_scores
 from runtime.request import Request
 from runtime.view import ClusterView, PrefixView
 
@@ -61,6 +61,8 @@ class _Call:
     answers: Sequence[Answer]
     latencies_us: Sequence[float]
     scores: Sequence[tuple[float, ...] | None]
+    action_probs: Sequence[float | None]
+    sessions: Sequence[str]  # "" where the agent id names the session
     served: LoadedPolicy
     decided_at: float
 
@@ -106,11 +108,12 @@ class SchedulerCore:
     # -- scheduling -----------------------------------------------------------------
     def schedule(self, requests: Sequence[Request], snapshot: pb.ClusterSnapshot | None,
                  client_id: str, prefixes: Sequence[PrefixView | None] | None = None,
-                 ordered: bool = False) -> Scheduled:
+                 ordered: bool = False, sessions: Sequence[str] | None = None) -> Scheduled:
         """Decide ``requests`` in order (each after the reservations of those before it)
         on ``snapshot`` or, if None, on the service's own view. ``prefixes``: where each
         request's prefix sits as its caller said (None: as the block index says);
-        ``ordered``: in the policy's queue order rather than as listed."""
+        ``ordered``: in the policy's queue order rather than as listed; ``sessions``: the
+        session each request is a turn of (None or "": its agent id names it)."""
         if not requests:
             raise InvalidMessage("no requests: a batch needs at least one")
         if len(requests) > self.max_batch:
@@ -128,6 +131,8 @@ class SchedulerCore:
         done = Scheduled([], [], [], served.version)
         latencies: list[float] = []
         scores: list[tuple[float, ...] | None] = []
+        probs: list[float | None] = []
+        named: list[str] = []
         paths: dict[str, int] = {}
         decide = policy.decide
         last = len(requests) - 1
@@ -151,11 +156,13 @@ class SchedulerCore:
             done.answers.append(answer)
             done.prefixes.append(prefix)
             scores.append(last_scores(policy))
+            probs.append(last_action_prob(policy))
+            named.append(sessions[i] if sessions is not None else "")
             path = path_of(answer)
             paths[path] = paths.get(path, 0) + 1
         self._count(served.name, paths)
         self._after(_Call(client_id, start_view, snapshot, done.requests, done.answers,
-                          latencies, scores, served, time.time()))
+                          latencies, scores, probs, named, served, time.time()))
         return done
 
     def _queue_order(self, requests: Sequence[Request], policy: object,
@@ -262,9 +269,11 @@ class SchedulerCore:
             client_id=call.client_id,
             shadow=shadow_answers[i] if shadow is not None else None,
             shadow_spec=shadow.spec if shadow is not None else None,
-            shadow_version=shadow.version if shadow is not None else None, scores=scores)
-            for i, (request, answer, latency, scores) in enumerate(
-                zip(call.requests, call.answers, call.latencies_us, call.scores, strict=True))]
+            shadow_version=shadow.version if shadow is not None else None, scores=scores,
+            session_id=session, action_prob=prob)
+            for i, (request, answer, latency, scores, prob, session) in enumerate(
+                zip(call.requests, call.answers, call.latencies_us, call.scores,
+                    call.action_probs, call.sessions, strict=True))]
         return snapshot.SerializeToString(), self._digest, call.view.time_s, rows
 
     # -- the rest --------------------------------------------------------------------------

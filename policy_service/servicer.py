@@ -62,7 +62,7 @@ class Servicer:
         request = request_from_pb(msg.request)
         done = self.core.schedule(
             (request,), msg.view if msg.HasField("view") else None, msg.client_id,
-            [prefix_from_pb(msg.request, self.core.cluster)])
+            [prefix_from_pb(msg.request, self.core.cluster)], sessions=[msg.request.session_id])
         return decision_to_pb(done.answers[0], request.request_id, done.version,
                               done.prefixes[0])
 
@@ -73,7 +73,7 @@ class Servicer:
                     for i, r in enumerate(msg.requests)]
         done = self.core.schedule(
             requests, msg.view if msg.HasField("view") else None, msg.client_id, prefixes,
-            ordered=msg.ordered)
+            ordered=msg.ordered, sessions=[r.session_id for r in msg.requests])
         return pb.ScheduleBatchResponse(decisions=[
             decision_to_pb(a, r.request_id, done.version, p)
             for a, r, p in zip(done.answers, done.requests, done.prefixes, strict=True)])

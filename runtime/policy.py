@@ -86,6 +86,11 @@ def last_scores(policy: object) -> tuple[float, ...] | None:
     return getattr(policy, "last_scores", None)
 
 
+def last_action_prob(policy: object) -> float | None:
+    """The probability ``policy`` gave its last decision, where it says (learned ones)."""
+    return getattr(policy, "last_action_prob", None)
+
+
 def close_policy(policy: object) -> None:
     """Release what ``policy`` holds, where it holds anything."""
     if isinstance(policy, HoldsResources):

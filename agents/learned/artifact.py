@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,9 @@ class Actor:
         self._binding.bind_output("logits", "cpu", 0, np.float32, self._out.shape,
                                   self._out.ctypes.data)
         self.logits = self._out[0]  # the last call's logits (a view, overwritten each call)
+        #: The probability of the last action under the network's (masked) distribution:
+        #: what off-policy estimates from the decision log need of a greedy policy.
+        self.action_prob = 1.0
 
     def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None) -> list[int]:
         self._obs[0] = obs
@@ -113,7 +117,20 @@ class Actor:
             np.copyto(self._masked, self._floor)
             np.copyto(self._masked, logits, where=mask)
             logits = self._masked
-        return [int(logits[s].argmax()) for s in self._slices]
+        action = [int(logits[s].argmax()) for s in self._slices]
+        self.action_prob = _greedy_prob(logits, self._slices, action)
+        return action
+
+
+def _greedy_prob(logits: np.ndarray, slices: Sequence[slice], action: Sequence[int]) -> float:
+    """The product over parts of softmax(part's logits)[chosen]: the probability the
+    sampling policy the network was trained as gives the action taken."""
+    prob = 1.0
+    for part, a in zip(slices, action, strict=True):
+        values = logits[part]
+        top = values[a]
+        prob /= float(np.exp(values - top).sum())
+    return prob
 
 
 # -- export -----------------------------------------------------------------------

@@ -52,6 +52,7 @@ class LearnedRouter:
         self.name = f"learned:{artifact.name}"
         self._actor = Actor(artifact)
         self.last_scores: tuple[float, ...] | None = None
+        self.last_action_prob: float | None = None
         e = artifact.encoding
         at = e.max_prefill if "prefill" in e.control else 0
         self._decode = slice(at, at + e.max_decode) if "decode" in e.control else None
@@ -69,7 +70,7 @@ class LearnedRouter:
         if view.spec is not self._spec_seen:
             self._check_spec(view.spec)
         hint = None
-        self.last_scores = None
+        self.last_scores = self.last_action_prob = None
         if self.fallback is not None:
             answer = self.fallback.decide(request, view)
             if not isinstance(answer, Decision):
@@ -82,6 +83,7 @@ class LearnedRouter:
         # The network's raw logits per controlled part's choices (before masking),
         # for the service's decision log.
         self.last_scores = tuple(self._actor.logits.tolist())
+        self.last_action_prob = self._actor.action_prob
         return self.encoder.decision(action, hint, self._reason(action))
 
     def _check_spec(self, spec: ClusterSpec) -> None:

@@ -140,6 +140,8 @@ class PredictivePicker:
         self._rules = DualPath()
         self._cost: CostModel | None = None
         self.last_scores: tuple[float, ...] | None = None
+        #: The probability of the last decision's candidate: 1 for the greedy picker.
+        self.last_action_prob: float | None = None
 
     def decide(self, request: Request, view: ClusterView) -> Decision | Defer:
         de_pick = self._rules.choose_decode(request, view)
@@ -150,6 +152,7 @@ class PredictivePicker:
             return Defer("every prefill engine is over beta", WaitFor.PREFILL)
         des = ([de_pick[0]] if self.knobs.decode == "paper"
                else decode_candidates(request, view, de_pick[0], self.knobs))
+        self.last_action_prob = 1.0
         best = self.choose(self.candidates(request, view, pes, des))
         self.last_scores = best.x
         return Decision(best.prefill.engine_id, best.decode.engine_id, best.share,
@@ -359,10 +362,14 @@ class RecordingPicker(PredictivePicker):
 
     def choose(self, candidates: list[Candidate]) -> Candidate:
         best = super().choose(candidates)
-        if len(candidates) < 2 or self._rng.random() >= self.explore:
+        if len(candidates) < 2 or not self.explore:
             return best
-        bound = self.guard * best.score + 0.05
-        return self._rng.choice([c for c in candidates if c.score <= bound])
+        near = [c for c in candidates if c.score <= self.guard * best.score + 0.05]
+        chosen = self._rng.choice(near) if self._rng.random() < self.explore else best
+        # The best is kept with 1 - explore, and each near one drawn with explore / n.
+        self.last_action_prob = (self.explore / len(near)
+                                 + (1.0 - self.explore) * (chosen is best))
+        return chosen
 
     def complete(self, request_id: int, outcome: Outcome) -> None:
         x = self._pending.pop(request_id, None)

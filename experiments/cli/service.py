@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_decisions_export(args: argparse.Namespace) -> None:
-    from policy_service.decision_log import export
+    from policy_service.log_reader import export
 
     rows = export(args.db, args.out)
     emit(args, {"rows": rows, "out": args.out}, f"exported {rows:,} decisions to {args.out}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.spec import resolve_policy
-from policy_service.decision_log import agree, cluster_of
+from policy_service.log_reader import agree, cluster_of
 from runtime.preset import load_preset
 
 

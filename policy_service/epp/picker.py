@@ -168,7 +168,9 @@ class Picker:
     def _ask(self, request: Request) -> Routed | Refused | None:
         """The policy's answer on the service's view now (None: it deferred)."""
         try:
-            answer = self.core.schedule([request], None, EPP_CLIENT).answers[0]
+            session = self._routed.get(request.request_id, ("", request))[0]
+            answer = self.core.schedule([request], None, EPP_CLIENT,
+                                        sessions=[session]).answers[0]
         except (PolicyFailed, NoPolicy) as exc:
             return Refused(500 if isinstance(exc, PolicyFailed) else 503, str(exc))
         if not isinstance(answer, Decision):

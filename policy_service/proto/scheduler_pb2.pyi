@@ -35,7 +35,7 @@ CACHE_EVICTED: CacheEventKind
 CACHE_CLEARED: CacheEventKind
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "agent_id", "turn", "hit_tokens", "appended_tokens", "gen_tokens", "arrival_s", "block_hashes", "slo_class", "prefix")
+    __slots__ = ("request_id", "agent_id", "turn", "hit_tokens", "appended_tokens", "gen_tokens", "arrival_s", "block_hashes", "slo_class", "prefix", "session_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class Request(_message.Message):
     BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     SLO_CLASS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     agent_id: int
     turn: int
@@ -56,7 +57,8 @@ class Request(_message.Message):
     block_hashes: _containers.RepeatedScalarFieldContainer[int]
     slo_class: str
     prefix: PrefixLocations
-    def __init__(self, request_id: _Optional[int] = ..., agent_id: _Optional[int] = ..., turn: _Optional[int] = ..., hit_tokens: _Optional[int] = ..., appended_tokens: _Optional[int] = ..., gen_tokens: _Optional[int] = ..., arrival_s: _Optional[float] = ..., block_hashes: _Optional[_Iterable[int]] = ..., slo_class: _Optional[str] = ..., prefix: _Optional[_Union[PrefixLocations, _Mapping]] = ...) -> None: ...
+    session_id: str
+    def __init__(self, request_id: _Optional[int] = ..., agent_id: _Optional[int] = ..., turn: _Optional[int] = ..., hit_tokens: _Optional[int] = ..., appended_tokens: _Optional[int] = ..., gen_tokens: _Optional[int] = ..., arrival_s: _Optional[float] = ..., block_hashes: _Optional[_Iterable[int]] = ..., slo_class: _Optional[str] = ..., prefix: _Optional[_Union[PrefixLocations, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class PrefixLocations(_message.Message):
     __slots__ = ("block_tokens", "dram_blocks", "hbm_blocks")
@@ -300,3 +302,57 @@ class SetShadowRequest(_message.Message):
     SPEC_FIELD_NUMBER: _ClassVar[int]
     spec: str
     def __init__(self, spec: _Optional[str] = ...) -> None: ...
+
+class SetCanaryRequest(_message.Message):
+    __slots__ = ("spec", "share")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    spec: str
+    share: float
+    def __init__(self, spec: _Optional[str] = ..., share: _Optional[float] = ...) -> None: ...
+
+class PromoteCanaryRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCanaryRequest(_message.Message):
+    __slots__ = ("samples",)
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    samples: bool
+    def __init__(self, samples: _Optional[bool] = ...) -> None: ...
+
+class CanaryArm(_message.Message):
+    __slots__ = ("spec", "version", "completions", "ttft_mean_s", "latency_mean_s", "ttft_s", "latency_s")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MEAN_S_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MEAN_S_FIELD_NUMBER: _ClassVar[int]
+    TTFT_S_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    spec: str
+    version: str
+    completions: int
+    ttft_mean_s: float
+    latency_mean_s: float
+    ttft_s: _containers.RepeatedScalarFieldContainer[float]
+    latency_s: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, spec: _Optional[str] = ..., version: _Optional[str] = ..., completions: _Optional[int] = ..., ttft_mean_s: _Optional[float] = ..., latency_mean_s: _Optional[float] = ..., ttft_s: _Optional[_Iterable[float]] = ..., latency_s: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class CanaryStatus(_message.Message):
+    __slots__ = ("state", "share", "reason", "champion", "challenger", "max_regression", "min_completions")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGER_FIELD_NUMBER: _ClassVar[int]
+    MAX_REGRESSION_FIELD_NUMBER: _ClassVar[int]
+    MIN_COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    share: float
+    reason: str
+    champion: CanaryArm
+    challenger: CanaryArm
+    max_regression: float
+    min_completions: int
+    def __init__(self, state: _Optional[str] = ..., share: _Optional[float] = ..., reason: _Optional[str] = ..., champion: _Optional[_Union[CanaryArm, _Mapping]] = ..., challenger: _Optional[_Union[CanaryArm, _Mapping]] = ..., max_regression: _Optional[float] = ..., min_completions: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,11 @@ class SchedulerStub:
                 request_serializer=policy__service_dot_proto_dot_scheduler__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=policy__service_dot_proto_dot_scheduler__pb2.PolicyInfo.FromString,
                 _registered_method=True)
+        self.GetCanary = channel.unary_unary(
+                '/dualpath.v1.Scheduler/GetCanary',
+                request_serializer=policy__service_dot_proto_dot_scheduler__pb2.GetCanaryRequest.SerializeToString,
+                response_deserializer=policy__service_dot_proto_dot_scheduler__pb2.CanaryStatus.FromString,
+                _registered_method=True)
         self.Ping = channel.unary_unary(
                 '/dualpath.v1.Scheduler/Ping',
                 request_serializer=policy__service_dot_proto_dot_scheduler__pb2.PingRequest.SerializeToString,
@@ -123,6 +128,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCanary(self, request, context):
+        """The canary's state and, with `samples`, its window's outcomes per arm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Ping(self, request, context):
         """Does nothing: the baseline for latency measurements.
         """
@@ -162,6 +174,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=policy__service_dot_proto_dot_scheduler__pb2.GetPolicyRequest.FromString,
                     response_serializer=policy__service_dot_proto_dot_scheduler__pb2.PolicyInfo.SerializeToString,
+            ),
+            'GetCanary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCanary,
+                    request_deserializer=policy__service_dot_proto_dot_scheduler__pb2.GetCanaryRequest.FromString,
+                    response_serializer=policy__service_dot_proto_dot_scheduler__pb2.CanaryStatus.SerializeToString,
             ),
             'Ping': grpc.unary_unary_rpc_method_handler(
                     servicer.Ping,
@@ -343,6 +360,33 @@ class Scheduler:
             _registered_method=True)
 
     @staticmethod
+    def GetCanary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualpath.v1.Scheduler/GetCanary',
+            policy__service_dot_proto_dot_scheduler__pb2.GetCanaryRequest.SerializeToString,
+            policy__service_dot_proto_dot_scheduler__pb2.CanaryStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Ping(request,
             target,
             options=(),
@@ -396,6 +440,16 @@ class SchedulerAdminStub:
                 request_serializer=policy__service_dot_proto_dot_scheduler__pb2.SetShadowRequest.SerializeToString,
                 response_deserializer=policy__service_dot_proto_dot_scheduler__pb2.PolicyInfo.FromString,
                 _registered_method=True)
+        self.SetCanary = channel.unary_unary(
+                '/dualpath.v1.SchedulerAdmin/SetCanary',
+                request_serializer=policy__service_dot_proto_dot_scheduler__pb2.SetCanaryRequest.SerializeToString,
+                response_deserializer=policy__service_dot_proto_dot_scheduler__pb2.CanaryStatus.FromString,
+                _registered_method=True)
+        self.PromoteCanary = channel.unary_unary(
+                '/dualpath.v1.SchedulerAdmin/PromoteCanary',
+                request_serializer=policy__service_dot_proto_dot_scheduler__pb2.PromoteCanaryRequest.SerializeToString,
+                response_deserializer=policy__service_dot_proto_dot_scheduler__pb2.CanaryStatus.FromString,
+                _registered_method=True)
 
 
 class SchedulerAdminServicer:
@@ -424,6 +478,24 @@ class SchedulerAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCanary(self, request, context):
+        """Sends `share` of the sessions (0 < share < 1) to the challenger `spec`; with an
+        empty spec, ends the canary (the champion serves everything). The canary rolls
+        itself back when the challenger regresses past the service's bound.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteCanary(self, request, context):
+        """Makes the canary's challenger the champion (what `dualpath promote --canary` calls
+        once the promotion rule passes on the canary's window); the old champion is kept
+        for Rollback.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -441,6 +513,16 @@ def add_SchedulerAdminServicer_to_server(servicer, server):
                     servicer.SetShadow,
                     request_deserializer=policy__service_dot_proto_dot_scheduler__pb2.SetShadowRequest.FromString,
                     response_serializer=policy__service_dot_proto_dot_scheduler__pb2.PolicyInfo.SerializeToString,
+            ),
+            'SetCanary': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCanary,
+                    request_deserializer=policy__service_dot_proto_dot_scheduler__pb2.SetCanaryRequest.FromString,
+                    response_serializer=policy__service_dot_proto_dot_scheduler__pb2.CanaryStatus.SerializeToString,
+            ),
+            'PromoteCanary': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteCanary,
+                    request_deserializer=policy__service_dot_proto_dot_scheduler__pb2.PromoteCanaryRequest.FromString,
+                    response_serializer=policy__service_dot_proto_dot_scheduler__pb2.CanaryStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -526,6 +608,60 @@ class SchedulerAdmin:
             '/dualpath.v1.SchedulerAdmin/SetShadow',
             policy__service_dot_proto_dot_scheduler__pb2.SetShadowRequest.SerializeToString,
             policy__service_dot_proto_dot_scheduler__pb2.PolicyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCanary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualpath.v1.SchedulerAdmin/SetCanary',
+            policy__service_dot_proto_dot_scheduler__pb2.SetCanaryRequest.SerializeToString,
+            policy__service_dot_proto_dot_scheduler__pb2.CanaryStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteCanary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualpath.v1.SchedulerAdmin/PromoteCanary',
+            policy__service_dot_proto_dot_scheduler__pb2.PromoteCanaryRequest.SerializeToString,
+            policy__service_dot_proto_dot_scheduler__pb2.CanaryStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,8 +71,10 @@ class Job:
 
 
 def outcome(job: Job) -> dict[str, float]:
-    """What a learning policy's ``complete`` is told about a finished request."""
-    return {"ttft_s": job.ttft_s, "latency_s": job.latency_s}
+    """What a learning policy's ``complete`` (and the service's log) is told about a
+    finished request: its TTFT, TPOT, latency and finish time."""
+    return {"ttft_s": job.ttft_s, "tpot_s": job.tpot_s, "latency_s": job.latency_s,
+            "finish_s": job.t_finish}
 
 
 def completion_hook(policy: object) -> Callable[[Job], None] | None:

@@ -13,13 +13,8 @@ import sqlalchemy as sa
 
 from agents import resolve_policy
 from policy_service.codec import cluster_digest, view_to_pb
-from policy_service.decision_log import (
-    DecisionLog,
-    LoggedDecision,
-    agree,
-    cluster_of,
-    export,
-)
+from policy_service.decision_log import DecisionLog, LoggedDecision
+from policy_service.log_reader import agree, cluster_of, export
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.placement import reserve_view as reserve
 from runtime.preset import load_preset

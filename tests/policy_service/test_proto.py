@@ -32,5 +32,7 @@ def test_the_api_has_the_documented_methods():
                 for s in pb.DESCRIPTOR.services_by_name.values()}
     assert pb.DESCRIPTOR.package == "dualpath.v1"
     assert set(services["Scheduler"]) == {"Schedule", "ScheduleBatch", "ReportEngineState",
-                                          "ReportCacheEvents", "Complete", "GetPolicy", "Ping"}
-    assert set(services["SchedulerAdmin"]) == {"SwapPolicy", "Rollback", "SetShadow"}
+                                          "ReportCacheEvents", "Complete", "GetPolicy", "Ping",
+                                          "GetCanary"}
+    assert set(services["SchedulerAdmin"]) == {"SwapPolicy", "Rollback", "SetShadow",
+                                               "SetCanary", "PromoteCanary"}
