@@ -7,9 +7,12 @@ nothing a reader does can change what it reads.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import groupby
 from operator import attrgetter
 from pathlib import Path
@@ -33,6 +36,7 @@ from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer, WaitFor
 from runtime.policy import Policy
 from runtime.request import Request
+from runtime.workload.replay import LoggedTurn
 
 Answer = Decision | Defer | None
 
@@ -224,3 +228,71 @@ def _same(mine: Answer, logged: Decision | Defer, parts: list[int]) -> bool:
         for i, s in enumerate(same, 1):
             parts[i] += s
     return same_answer(mine, logged)
+
+
+# -- sessions, for replay ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoggedTraffic:
+    """The placed requests of a log (or of its last ``since_s`` seconds), as turns."""
+
+    url: str
+    cluster: str  # the views' cluster digest
+    turns: list[LoggedTurn]
+    decisions: int  # decisions rows read (defers included)
+    first_at: float  # decided_at (time.time()) of the first and last row read
+    last_at: float
+
+
+def logged_traffic(url: str, since_s: float | None = None,
+                   now: float | None = None) -> LoggedTraffic:
+    """Each request's latest placed decision, with its outcome, from the log at ``url``
+    (only decisions made in the last ``since_s`` seconds before ``now``, default the
+    present, when given). ValueError for an empty log or window, or one of several
+    clusters. Read-only."""
+    if since_s is not None and not (math.isfinite(since_s) and since_s > 0):
+        raise ValueError(f"--since must be a positive duration, got {since_s!r} s")
+    cutoff = None if since_s is None else (time.time() if now is None else now) - since_s
+    engine = _open(url)
+    try:
+        with engine.connect() as conn:
+            clusters = _clusters(conn)
+            if len(clusters) > 1:
+                raise ValueError(f"{url!r} holds views of several clusters: "
+                                 f"{', '.join(clusters)}; replay one cluster's log")
+            rows = conn.execution_options(yield_per=10_000).execute(_traffic_query(cutoff))
+            latest, count, first, last = _latest_placed(rows)
+    finally:
+        engine.dispose()
+    if not count:
+        window = "" if since_s is None else f" in the last {since_s:g} s"
+        raise ValueError(f"{url!r} holds no decisions{window}: nothing to replay")
+    if not latest:
+        raise ValueError(f"{url!r}: every one of its {count} decisions deferred; "
+                         "no request was placed")
+    turns = [LoggedTurn(r.session_id, r.arrival_s, r.hit_tokens, r.appended_tokens,
+                        r.gen_tokens, r.slo_class, r.latency_s) for r in latest.values()]
+    return LoggedTraffic(url, clusters[0], turns, count, first, last)
+
+
+def _latest_placed(rows: Iterable[Any]) -> tuple[dict[tuple[str, int], Any], int, float, float]:
+    """Each request's last placed row (rows in decision order), the rows read, and the
+    first and last ``decided_at``."""
+    latest: dict[tuple[str, int], Any] = {}
+    count, first, last = 0, math.nan, math.nan
+    for row in rows:
+        count += 1
+        if count == 1:
+            first = row.decided_at
+        last = row.decided_at
+        if not row.defer:
+            latest[(row.client_id, row.request_id)] = row
+    return latest, count, first, last
+
+
+def _traffic_query(cutoff: float | None) -> sa.Select[Any]:
+    d = DECISIONS.c
+    query = sa.select(d.client_id, d.request_id, d.defer, d.session_id, d.arrival_s,
+                      d.hit_tokens, d.appended_tokens, d.gen_tokens, d.slo_class, d.latency_s,
+                      d.decided_at).order_by(d.decision_id)
+    return query if cutoff is None else query.where(d.decided_at >= cutoff)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from env.encoding import PARTS
 from experiments.cli.common import JOBS, emit
+from experiments.cli.service import add_log_args
 from experiments.evaluation.scenario import load_scenario
 
 
@@ -14,6 +16,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from experiments.training.seeds import render_training, train_seeds
     from experiments.training.train import TrainConfig
 
+    if args.from_log:
+        args.scenario = _log_scenario(args, "train")
+        args.mode = args.mode or "predict"
     if args.mode == "predict" or args.distribution:
         cmd_train_predict(args)
         return
@@ -34,6 +39,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     emit(args, payload, render_training(payload))
 
 
+def _log_scenario(args: argparse.Namespace, command: str) -> str:
+    """``--from-log``: the log's sessions and a scenario replaying them, written into
+    ``--out``/replay (``--out`` default: results/COMMAND/log-NAME); the scenario's path."""
+    from experiments.cli.service import log_args
+    from experiments.evaluation.replay import log_name, log_scenario
+
+    if args.scenario or getattr(args, "distribution", None):
+        raise ValueError(f"{command}: --from-log replaces --scenario and --distribution")
+    if not args.out:
+        args.out = str(Path("results") / command / f"log-{log_name(args.from_log)}")
+    scenario = log_scenario(args.from_log, Path(args.out) / "replay", **log_args(args))
+    print(f"{command}: {scenario.description} ({scenario.source})", file=sys.stderr)
+    return str(scenario.source)
+
+
 def cmd_train_predict(args: argparse.Namespace) -> None:
     import shlex
     import sys
@@ -48,8 +68,10 @@ def cmd_train_predict(args: argparse.Namespace) -> None:
         conditions = load_distribution(args.distribution).train
         name = args.name or "distribution"
     else:
-        conditions = (Condition(load_scenario(args.scenario).name),)
-        name = args.name or conditions[0].scenario
+        scenario = load_scenario(args.scenario)
+        conditions = (Condition(args.scenario if Path(args.scenario).is_file()
+                                else scenario.name),)
+        name = args.name or scenario.name
     config = PredictConfig(seeds=args.train_seeds, jobs=args.jobs)
     out = Path(args.out) if args.out else Path("results") / "train" / f"{name}-predict"
     command = "dualpath " + shlex.join(sys.argv[1:])
@@ -73,6 +95,10 @@ def cmd_promote(args: argparse.Namespace) -> None:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a learned policy on a scenario (MLflow-logged)")
     p.add_argument("--scenario", help="scenario name or file")
+    p.add_argument("--from-log", metavar="URL",
+                   help="train on the sessions of this decision log, replayed (default mode: "
+                        "predict)")
+    add_log_args(p)
     p.add_argument("--mode", choices=["route", "tune", "predict"],
                    help="default: the scenario's; predict: a predictive picker")
     p.add_argument("--distribution", help="predict: train on the [[train]] conditions of "

@@ -1,9 +1,11 @@
-"""``serve`` (the scheduler service) and ``decisions export|agree`` (its log)."""
+"""``serve`` (the scheduler service) and ``decisions export|agree|replay`` (its log)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+from typing import Any
 
 from experiments.cli.common import emit
 
@@ -48,6 +50,35 @@ def cmd_decisions_agree(args: argparse.Namespace) -> None:
     text = (f"{args.policy} agrees with {payload['agreed']:,} of {payload['decisions']:,} "
             f"logged decisions ({payload['rate']:.1%})")
     emit(args, payload, text)
+
+
+def add_log_args(p: argparse.ArgumentParser) -> None:
+    """What names a log's traffic: its URL, a window, its cluster, the resamples."""
+    p.add_argument("--since", help="only the last DURATION of the log (90s, 15m, 2h, 1d)")
+    p.add_argument("--preset", help="the cluster the service served (default: found by the "
+                                    "log's cluster digest)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="preset override, with --preset")
+    p.add_argument("--resamples", type=int, default=10,
+                   help="bootstrap resamples of the sessions (evaluation seeds)")
+
+
+def log_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`experiments.evaluation.replay.log_scenario`."""
+    from experiments.evaluation.replay import parse_duration
+
+    return {"since_s": parse_duration(args.since) if args.since else None,
+            "preset": args.preset, "overrides": tuple(args.overrides),
+            "resamples": args.resamples}
+
+
+def cmd_decisions_replay(args: argparse.Namespace) -> None:
+    from experiments.evaluation.evaluate import DEFAULT_POLICIES
+    from experiments.evaluation.replay import render_replay, replay
+
+    payload = replay(args.db, args.policy or DEFAULT_POLICIES, jobs=args.jobs,
+                     out_dir=Path(args.out) if args.out else None, **log_args(args))
+    emit(args, payload, render_replay(payload))
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -103,3 +134,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--preset", help="the logged cluster (default: the one the log names)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_decisions_agree)
+    d = dec.add_parser("replay", help="replay the log's sessions closed-loop in the simulator "
+                                      "under each policy")
+    d.add_argument("--db", required=True, help="decision log SQLAlchemy URL (read only)")
+    add_log_args(d)
+    d.add_argument("--policy", action="append",
+                   help="policy spec (repeat; default pe_only, dualpath, dualpath_split)")
+    d.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    d.add_argument("--out", help="keep the sessions and scenario files in this folder")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_decisions_replay)

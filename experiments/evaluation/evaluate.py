@@ -10,7 +10,7 @@ from typing import Any
 from agents.running import policy_run
 from experiments.evaluation.fanout import local
 from experiments.evaluation.scenario import Scenario, load_scenario
-from experiments.evaluation.stats import mean_ci95, paired_diff_ci95
+from experiments.evaluation.stats import Interval, mean_ci95, paired_diff_ci95
 from runtime.sim import SimOptions, Simulator
 from runtime.slo import CLASSES
 
@@ -54,9 +54,12 @@ def run_all(scenario: Scenario, specs: Sequence[str], seeds: Sequence[int],
         return fanout.map(run_task, tasks, progress=report)
 
 
-def summarize_seeds(runs: Sequence[dict[str, Any]], specs: Sequence[str]) -> list[dict[str, Any]]:
+def summarize_seeds(runs: Sequence[dict[str, Any]], specs: Sequence[str],
+                    interval: Interval = mean_ci95) -> list[dict[str, Any]]:
     """One row per policy: mean and CI half-width of each metric over seeds, and the JCT
-    relative to ``pe_only`` (when it ran) with a paired 95% interval."""
+    relative to ``pe_only`` (when it ran) with a paired 95% interval. ``interval``: the
+    intervals' kind (:func:`~experiments.evaluation.stats.bootstrap_ci95` for seeds that
+    are bootstrap resamples)."""
     by_policy = {spec: [r for r in runs if r["policy"] == spec] for spec in specs}
     base = by_policy.get(BASELINE) or next((v for k, v in by_policy.items()
                                             if k.startswith(BASELINE + ":")), None)
@@ -66,13 +69,13 @@ def summarize_seeds(runs: Sequence[dict[str, Any]], specs: Sequence[str]) -> lis
         row: dict[str, Any] = {"policy": spec, "seeds": len(mine)}
         present = [m for m in CLASS_METRICS if all(m in r for r in mine)]
         for metric in (*METRICS, *present):
-            mean, half = mean_ci95([r[metric] for r in mine])
+            mean, half = interval([r[metric] for r in mine])
             row[metric] = mean
             row[f"{metric}_ci95"] = half
         row["jct_ci95_s"] = row["jct_mean_s_ci95"]
         if base:
             diff = paired_diff_ci95([r["jct_mean_s"] for r in mine],
-                                    [r["jct_mean_s"] for r in base])
+                                    [r["jct_mean_s"] for r in base], interval)
             row["jct_vs_pe_only"] = 1.0 + diff.rel
             row["jct_vs_pe_only_ci95"] = diff.rel_ci95
         row["per_seed_jct_mean_s"] = [r["jct_mean_s"] for r in mine]

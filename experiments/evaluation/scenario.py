@@ -8,7 +8,7 @@ A scenario is a TOML file in ``experiments/scenarios/`` (or any path)::
     set = ["node.snic_gb_s=25"]     # optional preset overrides
     layerwise = true                # optional, default true
 
-    [workload]                      # kind = agentic | mooncake | mixed
+    [workload]                      # kind = agentic | mooncake | mixed | replay
     kind = "agentic"
     agents = 256
     mal = "64k"
@@ -32,7 +32,9 @@ Workload kinds: ``agentic`` takes :class:`AgenticWorkload`'s keywords (``agents`
 ``tool_latency_s``, ``think_time_s``, ``shuffle``, ``batch_share``) and is seeded per
 run; ``mooncake`` takes
 ``path`` (relative to the scenario file), ``limit``, ``time_scale`` and
-``storage_capacity_blocks``; ``mixed`` takes ``parts``, a list of the other kinds.
+``storage_capacity_blocks``; ``mixed`` takes ``parts``, a list of the other kinds;
+``replay`` takes ``path``, a sessions file rebuilt from a decision log
+(:mod:`runtime.workload.replay`), each seed a bootstrap resample of its sessions.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from runtime.workload.agentic import AgenticWorkload
 from runtime.workload.base import Workload
 from runtime.workload.mixed import MixedWorkload
 from runtime.workload.mooncake import MooncakeTrace
+from runtime.workload.replay import ReplayWorkload, read_sessions
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 MODES = ("route", "tune")
@@ -58,6 +61,7 @@ _AGENTIC_KEYS = {"agents", "mal", "online", "aps", "duration_s", "arrival", "bur
                  "burst_factor", "burst_share", "append_scale", "gen_scale", "tool_latency_s",
                  "think_time_s", "shuffle", "batch_share"}
 _MOONCAKE_KEYS = {"path", "limit", "time_scale", "storage_capacity_blocks"}
+_REPLAY_KEYS = {"path"}
 _TOP_KEYS = {"name", "description", "preset", "set", "layerwise", "workload", "seeds", "train",
              "heuristics"}
 
@@ -201,10 +205,10 @@ def _check_workload(config: Any, nested: bool = False) -> None:
     if not isinstance(config, dict):
         raise ValueError(f"workload must be a table, got {config!r}")
     kind = config.get("kind", "agentic")
-    allowed = {"agentic": _AGENTIC_KEYS, "mooncake": _MOONCAKE_KEYS,
+    allowed = {"agentic": _AGENTIC_KEYS, "mooncake": _MOONCAKE_KEYS, "replay": _REPLAY_KEYS,
                "mixed": set() if nested else {"parts"}}.get(kind)
     if allowed is None:
-        kinds = "agentic, mooncake" + ("" if nested else ", mixed")
+        kinds = "agentic, mooncake, replay" + ("" if nested else ", mixed")
         raise ValueError(f"workload kind {kind!r} is not one of {kinds}")
     unknown = set(config) - allowed - {"kind"}
     if unknown:
@@ -223,8 +227,11 @@ def _build_workload(config: Mapping[str, Any], seed: int, base: Path) -> Workloa
     kw = {k: v for k, v in config.items() if k != "kind"}
     if kind == "mixed":
         return MixedWorkload([_build_workload(p, seed, base) for p in kw["parts"]])
-    if kind == "mooncake":
+    if kind in ("mooncake", "replay"):
         path = Path(kw.pop("path"))
-        return MooncakeTrace(path if path.is_absolute() else base / path, **kw)
+        path = path if path.is_absolute() else base / path
+        if kind == "replay":
+            return ReplayWorkload(read_sessions(path)[0], seed)
+        return MooncakeTrace(path, **kw)
     agents = kw.pop("agents", None)
     return AgenticWorkload(agents, kw.pop("mal", "64k"), seed, **kw)

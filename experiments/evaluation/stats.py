@@ -9,7 +9,7 @@ removes the seed-to-seed variance the two share.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # t(0.975, df) for df = 1..30, to 6 decimals. Small samples are where the
@@ -86,15 +86,32 @@ class PairedDiff:
     rel_ci95: float
 
 
-def paired_diff_ci95(a: Sequence[float], b: Sequence[float]) -> PairedDiff:
-    """Paired difference of per-seed values ``a[i]`` and ``b[i]`` with 95% intervals."""
+def bootstrap_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and 95% half width of a statistic over bootstrap resamples: ``1.96 × sd`` of
+    the resamples' values (the normal bootstrap interval). Unlike :func:`mean_ci95`, it
+    does not narrow with more resamples: their spread *is* the statistic's uncertainty."""
+    xs = _finite(values, "bootstrap_ci95")
+    n = len(xs)
+    mean = math.fsum(xs) / n
+    if n == 1:
+        return mean, math.inf
+    return mean, 1.96 * math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+
+
+Interval = Callable[[Sequence[float]], tuple[float, float]]
+
+
+def paired_diff_ci95(a: Sequence[float], b: Sequence[float],
+                     interval: Interval = mean_ci95) -> PairedDiff:
+    """Paired difference of per-seed values ``a[i]`` and ``b[i]`` with 95% intervals
+    (``interval``: over seeds by default; :func:`bootstrap_ci95` over resamples)."""
     xa, xb = _finite(a, "paired_diff_ci95 a"), _finite(b, "paired_diff_ci95 b")
     if len(xa) != len(xb):
         raise ValueError(f"paired values need equal lengths, got {len(xa)} and {len(xb)}")
     if any(y == 0 for y in xb):
         raise ValueError("paired_diff_ci95: b has a zero, the relative difference is undefined")
-    diff, diff_hw = mean_ci95([x - y for x, y in zip(xa, xb, strict=True)])
-    rel, rel_hw = mean_ci95([(x - y) / y for x, y in zip(xa, xb, strict=True)])
+    diff, diff_hw = interval([x - y for x, y in zip(xa, xb, strict=True)])
+    rel, rel_hw = interval([(x - y) / y for x, y in zip(xa, xb, strict=True)])
     return PairedDiff(n=len(xa), diff=diff, diff_ci95=diff_hw, rel=rel, rel_ci95=rel_hw)
 
 
@@ -119,6 +136,7 @@ def promote_decision(
     *,
     min_gain: float = MIN_JCT_GAIN,
     max_ttft_regression: float = MAX_TTFT_P99_REGRESSION,
+    interval: Interval = mean_ci95,
 ) -> tuple[bool, str]:
     """Whether a challenger may replace the champion, and why.
 
@@ -128,9 +146,11 @@ def promote_decision(
     ``min_gain`` on average, (2) the 95% interval of that improvement excludes
     zero, and (3) the mean of its per-seed p99 TTFTs is at most
     ``max_ttft_regression`` above the heuristic's. The reason names every part
-    that failed, with the figures, or the figures that passed.
+    that failed, with the figures, or the figures that passed. ``interval`` is the
+    95% interval's kind: over seeds, or :func:`bootstrap_ci95` where the values are
+    bootstrap resamples (of a log's sessions).
     """
-    d = paired_diff_ci95(challenger_jct, heuristic_jct)
+    d = paired_diff_ci95(challenger_jct, heuristic_jct, interval)
     # rel is (c - h) / h, so the improvement is its negation with the same half width
     gain, half = -d.rel, d.rel_ci95
     ttft = _ttft_regression(challenger_ttft_p99, heuristic_ttft_p99)
