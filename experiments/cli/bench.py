@@ -1,4 +1,5 @@
-"""``bench sim|env|policy|transport|grpc|soak``: every benchmark prints its figures."""
+"""``bench sim|env|policy|transport|grpc|soak|replay|...``: every benchmark prints its
+figures."""
 
 from __future__ import annotations
 
@@ -77,6 +78,14 @@ def _add_grpc(bench: argparse._SubParsersAction) -> None:
     b.set_defaults(func=cmd_bench_grpc)
 
 
+def cmd_bench_replay(args: argparse.Namespace) -> None:
+    from experiments.bench.replay import bench_replay, render_replay_bench
+
+    payload = bench_replay(decisions=args.decisions, resamples=args.resamples, jobs=args.jobs,
+                           train_seeds=args.train_seeds)
+    emit(args, payload, render_replay_bench(payload))
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="what", required=True)
@@ -122,6 +131,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_soak)
 
+    b = bench.add_parser("replay", help="wall time of replay and train --from-log on a log "
+                                        "a real service wrote")
+    b.add_argument("--decisions", type=int, default=10_000, help="at least this many logged")
+    b.add_argument("--resamples", type=int, default=10)
+    b.add_argument("--jobs", type=int, default=2)
+    b.add_argument("--train-seeds", type=int, default=4)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_replay)
     b = bench.add_parser("gateway", help="latency the endpoint picker adds behind Envoy, "
                                          "against round robin over the same engines")
     b.add_argument("--requests", type=int, default=2000, help="measured requests per target "

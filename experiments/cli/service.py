@@ -81,6 +81,17 @@ def cmd_decisions_replay(args: argparse.Namespace) -> None:
     emit(args, payload, render_replay(payload))
 
 
+def cmd_decisions_fidelity(args: argparse.Namespace) -> None:
+    from experiments.live.closed_loop import FidelityConfig, fidelity, render_fidelity
+
+    cfg = FidelityConfig(preset=args.preset, policies=tuple(args.policy or ("pe_only",
+                                                                            "dualpath")),
+                         learned=args.learned, agents=args.agents, mal=args.mal,
+                         resamples=args.resamples, jobs=args.jobs)
+    payload = fidelity(cfg, Path(args.out) if args.out else None)
+    emit(args, payload, render_fidelity(payload))
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the scheduler service (gRPC)")
     p.add_argument("--policy", default=None,
@@ -144,3 +155,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", help="keep the sessions and scenario files in this folder")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_decisions_replay)
+    d = dec.add_parser("fidelity", help="live runs through the gateway, one logged; does the "
+                                        "log's replay rank and predict them?")
+    d.add_argument("--preset", default="io-bound-live", help="live preset")
+    d.add_argument("--policy", action="append", help="policies run live, the first logged "
+                   "and replayed (default pe_only, dualpath)")
+    d.add_argument("--learned", help="the learned policy (default: train a predictive "
+                                     "picker on the first run's log)")
+    d.add_argument("--agents", type=int, default=16)
+    d.add_argument("--mal", default="32k")
+    d.add_argument("--resamples", type=int, default=10)
+    d.add_argument("--jobs", type=int, default=1)
+    d.add_argument("--out", help="keep the logs and the trained policy in this folder")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_decisions_fidelity)
