@@ -2,9 +2,9 @@
 
 Contract:
 
-* ``record_call``, ``record_later`` and ``record_outcome`` never touch the database:
-  they append to an in-memory queue and return (microseconds; they sit on the
-  request path). ``record_later`` defers even the rows: the shipping thread builds
+* ``record_call``, ``record_later``, ``record_outcome`` and ``record_event`` never
+  touch the database: they append to an in-memory queue and return (microseconds;
+  they sit on the request path). ``record_later`` defers even the rows: the shipping thread builds
   them, in recording order, after the caller has answered.
 * Every ``flush_interval_s`` (sooner once ``max_rows_per_write`` rows wait) a
   thread ships what is queued to a writer process (:mod:`policy_service.log_writer`),
@@ -40,7 +40,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from policy_service.log_schema import LoggedDecision, create_log, decision_row, is_memory
-from policy_service.log_writer import Call, Item, Later, LogEntry, Outcome, receive, send, size
+from policy_service.log_writer import (
+    Call,
+    Event,
+    Item,
+    Later,
+    LogEntry,
+    Outcome,
+    receive,
+    send,
+    size,
+)
 from runtime.decision import Decision, Defer
 
 log = logging.getLogger(__name__)
@@ -116,6 +126,11 @@ class DecisionLog:
         # Converted here, so that a bad value fails its caller, not every later write.
         values = {str(k): float(v) for k, v in outcome.items()}
         self._append(Outcome(client_id, request_id, values, time.time()), 1)
+
+    def record_event(self, event: str, spec: str, version: str, share: float,
+                     reason: str) -> None:
+        """A change of the canary (a canary_events row), in order with the rest."""
+        self._append(Event(event, spec, version, float(share), reason, time.time()), 1)
 
     def _append(self, item: Item | Later, n: int) -> None:
         with self._lock:

@@ -22,7 +22,8 @@ OUTCOME_COLUMNS = ("ttft_s", "tpot_s", "latency_s", "finish_s")
 
 
 #: The decisions table's layout. 2: session, class, blocks, action probability, arm and
-#: the outcome's columns (TTFT, TPOT, latency, finish) were added; 1 had no meta table.
+#: the outcome's columns (TTFT, TPOT, latency, finish) were added, and the canary_events
+#: table; 1 had no meta table.
 SCHEMA_VERSION = 2
 
 META = sa.MetaData()
@@ -76,6 +77,15 @@ DECISIONS = sa.Table(
     *(sa.Column(name, sa.Float) for name in OUTCOME_COLUMNS),  # from the outcome, if given
     sa.Column("completed_at", sa.Float),
     sa.Index("ix_decisions_client_request", "client_id", "request_id"))
+CANARY_EVENTS = sa.Table(  # each change of the canary, in order with the decisions
+    "canary_events", META,
+    sa.Column("event_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),  # time.time()
+    sa.Column("event", sa.String(16), nullable=False),  # set, rolled_back, ended, promoted
+    sa.Column("spec", sa.Text, nullable=False),  # the challenger's
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("share", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False))
 
 
 Answer = Decision | Defer | None

@@ -31,6 +31,7 @@ from typing import IO, Any, NamedTuple
 import sqlalchemy as sa
 
 from policy_service.log_schema import (
+    CANARY_EVENTS,
     DECISION_COLUMNS,
     DECISIONS,
     OUTCOME_COLUMNS,
@@ -62,7 +63,18 @@ class Outcome(NamedTuple):
     completed_at: float
 
 
-Item = Call | Outcome
+class Event(NamedTuple):
+    """A change of the canary (a canary_events row; the fields are its columns)."""
+
+    event: str
+    spec: str
+    version: str
+    share: float
+    reason: str
+    at: float
+
+
+Item = Call | Outcome | Event
 #: A call's record: (serialized snapshot, cluster digest, view time_s, its decisions).
 LogEntry = tuple[bytes, str, float, Sequence[LoggedDecision]]
 
@@ -84,7 +96,7 @@ class Later(NamedTuple):
 
 
 def size(item: Item | Later) -> int:
-    """Rows an item counts for: a call's decisions, or one outcome."""
+    """Rows an item counts for: a call's decisions, or one outcome or event."""
     return item.rows if isinstance(item, Later) else (
         len(item.rows) if isinstance(item, Call) else 1)
 
@@ -159,6 +171,9 @@ class Writer:
                 items = list(run)
                 if kind is Call:
                     self._insert_calls(conn, [c for c in items if isinstance(c, Call)])
+                elif kind is Event:
+                    conn.execute(CANARY_EVENTS.insert(),
+                                 [e._asdict() for e in items if isinstance(e, Event)])
                 else:
                     conn.execute(_SET_OUTCOME, [
                         {"b_client": o.client_id, "b_request": o.request_id,

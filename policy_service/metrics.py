@@ -21,7 +21,12 @@ class Metrics:
         self.latency = Histogram("dualpath_call_latency_seconds", "Time to serve a call, "
                                  "by method", ["method"], buckets=_LATENCY_BUCKETS, registry=r)
         self.swaps = Counter("dualpath_policy_swaps", "Policy changes, by kind (swap, rollback, "
-                             "watch, shadow)", ["kind"], registry=r)
+                             "watch, shadow, canary, promote)", ["kind"], registry=r)
+        self.canary_rollbacks = Counter("dualpath_canary_rollbacks", "Canaries rolled back by "
+                                        "the service, by the measure that regressed (ttft, "
+                                        "jct)", ["reason"], registry=r)
+        self.canary_share = Gauge("dualpath_canary_share", "Share of the sessions the canary's "
+                                  "challenger decides (0: no canary)", registry=r)
         self.refused = Counter("dualpath_policy_refusals", "Policies refused at load or check",
                                registry=r)
         self.errors = Counter("dualpath_errors", "Calls answered with an error, by method and "

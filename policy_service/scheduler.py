@@ -1,4 +1,4 @@
-"""What the service does, with no gRPC in sight: decide, reserve, shadow, log.
+"""What the service does, with no gRPC in sight: decide, reserve, shadow, canary, log.
 
 The servicer translates messages and calls one method here per RPC. Decisions
 run on the caller's thread (the server's event loop: one at a time, so a
@@ -16,13 +16,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from policy_service.cache_index import CacheIndex
+from policy_service.canary import Arm, CanaryEvent, in_canary
 from policy_service.cluster_state import ClusterState
 from policy_service.codec import InvalidMessage, cluster_digest, path_of, view_from_pb, view_to_pb
 from policy_service.decision_log import DecisionLog, LogEntry, LoggedDecision
-from policy_service.hot_swap import LoadedPolicy, PolicyRegistry
+from policy_service.hot_swap import LoadedPolicy, PolicyRegistry, Serving
 from policy_service.metrics import Metrics
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.replay import replay_call, same_answer
@@ -63,19 +64,57 @@ class _Call:
     scores: Sequence[tuple[float, ...] | None]
     action_probs: Sequence[float | None]
     sessions: Sequence[str]  # "" where the agent id names the session
-    served: LoadedPolicy
+    arms: Sequence[Decider]  # the arm and policy that decided each request
     decided_at: float
+
+
+class Decider(NamedTuple):
+    """The arm that decided a request and its policy."""
+
+    arm: Arm
+    loaded: LoadedPolicy
 
 
 @dataclass(frozen=True)
 class Scheduled:
     """A call's answers in the order they were made (the policy's queue order for an
-    ordered batch), with their requests and the prefix locations each was decided on."""
+    ordered batch), with their requests, the prefix locations each was decided on and
+    the version of the policy that decided each (a canary's for its sessions)."""
 
     requests: list[Request]
     answers: list[Answer]
     prefixes: list[PrefixView | None]
-    version: str
+    version: str  # the champion's
+    versions: list[str]
+
+
+class _Decided:
+    """A call's decisions so far, in the order they were made."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.answers: list[Answer] = []
+        self.prefixes: list[PrefixView | None] = []
+        self.arms: list[Decider] = []
+        self.latencies: list[float] = []
+        self.scores: list[tuple[float, ...] | None] = []
+        self.probs: list[float | None] = []
+        self.sessions: list[str] = []
+        self.paths: dict[tuple[str, str], int] = {}  # (policy name, path): decisions
+
+    def add(self, request: Request, answer: Answer, prefix: PrefixView | None,
+            decider: Decider, latency_us: float, session: str) -> None:
+        policy = decider.loaded.policy
+        self.requests.append(request)
+        self.answers.append(answer)
+        self.prefixes.append(prefix)
+        self.arms.append(decider)
+        self.latencies.append(latency_us)
+        self.scores.append(last_scores(policy))
+        self.probs.append(last_action_prob(policy))
+        self.sessions.append(session)
+        key = (decider.loaded.name, path_of(answer))
+        self.paths[key] = self.paths.get(key, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -98,6 +137,9 @@ class SchedulerCore:
         self._digest = cluster_digest(registry.cluster)
         self._counters: dict[tuple[str, str], Any] = {}
         self._completed: OrderedDict[tuple[str, int], None] = OrderedDict()
+        # Who decided each placed request, until its outcome: it goes to that arm.
+        self._deciders: OrderedDict[tuple[str, int], Decider] = OrderedDict()
+        registry.canary_listeners.append(self._canary_changed)
         #: Called with (client id, request id) of each request completed (once each).
         self.completed: list[Callable[[str, int], None]] = []
         self._shadow_q: queue.Queue[_Call | None] = queue.Queue(SHADOW_QUEUE_CALLS)
@@ -112,58 +154,71 @@ class SchedulerCore:
         """Decide ``requests`` in order (each after the reservations of those before it)
         on ``snapshot`` or, if None, on the service's own view. ``prefixes``: where each
         request's prefix sits as its caller said (None: as the block index says);
-        ``ordered``: in the policy's queue order rather than as listed; ``sessions``: the
-        session each request is a turn of (None or "": its agent id names it)."""
+        ``ordered``: in the champion's queue order rather than as listed; ``sessions``:
+        the session each request is a turn of (None or "": its agent id names it), which
+        chooses its arm while a canary runs (a batch may mix arms)."""
         if not requests:
             raise InvalidMessage("no requests: a batch needs at least one")
         if len(requests) > self.max_batch:
             raise InvalidMessage(f"{len(requests)} requests in one batch; at most "
                                  f"{self.max_batch}")
-        served = self.registry.current  # read once: a swap now does not touch this call
-        if served is None:
+        serving = self.registry.serving  # read once: a change now does not touch this call
+        if serving.current is None:
             raise NoPolicy("no policy is loaded yet")
+        champion = Decider(Arm.CHAMPION, serving.current)
         own = snapshot is None
         view = self.state.view() if snapshot is None else view_from_pb(snapshot, self.cluster)
         start_view = view
-        policy = served.policy
-        turn = (self._queue_order(requests, policy, view.time_s) if ordered
+        turn = (self._queue_order(requests, champion.loaded.policy, view.time_s) if ordered
                 else range(len(requests)))
-        done = Scheduled([], [], [], served.version)
-        latencies: list[float] = []
-        scores: list[tuple[float, ...] | None] = []
-        probs: list[float | None] = []
-        named: list[str] = []
-        paths: dict[str, int] = {}
-        decide = policy.decide
+        done = _Decided()
         last = len(requests) - 1
         for k, i in enumerate(turn):
             request = requests[i]
             t0 = time.perf_counter()
+            session = sessions[i] if sessions is not None else ""
+            decider = self._decider(serving, champion, request, session)
             given = prefixes[i] if prefixes is not None else None
             prefix = given if given is not None else self.cache.locate(request)
-            answer = self._checked(served, decide, request,
-                                   view if prefix is None else replace(view, prefix=prefix))
-            if own:
-                answer = self.state.vet(answer)
-            if isinstance(answer, Decision):
-                if own:
-                    self.state.hold(client_id, request, answer)
-                    self.cache.placed(request, answer)
-                if k < last:  # only the next decision of this call looks at it
-                    view = reserve_view(view, request, answer)
-            latencies.append((time.perf_counter() - t0) * 1e6)
-            done.requests.append(request)
-            done.answers.append(answer)
-            done.prefixes.append(prefix)
-            scores.append(last_scores(policy))
-            probs.append(last_action_prob(policy))
-            named.append(sessions[i] if sessions is not None else "")
-            path = path_of(answer)
-            paths[path] = paths.get(path, 0) + 1
-        self._count(served.name, paths)
+            answer = self._decide(decider, request,
+                                  view if prefix is None else replace(view, prefix=prefix),
+                                  client_id, own)
+            if isinstance(answer, Decision) and k < last:  # only this call's next looks
+                view = reserve_view(view, request, answer)
+            done.add(request, answer, prefix, decider, (time.perf_counter() - t0) * 1e6,
+                     session)
+        self._count(done.paths)
         self._after(_Call(client_id, start_view, snapshot, done.requests, done.answers,
-                          latencies, scores, probs, named, served, time.time()))
-        return done
+                          done.latencies, done.scores, done.probs, done.sessions, done.arms,
+                          time.time()))
+        return Scheduled(done.requests, done.answers, done.prefixes, champion.loaded.version,
+                         [d.loaded.version for d in done.arms])
+
+    @staticmethod
+    def _decider(serving: Serving, champion: Decider, request: Request,
+                 session: str) -> Decider:
+        """The canary's policy for the canary's sessions, else the champion."""
+        slot = serving.canary
+        if slot is not None and in_canary(session or str(request.agent_id), slot.share):
+            return Decider(Arm.CANARY, slot.loaded)
+        return champion
+
+    def _decide(self, decider: Decider, request: Request, view: ClusterView, client_id: str,
+                own: bool) -> Answer:
+        """``decider``'s checked answer; on the service's own view, vetted and held. A
+        placed request's decider is remembered for its outcome."""
+        answer = self._checked(decider.loaded, decider.loaded.policy.decide, request, view)
+        if own:
+            answer = self.state.vet(answer)
+        if isinstance(answer, Decision):
+            if own:
+                self.state.hold(client_id, request, answer)
+                self.cache.placed(request, answer)
+            key = (client_id, request.request_id)
+            self._deciders[key] = decider
+            if len(self._deciders) > _COMPLETED_REMEMBERED:
+                self._deciders.popitem(last=False)
+        return answer
 
     def _queue_order(self, requests: Sequence[Request], policy: object,
                      now: float) -> list[int]:
@@ -176,14 +231,13 @@ class SchedulerCore:
             queue.arrive(_Queued(requests[i], i))
         return [queue.take(queue.pick(now)).index for _ in range(len(requests))]
 
-    def _count(self, policy: str, paths: Mapping[str, int]) -> None:
-        """Count a call's decisions, ``paths`` of each path: once per path, not per
-        decision (an increment takes a lock)."""
-        for path, n in paths.items():
-            counter = self._counters.get((policy, path))
+    def _count(self, paths: Mapping[tuple[str, str], int]) -> None:
+        """Count a call's decisions, ``paths`` of each (policy name, path): once per pair,
+        not per decision (an increment takes a lock)."""
+        for key, n in paths.items():
+            counter = self._counters.get(key)
             if counter is None:  # labels() costs microseconds: looked up once per pair
-                counter = self._counters[(policy, path)] = self.metrics.decisions.labels(
-                    policy, path)
+                counter = self._counters[key] = self.metrics.decisions.labels(*key)
             counter.inc(n)
 
     def _checked(self, served: LoadedPolicy, decide: Callable[[Request, ClusterView], Answer],
@@ -264,16 +318,16 @@ class SchedulerCore:
         """What the log records of ``call``: its view, serialized, and its decisions."""
         snapshot = call.snapshot if call.snapshot is not None else view_to_pb(call.view)
         rows = [LoggedDecision(
-            request=request, answer=answer, policy_spec=call.served.spec,
-            policy_version=call.served.version, latency_us=latency, decided_at=call.decided_at,
-            client_id=call.client_id,
+            request=request, answer=answer, policy_spec=decider.loaded.spec,
+            policy_version=decider.loaded.version, latency_us=latency,
+            decided_at=call.decided_at, client_id=call.client_id,
             shadow=shadow_answers[i] if shadow is not None else None,
             shadow_spec=shadow.spec if shadow is not None else None,
             shadow_version=shadow.version if shadow is not None else None, scores=scores,
-            session_id=session, action_prob=prob)
-            for i, (request, answer, latency, scores, prob, session) in enumerate(
+            session_id=session, action_prob=prob, arm=decider.arm.value)
+            for i, (request, answer, latency, scores, prob, session, decider) in enumerate(
                 zip(call.requests, call.answers, call.latencies_us, call.scores,
-                    call.action_probs, call.sessions, strict=True))]
+                    call.action_probs, call.sessions, call.arms, strict=True))]
         return snapshot.SerializeToString(), self._digest, call.view.time_s, rows
 
     # -- the rest --------------------------------------------------------------------------
@@ -295,11 +349,29 @@ class SchedulerCore:
             self.log.record_outcome(client_id, request_id, dict(outcome))
         for listener in self.completed:
             listener(client_id, request_id)
-        served = self.registry.current
+        decider = self._deciders.pop(key, None)
+        # The policy that decided it learns from it (the champion, if it was forgotten).
+        served = decider.loaded if decider is not None else self.registry.current
         learner = as_learner(served.policy) if served is not None else None
         if learner is not None:
             learner.complete(request_id, dict(outcome))
+        if decider is not None and self.registry.canary is not None:
+            self._canary_outcome(decider, outcome)
         return released
+
+    # -- the canary --------------------------------------------------------------------
+    def _canary_outcome(self, decider: Decider, outcome: Mapping[str, float]) -> None:
+        found = self.registry.canary_outcome(decider.arm, decider.loaded, outcome)
+        if found is not None:
+            self.metrics.canary_rollbacks.labels(found.measure).inc()
+            log.warning("canary rolled back: %s", found.reason(self.registry.monitor.config))
+
+    def _canary_changed(self, event: CanaryEvent) -> None:
+        """Each change of the canary (under the registry's lock: keep it short)."""
+        self.metrics.canary_share.set(event.share if event.event == "set" else 0.0)
+        if self.log is not None:
+            self.log.record_event(event.event, event.spec, event.version, event.share,
+                                  event.reason)
 
     def close(self) -> None:
         """Let the shadow finish, then flush and close the log."""

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -25,12 +26,13 @@ from grpc_reflection.v1alpha import reflection
 
 from agents.model_registry import MODEL_NAME, alias_version
 from policy_service.cache_index import CacheIndex
+from policy_service.canary import CanaryConfig
 from policy_service.cluster_state import ClusterState
 from policy_service.decision_log import DecisionLog
 from policy_service.epp.picker import Picker
 from policy_service.epp.processor import SERVICE as EXT_PROC
 from policy_service.epp.processor import ExtProc
-from policy_service.hot_swap import LoadedPolicy, PolicyRefused, PolicyRegistry
+from policy_service.hot_swap import CanarySlot, LoadedPolicy, PolicyRefused, PolicyRegistry
 from policy_service.metrics import Metrics
 from policy_service.proto import scheduler_pb2 as pb
 from policy_service.scheduler import SchedulerCore
@@ -40,6 +42,8 @@ from runtime.preset import load_preset
 from runtime.serving.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Seconds between two updates of the endpoint picker's readiness.
 EPP_HEALTH_S = 0.1
@@ -71,8 +75,12 @@ class ServeConfig:
     epp_port: int | None = None
     epp_max_wait_s: float = 30.0
     tokenizer: str = "bytes"
+    canary_max_regression: float = 0.10
+    canary_min_completions: int = 50
+    canary_window: int = 2000
 
     def __post_init__(self) -> None:
+        self.canary_config()  # its checks name the value that is wrong
         for flag, port in (("--port", self.port), ("--metrics-port", self.metrics_port),
                            ("--epp-port", self.epp_port)):
             if port is not None and not 0 <= port <= 65535:
@@ -91,6 +99,11 @@ class ServeConfig:
             raise ValueError(f"max_batch must lie in 1..100000, got {self.max_batch}")
         if self.policy is None and self.watch_alias is None:
             raise ValueError("nothing to serve: give --policy SPEC or --watch-alias ALIAS")
+
+    def canary_config(self) -> CanaryConfig:
+        return CanaryConfig(max_regression=self.canary_max_regression,
+                            min_completions=self.canary_min_completions,
+                            window=self.canary_window)
 
     def token(self) -> str | None:
         if self.admin_token_file is None:
@@ -113,11 +126,7 @@ class Admin:
 
     async def swap(self, spec: str, kind: str = "swap") -> LoadedPolicy:
         async with self._lock:
-            try:
-                loaded = await asyncio.to_thread(self.registry.swap, spec)
-            except PolicyRefused:
-                self.metrics.refused.inc()
-                raise
+            loaded = await self._load(self.registry.swap, spec)
         self.metrics.swaps.labels(kind).inc()
         await self._on_change()
         log.info("serving %s (%s)", loaded.version, kind)
@@ -132,13 +141,35 @@ class Admin:
 
     async def set_shadow(self, spec: str) -> LoadedPolicy | None:
         async with self._lock:
-            try:
-                loaded = await asyncio.to_thread(self.registry.set_shadow, spec)
-            except PolicyRefused:
-                self.metrics.refused.inc()
-                raise
+            loaded = await self._load(self.registry.set_shadow, spec)
         self.metrics.swaps.labels("shadow").inc()
         return loaded
+
+    async def set_canary(self, spec: str, share: float) -> CanarySlot | None:
+        """Start (or, with an empty spec, end) the canary; the challenger loads in a
+        worker thread."""
+        async with self._lock:
+            slot = await self._load(self.registry.set_canary, spec, share)
+        self.metrics.swaps.labels("canary").inc()
+        if slot is not None:
+            log.info("canary: %.1f%% of the sessions on %s", 100 * share, slot.loaded.version)
+        return slot
+
+    async def promote_canary(self) -> LoadedPolicy:
+        async with self._lock:
+            loaded = self.registry.promote_canary()
+        self.metrics.swaps.labels("promote").inc()
+        await self._on_change()
+        log.info("promoted the canary: serving %s", loaded.version)
+        return loaded
+
+    async def _load(self, change: Callable[..., T], *args: Any) -> T:
+        """``change(*args)`` in a worker thread (it loads a policy); a refusal counted."""
+        try:
+            return await asyncio.to_thread(change, *args)
+        except PolicyRefused:
+            self.metrics.refused.inc()
+            raise
 
 
 class SchedulerServer:
@@ -148,7 +179,7 @@ class SchedulerServer:
         self.config = config
         self.cluster = cluster or load_preset(config.preset, config.overrides)
         self.metrics = Metrics()
-        self.registry = PolicyRegistry(self.cluster)
+        self.registry = PolicyRegistry(self.cluster, canary=config.canary_config())
         decision_log = (DecisionLog(config.db, flush_interval_s=config.log_flush_s)
                         if config.db else None)
         self.core = SchedulerCore(self.registry, ClusterState(self.cluster,

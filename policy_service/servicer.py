@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from policy_service.canary import ArmReport, CanaryReport, check_request
 from policy_service.codec import InvalidMessage, decision_to_pb, prefix_from_pb, request_from_pb
 from policy_service.hot_swap import LoadedPolicy, PolicyRefused
 from policy_service.proto import scheduler_pb2 as pb
@@ -63,7 +64,7 @@ class Servicer:
         done = self.core.schedule(
             (request,), msg.view if msg.HasField("view") else None, msg.client_id,
             [prefix_from_pb(msg.request, self.core.cluster)], sessions=[msg.request.session_id])
-        return decision_to_pb(done.answers[0], request.request_id, done.version,
+        return decision_to_pb(done.answers[0], request.request_id, done.versions[0],
                               done.prefixes[0])
 
     async def schedule_batch(self, msg: pb.ScheduleBatchRequest,
@@ -75,8 +76,8 @@ class Servicer:
             requests, msg.view if msg.HasField("view") else None, msg.client_id, prefixes,
             ordered=msg.ordered, sessions=[r.session_id for r in msg.requests])
         return pb.ScheduleBatchResponse(decisions=[
-            decision_to_pb(a, r.request_id, done.version, p)
-            for a, r, p in zip(done.answers, done.requests, done.prefixes, strict=True)])
+            decision_to_pb(a, r.request_id, v, p) for a, r, v, p in zip(
+                done.answers, done.requests, done.versions, done.prefixes, strict=True)])
 
     async def report_cache_events(self, msg: pb.CacheEventBatch, _ctx: Any) -> pb.ReportAck:
         return pb.ReportAck(accepted=self.core.cache.report(msg))
@@ -98,6 +99,9 @@ class Servicer:
     async def ping(self, _msg: pb.PingRequest, _ctx: Any) -> pb.PingResponse:
         return pb.PingResponse()
 
+    async def get_canary(self, msg: pb.GetCanaryRequest, _ctx: Any) -> pb.CanaryStatus:
+        return canary_to_pb(self.core.registry.canary_report(msg.samples))
+
     # -- SchedulerAdmin --------------------------------------------------------------------
     async def swap_policy(self, msg: pb.SwapPolicyRequest, ctx: Any) -> pb.PolicyInfo:
         self._authorize(ctx)
@@ -115,6 +119,20 @@ class Servicer:
         self._authorize(ctx)
         await self.admin.set_shadow(msg.spec)
         return self.policy_info()
+
+    async def set_canary(self, msg: pb.SetCanaryRequest, ctx: Any) -> pb.CanaryStatus:
+        self._authorize(ctx)
+        try:
+            check_request(msg.spec, msg.share)
+        except ValueError as err:
+            raise InvalidMessage(str(err)) from None
+        await self.admin.set_canary(msg.spec, msg.share)
+        return canary_to_pb(self.core.registry.canary_report())
+
+    async def promote_canary(self, _msg: pb.PromoteCanaryRequest, ctx: Any) -> pb.CanaryStatus:
+        self._authorize(ctx)
+        await self.admin.promote_canary()
+        return canary_to_pb(self.core.registry.canary_report())
 
     def _authorize(self, ctx: Any) -> None:
         if self._token is None:
@@ -145,12 +163,15 @@ class Servicer:
             "ReportCacheEvents": (self.report_cache_events, pb.CacheEventBatch),
             "Complete": (self.complete, pb.CompleteRequest),
             "GetPolicy": (self.get_policy, pb.GetPolicyRequest),
+            "GetCanary": (self.get_canary, pb.GetCanaryRequest),
             "Ping": (self.ping, pb.PingRequest),
         }
         admin = {
             "SwapPolicy": (self.swap_policy, pb.SwapPolicyRequest),
             "Rollback": (self.rollback, pb.RollbackRequest),
             "SetShadow": (self.set_shadow, pb.SetShadowRequest),
+            "SetCanary": (self.set_canary, pb.SetCanaryRequest),
+            "PromoteCanary": (self.promote_canary, pb.PromoteCanaryRequest),
         }
         return [self._generic(SCHEDULER, scheduler), self._generic(ADMIN, admin)]
 
@@ -195,6 +216,18 @@ class Servicer:
             return answer
 
         return handle
+
+
+def canary_to_pb(report: CanaryReport) -> pb.CanaryStatus:
+    def arm(a: ArmReport) -> pb.CanaryArm:
+        return pb.CanaryArm(spec=a.spec, version=a.version, completions=a.completions,
+                            ttft_mean_s=a.ttft_mean_s, latency_mean_s=a.latency_mean_s,
+                            ttft_s=a.ttft_s, latency_s=a.latency_s)
+
+    return pb.CanaryStatus(state=report.state.value, share=report.share, reason=report.reason,
+                           champion=arm(report.champion), challenger=arm(report.challenger),
+                           max_regression=report.config.max_regression,
+                           min_completions=report.config.min_completions)
 
 
 def _code_of(err: BaseException) -> grpc.StatusCode:
