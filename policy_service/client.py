@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import grpc
@@ -36,7 +36,7 @@ from agents.spec import resolve_policy
 from policy_service.cache_index import MAX_EVENTS_PER_CALL
 from policy_service.codec import decision_from_pb, request_to_pb, view_to_pb
 from policy_service.proto import scheduler_pb2 as pb
-from policy_service.servicer import SCHEDULER
+from policy_service.servicer import ADMIN, SCHEDULER
 from runtime.cache.index import CacheEvent, EventKind
 from runtime.cluster import ClusterSpec
 from runtime.decision import Decision, Defer
@@ -258,3 +258,40 @@ _KIND_TO_PB = {EventKind.STORE: pb.CACHE_STORED, EventKind.EVICT: pb.CACHE_EVICT
 def remote_policy(text: str, cluster: ClusterSpec | None = None) -> RemotePolicy:
     """The resolver's hook for ``grpc://`` specs."""
     return RemotePolicy(RemoteSpec.parse(text), cluster)
+
+
+class CallFailed(ValueError):
+    """A call the service answered with an error (its code and message); a ValueError, so
+    that a command line reports it as an error of what it was given (target, token)."""
+
+
+M = TypeVar("M", bound=Message)
+_ADMIN_METHODS = set(pb.DESCRIPTOR.services_by_name["SchedulerAdmin"].methods_by_name)
+
+
+def read_token(path: str) -> str:
+    """The admin token in the file at ``path`` (ValueError if it is empty)."""
+    token = Path(path).read_text().strip()
+    if not token:
+        raise ValueError(f"admin token file {path} is empty")
+    return token
+
+
+def service_call(target: str, method: str, msg: Message, reply: type[M], *,
+                 token: str | None = None, timeout_s: float = 120.0) -> M:
+    """One call of ``method`` at ``target`` over a plain channel: a SchedulerAdmin method
+    is authorized with ``token``. CallFailed with the service's answer if it fails."""
+    admin = method in _ADMIN_METHODS
+    if admin and token is None:
+        raise ValueError(f"{method} is an admin call: it needs the admin token")
+    metadata = [("authorization", f"Bearer {token}")] if admin else None
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(f"/{ADMIN if admin else SCHEDULER}/{method}",
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=reply.FromString)
+        try:
+            answer: M = call(msg, timeout=timeout_s, metadata=metadata)
+        except grpc.RpcError as err:
+            raise CallFailed(f"{method} at {target}: {err.code().name}: "
+                             f"{err.details()}") from None
+    return answer

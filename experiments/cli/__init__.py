@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from experiments.cli import (
     bench,
     calibrate,
+    canary,
     gateway,
     learning,
     live,
@@ -26,7 +27,8 @@ from experiments.cli import (
 )
 
 #: The command groups, in the order ``dualpath --help`` lists their commands.
-GROUPS = (runs, learning, scoring, bench, live, gateway, load, service, sweeps, calibrate)
+GROUPS = (runs, learning, scoring, bench, live, gateway, load, service, canary, sweeps,
+          calibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

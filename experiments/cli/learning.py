@@ -85,10 +85,16 @@ def cmd_train_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from experiments.training.promote import promote
+    from experiments.training.promote import promote, promote_canary
 
-    payload = promote(load_scenario(args.scenario), args.challenger, jobs=args.jobs,
-                      seeds=args.seeds, tracking_uri=args.tracking_uri)
+    if args.canary:
+        if not args.admin_token_file:
+            raise ValueError("promote --canary: --admin-token-file is required (promoting is "
+                             "an admin call)")
+        payload = promote_canary(args.canary, args.admin_token_file)
+    else:
+        payload = promote(load_scenario(args.scenario), args.challenger, jobs=args.jobs,
+                          seeds=args.seeds, tracking_uri=args.tracking_uri)
     emit(args, payload, payload["reason"])
 
 
@@ -132,8 +138,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("promote", help="move the champion alias to the challenger if it wins")
-    p.add_argument("--scenario", required=True)
+    p = sub.add_parser("promote", help="move the champion alias to the challenger if it wins "
+                                       "(--scenario), or promote a service's canary if its "
+                                       "window passes the rule (--canary)")
+    source = p.add_mutually_exclusive_group(required=True)  # what the rule is applied to
+    source.add_argument("--scenario", help="evaluate --challenger on this scenario's seeds")
+    source.add_argument("--canary", metavar="HOST:PORT",
+                        help="decide on the window of the canary running at this service")
+    p.add_argument("--admin-token-file", help="with --canary: file holding the admin token")
     p.add_argument("--challenger", default="models:/dualpath-scheduler@challenger",
                    help="policy spec of the challenger")
     p.add_argument("--seeds", type=int, help="the first N evaluation seeds")

@@ -3,7 +3,9 @@
 Every figure we publish is a mean over evaluation seeds with a Student-t 95%
 interval. Comparisons between two policies are paired: both ran on the same seeds
 and workloads, so the interval is taken over the per-seed differences, which
-removes the seed-to-seed variance the two share.
+removes the seed-to-seed variance the two share. A canary's window is the exception:
+its arms decided different sessions, two independent samples
+(:func:`canary_promote_decision`).
 """
 
 from __future__ import annotations
@@ -156,6 +158,12 @@ def promote_decision(
     ttft = _ttft_regression(challenger_ttft_p99, heuristic_ttft_p99)
     figures = (f"JCT improvement {_pct(gain)} ± {_pct(half)} (95% CI, {d.n} seeds), "
                f"p99 TTFT change {ttft:+.2%}")
+    return _rule(gain, half, ttft, figures, min_gain, max_ttft_regression)
+
+
+def _rule(gain: float, half: float, ttft: float, figures: str, min_gain: float,
+          max_ttft_regression: float) -> tuple[bool, str]:
+    """The promotion rule on a JCT improvement ``gain ± half`` and a p99 TTFT change."""
     failed = []
     if gain < min_gain:
         failed.append(f"mean JCT improvement {_pct(gain)} is below the {_pct(min_gain)} bar")
@@ -168,3 +176,65 @@ def promote_decision(
     if failed:
         return False, "refused: " + "; ".join(failed) + f" ({figures})"
     return True, f"promoted: {figures}"
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    """The ``q`` quantile by linear interpolation between order statistics (numpy's
+    default)."""
+    ordered = sorted(xs)
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _welch_ratio(c: Sequence[float], h: Sequence[float]) -> tuple[float, float]:
+    """``mean(c) / mean(h) - 1`` of two independent samples and the half width of its 95%
+    interval: the delta method's variance, ``ratio² (s_c² / (n_c m_c²) + s_h² / (n_h
+    m_h²))`` (written so that it holds at m_c = 0), with Student's t at the
+    Welch-Satterthwaite degrees of freedom of its two terms. An arm of one value gives
+    an infinite half width."""
+    (nc, mc), (nh, mh) = (len(c), math.fsum(c) / len(c)), (len(h), math.fsum(h) / len(h))
+    if not mh > 0:
+        raise ValueError(f"the champion's mean is {mh}: the relative change is undefined")
+    if nc < 2 or nh < 2:
+        return mc / mh - 1, math.inf
+    vc = math.fsum((x - mc) ** 2 for x in c) / (nc - 1)
+    vh = math.fsum((x - mh) ** 2 for x in h) / (nh - 1)
+    ratio = mc / mh
+    a, b = vc / (nc * mh**2), ratio**2 * vh / (nh * mh**2)
+    if a + b == 0:
+        return ratio - 1, 0.0
+    df = (a + b) ** 2 / (a**2 / (nc - 1) + b**2 / (nh - 1))
+    return ratio - 1, t975(max(1, math.floor(df))) * math.sqrt(a + b)
+
+
+def canary_promote_decision(
+    challenger_jct: Sequence[float],
+    champion_jct: Sequence[float],
+    challenger_ttft: Sequence[float],
+    champion_ttft: Sequence[float],
+    *,
+    min_gain: float = MIN_JCT_GAIN,
+    max_ttft_regression: float = MAX_TTFT_P99_REGRESSION,
+) -> tuple[bool, str]:
+    """:func:`promote_decision`'s rule on a canary's window: per-request JCTs and TTFTs
+    of the sessions each arm decided, two independent samples rather than paired seeds.
+
+    The challenger passes when (1) its relative mean JCT improvement
+    ``1 - mean_c / mean_h`` is at least ``min_gain``, (2) its 95% interval (see
+    :func:`_welch_ratio`: delta method, Welch's degrees of freedom) excludes zero, and
+    (3) its p99 TTFT is at most ``max_ttft_regression`` above the champion's. The
+    reason names every part that failed, with the figures, or the figures that passed.
+    """
+    cj, hj = _finite(challenger_jct, "challenger JCT"), _finite(champion_jct, "champion JCT")
+    ct = _finite(challenger_ttft, "challenger TTFT")
+    ht = _finite(champion_ttft, "champion TTFT")
+    change, half = _welch_ratio(cj, hj)
+    gain = -change
+    c99, h99 = _quantile(ct, 0.99), _quantile(ht, 0.99)
+    ttft = (c99 / h99 - 1) if h99 > 0 else (0.0 if c99 <= h99 else math.inf)
+    figures = (f"JCT improvement {_pct(gain)} ± {_pct(half)} (95% CI, {len(cj)} vs "
+               f"{len(hj)} requests), p99 TTFT change {ttft:+.2%} ({c99:.3g} s vs "
+               f"{h99:.3g} s)")
+    return _rule(gain, half, ttft, figures, min_gain, max_ttft_regression)

@@ -41,3 +41,39 @@ def promote(scenario: Scenario, challenger: str, *, jobs: int = 1, seeds: int | 
     return {"promoted": promoted, "reason": reason, "challenger": challenger,
             "version": version, "best_heuristic": best, "seeds": chosen,
             "jct_mean_s": {k: v["jct_mean_s"] for k, v in rows.items()}}
+
+
+def promote_canary(target: str, token_file: str) -> dict[str, Any]:
+    """Apply the promotion rule (``stats.canary_promote_decision``) to the window of the
+    canary running at ``target`` and, when it passes, promote the challenger there
+    (PromoteCanary); returns what happened and why. ValueError when no canary runs or an
+    arm has no completions yet."""
+    from experiments.evaluation.stats import canary_promote_decision
+    from experiments.training.canary import canary_status, status_dict
+    from policy_service.client import read_token, service_call
+    from policy_service.proto import scheduler_pb2 as pb
+
+    token = read_token(token_file)  # before anything is evaluated: a bad file fails now
+    status = canary_status(target, samples=True)
+    if status["state"] != "running":
+        raise ValueError(f"no canary is running at {target} (state {status['state']}"
+                         + (f": {status['reason']}" if status["reason"] else "") + ")")
+    c, h = status["challenger"], status["champion"]
+    for label, arm in (("challenger", c), ("champion", h)):
+        if not arm.get("latency_s") or not arm.get("ttft_s"):
+            raise ValueError(f"the canary's {label} has no completions with a TTFT and a "
+                             f"JCT yet: nothing to decide on")
+    ok, reason = canary_promote_decision(c["latency_s"], h["latency_s"], c["ttft_s"],
+                                         h["ttft_s"])
+    reason = f"{reason} (challenger {c['version']} vs champion {h['version']})"
+    payload = {"promoted": ok, "reason": reason, "target": target,
+               "challenger": c["version"], "champion": h["version"],
+               "completions": {"challenger": c["completions"], "champion": h["completions"]}}
+    if ok:
+        after = status_dict(service_call(target, "PromoteCanary", pb.PromoteCanaryRequest(),
+                                         pb.CanaryStatus, token=token))
+        payload["state"] = after["state"]
+        if after["challenger"]["version"] != c["version"]:  # replaced between the two calls
+            payload["reason"] += (f"; the service promoted {after['challenger']['version']}, "
+                                  "set after this decision")
+    return payload
