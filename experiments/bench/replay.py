@@ -28,8 +28,8 @@ from runtime.sim import Simulator
 from runtime.workload.agentic import AgenticWorkload
 
 POLICIES = ("pe_only", "dualpath", "dualpath_split")
-#: Requests an agent of the 32K set makes on average (seed 0): sizes the first try.
-_TURNS_PER_AGENT = 40
+#: About the requests an agent of the 32K set makes (seed 0: 62): sizes the first try.
+_TURNS_PER_AGENT = 60
 
 
 def write_log(db: Path, decisions: int, preset: str = "tiny") -> dict[str, Any]:

@@ -124,3 +124,14 @@ def test_no_log_is_named(tmp_path):
         logged_traffic(f"sqlite:///{tmp_path}/missing.db")
     with pytest.raises(ValueError, match="--resamples must lie in 2..1000"):
         log_scenario(f"sqlite:///{tmp_path}/missing.db", tmp_path, resamples=1)
+
+
+@pytest.mark.slow
+def test_the_replay_benchmark_times_every_step():
+    from experiments.bench.replay import bench_replay, render_replay_bench
+
+    payload = bench_replay(decisions=300, resamples=2, jobs=1, train_seeds=1)
+    assert payload["decisions"] >= 300 and payload["replay_runs"] == 6
+    for key in ("log_write_s", "read_and_rebuild_s", "replay_s", "train_from_log_s"):
+        assert payload[key] > 0
+    assert "train --from-log" in render_replay_bench(payload)
