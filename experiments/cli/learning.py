@@ -92,6 +92,12 @@ def cmd_promote(args: argparse.Namespace) -> None:
             raise ValueError("promote --canary: --admin-token-file is required (promoting is "
                              "an admin call)")
         payload = promote_canary(args.canary, args.admin_token_file)
+    elif args.from_log:
+        from experiments.evaluation.stats import bootstrap_ci95
+
+        payload = promote(load_scenario(_log_scenario(args, "promote")), args.challenger,
+                          jobs=args.jobs, seeds=args.seeds, tracking_uri=args.tracking_uri,
+                          interval=bootstrap_ci95)
     else:
         payload = promote(load_scenario(args.scenario), args.challenger, jobs=args.jobs,
                           seeds=args.seeds, tracking_uri=args.tracking_uri)
@@ -139,12 +145,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("promote", help="move the champion alias to the challenger if it wins "
-                                       "(--scenario), or promote a service's canary if its "
-                                       "window passes the rule (--canary)")
+                                       "(--scenario, or --from-log: a replayed log), or "
+                                       "promote a service's canary if its window passes the "
+                                       "rule (--canary)")
     source = p.add_mutually_exclusive_group(required=True)  # what the rule is applied to
     source.add_argument("--scenario", help="evaluate --challenger on this scenario's seeds")
     source.add_argument("--canary", metavar="HOST:PORT",
                         help="decide on the window of the canary running at this service")
+    source.add_argument("--from-log", metavar="URL",
+                        help="evaluate --challenger on the replayed sessions of this decision "
+                             "log (bootstrap resamples as seeds)")
+    add_log_args(p)
+    p.add_argument("--out", help="with --from-log: where the sessions and scenario go "
+                                 "(default results/promote/log-NAME)")
     p.add_argument("--admin-token-file", help="with --canary: file holding the admin token")
     p.add_argument("--challenger", default="models:/dualpath-scheduler@challenger",
                    help="policy spec of the challenger")

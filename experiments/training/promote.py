@@ -7,27 +7,31 @@ from typing import Any
 
 from experiments.evaluation.evaluate import run_all, summarize_seeds
 from experiments.evaluation.scenario import Scenario
-from experiments.evaluation.stats import promote_decision
+from experiments.evaluation.stats import Interval, mean_ci95, promote_decision
 from experiments.tracking import mlflow_runs as tracking
 
 
 def promote(scenario: Scenario, challenger: str, *, jobs: int = 1, seeds: int | None = None,
-            tracking_uri: str | None = None) -> dict[str, Any]:
-    """Evaluate, decide, and move the alias when the rule passes; returns what happened."""
+            tracking_uri: str | None = None, interval: Interval = mean_ci95) -> dict[str, Any]:
+    """Evaluate, decide, and move the alias when the rule passes; returns what happened.
+    ``interval``: :func:`~experiments.evaluation.stats.bootstrap_ci95` where the
+    scenario's seeds are bootstrap resamples (a replayed log's)."""
     tracking.setup(tracking_uri)
     version = None
     if challenger.startswith("models:/"):
         version = tracking.model_version(challenger)
         challenger = f"models:/{tracking.MODEL_NAME}/{version}"  # pin what is evaluated
     chosen = list(scenario.eval_seeds[:seeds] if seeds else scenario.eval_seeds)
-    heuristics = list(scenario.heuristics)
+    heuristics = [h for h in scenario.heuristics if h != challenger]  # a heuristic challenger
+    # is measured against the others
     specs = [challenger, *heuristics]
     rows = {r["policy"]: r for r in summarize_seeds(run_all(scenario, specs, chosen, jobs=jobs),
                                                specs)}
     best = min(heuristics, key=lambda h: rows[h]["jct_mean_s"])
     ok, reason = promote_decision(
         rows[challenger]["per_seed_jct_mean_s"], rows[best]["per_seed_jct_mean_s"],
-        rows[challenger]["per_seed_ttft_p99_s"], rows[best]["per_seed_ttft_p99_s"])
+        rows[challenger]["per_seed_ttft_p99_s"], rows[best]["per_seed_ttft_p99_s"],
+        interval=interval)
     reason = f"{reason} (challenger {challenger} vs best heuristic {best})"
     promoted = ok and version is not None
     if ok and version is None:

@@ -86,6 +86,17 @@ def test_train_from_a_log_writes_a_predictor(logged, tmp_path, capsys):
     assert resolve_policy(str(out), load_preset("tiny")).policy.name
 
 
+def test_promote_from_a_log_applies_the_rule_on_resamples(logged, tmp_path, capsys):
+    db, _ = logged
+    main(["promote", "--from-log", f"sqlite:///{db}", "--challenger", "pe_only",
+          "--resamples", "3", "--jobs", "1", "--out", str(tmp_path / "p"),
+          "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["promoted"] is False and payload["seeds"] == [0, 1, 2]
+    assert payload["reason"].startswith("refused: mean JCT improvement")
+    assert (tmp_path / "p" / "replay" / "sessions.json").is_file()
+
+
 def test_a_cluster_no_preset_matches_is_named(tmp_path):
     db = tmp_path / "odd.db"
     _log(db, ("node.snic_gb_s=0.37",))
