@@ -20,7 +20,10 @@ that bound exceeds ``max_regression`` for TTFT or for JCT: the service is
 confident the challenger is worse by more than the bound. The test looks again
 after every completion, and repeated looks raise the chance of a false rollback
 above the nominal 5%; the margin (the bound must clear ``max_regression``, not
-zero) keeps it low for a challenger that is no worse than the champion.
+zero) keeps it low for a challenger that is no worse than the champion. Heavy tails
+weaken that: on synthetic A/A canaries (both arms the same lognormal, the default
+configuration, 1,000 completions per arm, 400 canaries each) we measured false
+rollbacks in 0.25% of them at sigma 0.3, 1.25% at sigma 0.5 and 8.75% at sigma 1.0.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         tls_cert=args.tls_cert, tls_key=args.tls_key, admin_token_file=args.admin_token_file,
         max_batch=args.max_batch, engine_max_age_s=args.engine_max_age, grace_s=args.grace,
         cache_ttl_s=args.cache_ttl, epp_port=args.epp_port, epp_max_wait_s=args.epp_max_wait_s,
-        tokenizer=args.tokenizer)
+        tokenizer=args.tokenizer, canary_max_regression=args.canary_max_regression,
+        canary_min_completions=args.canary_min_completions, canary_window=args.canary_window)
     serve(config)
 
 
@@ -130,6 +131,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default="bytes",
                    help="the picker's tokenizer: bytes (UTF-8 bytes, the default) or "
                         "module:attribute")
+    p.add_argument("--canary-max-regression", type=float, default=0.10,
+                   help="a canary rolls back when its challenger's TTFT or JCT regression "
+                        "(one-sided 95%% lower bound) exceeds this share of the champion's "
+                        "mean (default 0.10)")
+    p.add_argument("--canary-min-completions", type=int, default=50,
+                   help="completions per arm before the canary's test runs (default 50)")
+    p.add_argument("--canary-window", type=int, default=2000,
+                   help="the last completions each canary arm keeps (default 2000)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("decisions", help="the service's decision log")
