@@ -143,7 +143,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
+    _add_promote_parser(sub)
 
+
+def _add_promote_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("promote", help="move the champion alias to the challenger if it wins "
                                        "(--scenario, or --from-log: a replayed log), or "
                                        "promote a service's canary if its window passes the "

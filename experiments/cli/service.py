@@ -94,6 +94,11 @@ def cmd_decisions_fidelity(args: argparse.Namespace) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_serve_parser(sub)
+    _add_decisions_parser(sub)
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the scheduler service (gRPC)")
     p.add_argument("--policy", default=None,
                    help="policy spec to serve (default dualpath unless --watch-alias)")
@@ -141,6 +146,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="the last completions each canary arm keeps (default 2000)")
     p.set_defaults(func=cmd_serve)
 
+
+def _add_decisions_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decisions", help="the service's decision log")
     dec = p.add_subparsers(dest="what", required=True)
     d = dec.add_parser("export", help="export the log as a Parquet dataset")
