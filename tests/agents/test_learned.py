@@ -136,6 +136,23 @@ def test_router_network_picks_the_models_actions(cluster, route_model, route_dir
                                   want)
 
 
+def test_router_says_the_models_probability_of_its_action(cluster, route_model, route_dir):
+    obs, masks = collect(route_env(cluster), (0,), masked=True)
+    obs, masks = obs[:50], masks[:50]
+    want, _ = route_model.predict(obs, action_masks=masks, deterministic=True)
+    with torch.no_grad():
+        dist = route_model.policy.get_distribution(
+            route_model.policy.obs_to_tensor(obs)[0], action_masks=masks)
+        model_prob = dist.log_prob(torch.as_tensor(want)).exp().numpy()
+    router = LearnedRouter(load_artifact(route_dir), cluster)
+    probs = []
+    for o, m in zip(obs, masks, strict=True):
+        router.act(o, m)
+        probs.append(router._actor.action_prob)
+    np.testing.assert_allclose(probs, model_prob, rtol=1e-4)
+    assert all(0 < p <= 1 for p in probs)
+
+
 def test_tuner_network_picks_the_models_actions(cluster, tune_model, tune_dir):
     obs, _ = collect(tune_env(cluster), (0, 1), masked=False)
     assert len(obs) >= 200

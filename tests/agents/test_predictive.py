@@ -158,3 +158,25 @@ def test_every_shipped_predictor_loads_and_decides_on_any_cluster():
         policy = resolve_policy(f"pretrained:{name}", load_preset("tiny")).policy
         assert isinstance(policy, PredictivePicker)
         assert simulate(policy, CACHES).metrics["requests"] > 0
+
+
+def test_the_action_probability_says_how_likely_the_answer_was():
+    from types import SimpleNamespace
+
+    from agents.learned.predictive import Candidate
+
+    def candidate(k: int, score: float) -> Candidate:
+        engine = SimpleNamespace(tok=0, engine_id=k)
+        return Candidate(engine, engine, 0.0, (0.0,) * len(FEATURES), score, 0)
+
+    pool = [candidate(0, 1.0), candidate(1, 1.1), candidate(2, 5.0)]  # 2 within the guard
+    greedy = PredictivePicker(Predictor.prior(), Knobs())
+    simulate(greedy, CACHES)
+    assert greedy.last_action_prob == 1.0
+    picker = RecordingPicker(Predictor.prior(), Knobs(), explore=0.5, guard=1.25, seed=3)
+    seen = {}
+    for _ in range(200):
+        chosen = picker.choose(pool)
+        seen[chosen.prefill.engine_id] = picker.last_action_prob
+    # The best: kept with 1 - 0.5, drawn with 0.5 / 2; the other near one: 0.5 / 2.
+    assert seen == {0: pytest.approx(0.75), 1: pytest.approx(0.25)}
