@@ -86,6 +86,17 @@ def cmd_bench_replay(args: argparse.Namespace) -> None:
     emit(args, payload, render_replay_bench(payload))
 
 
+def _add_replay_parser(bench: argparse._SubParsersAction) -> None:
+    b = bench.add_parser("replay", help="wall time of replay and train --from-log on a log "
+                                        "a real service wrote")
+    b.add_argument("--decisions", type=int, default=10_000, help="at least this many logged")
+    b.add_argument("--resamples", type=int, default=10)
+    b.add_argument("--jobs", type=int, default=2)
+    b.add_argument("--train-seeds", type=int, default=4)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_replay)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="what", required=True)
@@ -131,14 +142,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_soak)
 
-    b = bench.add_parser("replay", help="wall time of replay and train --from-log on a log "
-                                        "a real service wrote")
-    b.add_argument("--decisions", type=int, default=10_000, help="at least this many logged")
-    b.add_argument("--resamples", type=int, default=10)
-    b.add_argument("--jobs", type=int, default=2)
-    b.add_argument("--train-seeds", type=int, default=4)
-    b.add_argument("--json", action="store_true")
-    b.set_defaults(func=cmd_bench_replay)
+    _add_replay_parser(bench)
     b = bench.add_parser("gateway", help="latency the endpoint picker adds behind Envoy, "
                                          "against round robin over the same engines")
     b.add_argument("--requests", type=int, default=2000, help="measured requests per target "
