@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 
-from experiments.live.gateway import Gateway, GatewayConfig, free_ports
+from experiments.live.gateway import Gateway, GatewayConfig, free_ports, running
 from experiments.live.load import stream_completion
 from runtime.serving.openai import COMPLETIONS
 
@@ -85,22 +84,12 @@ def bench_gateway(requests: int = REQUESTS, warmup: int = WARMUP,
     if requests < 1 or warmup < 0:
         raise ValueError(f"requests must be >= 1 and warmup >= 0, got {requests}, {warmup}")
     workdir = Path(tempfile.mkdtemp(prefix="dualpath-bench-gateway-"))
-    ready = threading.Event()
     gateway = Gateway(GatewayConfig(preset=preset, port=0, db=f"sqlite:///{workdir}/d.db",
-                                    round_robin_port=free_ports(1)[0]),
-                      on_ready=lambda _: ready.set(), announce=False)
-    runner = threading.Thread(target=gateway.run, daemon=True)
-    runner.start()
-    try:
-        while not ready.wait(0.5):
-            if not runner.is_alive():
-                raise RuntimeError("the gateway did not come up (see its messages above)")
+                                    round_robin_port=free_ports(1)[0]), announce=False)
+    with running(gateway):
         urls = {"round_robin": f"http://127.0.0.1:{gateway.cfg.round_robin_port}",
                 "picker": gateway.url}
         rows = [asyncio.run(_measure(urls, c, requests, warmup)) for c in concurrency]
-    finally:
-        gateway.stop.set()
-        runner.join(120)
     worst = max(r["epp_added_p99_ms"] for r in rows)
     return {"preset": preset, "rows": rows,
             "epp_added_p50_ms": max(r["epp_added_p50_ms"] for r in rows),

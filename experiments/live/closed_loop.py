@@ -24,7 +24,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 from experiments.evaluation.replay import replay
 from experiments.evaluation.table import format_table
-from experiments.live.gateway import Gateway, GatewayConfig
+from experiments.live.gateway import Gateway, GatewayConfig, running
 from experiments.live.load import LoadConfig, run_load
 
 #: The largest relative error of a replayed mean JCT the check accepts.
@@ -60,22 +59,11 @@ class FidelityConfig:
 def live_run(cfg: FidelityConfig, policy: str, db: Path) -> dict[str, Any]:
     """One gateway run of ``policy`` serving the load; the cluster's and the client's
     figures (``live`` and ``client``)."""
-    ready = threading.Event()
     gateway = Gateway(GatewayConfig(preset=cfg.preset, policy=policy, port=0,
-                                    db=f"sqlite:///{db}"),
-                      on_ready=lambda _: ready.set(), announce=False)
-    result: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: result.update(gateway.run()), daemon=True)
-    runner.start()
-    try:
-        while not ready.wait(0.5):
-            if not runner.is_alive():
-                raise RuntimeError(f"the gateway for {policy} did not come up")
+                                    db=f"sqlite:///{db}"), announce=False)
+    with running(gateway) as result:
         client = run_load(LoadConfig(url=gateway.url, agents=cfg.agents, mal=cfg.mal,
                                      seed=cfg.seed))
-    finally:
-        gateway.stop.set()
-        runner.join(300)
     if "error" in result:
         raise RuntimeError(f"live run of {policy}: {result['error']}")
     return {"live": result, "client": client}

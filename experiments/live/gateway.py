@@ -20,8 +20,8 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,7 @@ class Gateway:
         self.spec = self.preset.spec(cfg.overrides)
         self.on_ready = on_ready
         self.stop = threading.Event()
+        self.ready = threading.Event()  # set once Envoy sees the picker ready
         ports = free_ports(self.spec.engines + 5)
         self.fronts = ports[:self.spec.engines]
         (self.epp_port, self.service_port, self.metrics_port, self.admin_port,
@@ -211,6 +212,7 @@ class Gateway:
               f":{self.admin_port}, fronts {self.endpoints}", file=sys.stderr, flush=True)
         if self.on_ready is not None:
             self.on_ready(self)
+        self.ready.set()
         while not self.stop.is_set():
             await asyncio.sleep(0.1)
         router.stop_serving()
@@ -219,6 +221,24 @@ class Gateway:
     def service_pid(self) -> int | None:
         with self._lock:
             return self.service.proc.pid if self.service is not None else None
+
+
+@contextmanager
+def running(gateway: Gateway, join_s: float = 300.0) -> Iterator[dict[str, Any]]:
+    """Run ``gateway`` on a thread; the block runs once it is ready, and leaving it stops
+    the gateway. Yields the dict the run's result (the cluster's figures) fills once
+    stopped; RuntimeError if the gateway never comes up."""
+    result: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: result.update(gateway.run()), daemon=True)
+    runner.start()
+    try:
+        while not gateway.ready.wait(0.5):
+            if not runner.is_alive():
+                raise RuntimeError("the gateway did not come up (see its messages above)")
+        yield result
+    finally:
+        gateway.stop.set()
+        runner.join(join_s)
 
 
 def _give_up(router: Router) -> None:

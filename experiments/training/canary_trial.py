@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.live.gateway import Gateway, GatewayConfig
+from experiments.live.gateway import Gateway, GatewayConfig, running
 from experiments.live.load import LoadConfig, run_load
 from experiments.training.canary import canary_status, set_canary
 from experiments.training.promote import promote_canary
@@ -73,22 +73,11 @@ def canary_trial(cfg: TrialConfig, workdir: Path | None = None) -> dict[str, Any
     token = folder / "admin-token"
     token.write_text(secrets.token_hex(16))
     db = folder / "log.db"
-    ready = threading.Event()
     gateway = Gateway(GatewayConfig(preset=cfg.preset, policy=cfg.champion, port=0,
                                     overrides=cfg.overrides, db=f"sqlite:///{db}",
-                                    admin_token_file=str(token)),
-                      on_ready=lambda _: ready.set(), announce=False)
-    live: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: live.update(gateway.run()), daemon=True)
-    runner.start()
-    try:
-        while not ready.wait(0.5):
-            if not runner.is_alive():
-                raise RuntimeError("the gateway did not come up")
+                                    admin_token_file=str(token)), announce=False)
+    with running(gateway) as live:
         result = _trial(cfg, gateway, token)
-    finally:
-        gateway.stop.set()
-        runner.join(300)
     return {**result, "live_requests": live.get("requests"), "live_error": live.get("error"),
             "log": str(db), **_logged(db)}
 
