@@ -12,6 +12,7 @@ seeds 50..52 are other resamples.
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from policy_service.codec import cluster_digest
 from policy_service.log_reader import logged_traffic
 from runtime.live.config import list_live_presets, load_live_preset
 from runtime.preset import list_presets, load_preset
-from runtime.workload.replay import build_sessions, write_sessions
+from runtime.workload.replay import build_sessions, read_sessions, write_sessions
 
 RESAMPLES = 10
 TRAIN_SEEDS = (1000, 1001, 1002, 1003)
@@ -85,7 +86,8 @@ def log_name(url: str) -> str:
 
 
 def _toml_list(values: Sequence[Any]) -> str:
-    return "[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in values) + "]"
+    # A JSON string is a TOML basic string: quotes and backslashes escaped alike.
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
 def log_scenario(url: str, out_dir: Path, *, since_s: float | None = None,
@@ -103,8 +105,9 @@ def log_scenario(url: str, out_dir: Path, *, since_s: float | None = None,
     write_sessions(out_dir / "sessions.json", rebuilt.sessions, log=shown,
                    cluster=traffic.cluster, since_s=since_s, decisions=traffic.decisions,
                    turns=rebuilt.turns, turns_without_outcome=rebuilt.without_outcome)
-    lines = [f'name = "log-{log_name(url)}"',
-             f'description = "sessions replayed from {shown}"', f'preset = "{name}"',
+    lines = [f"name = {json.dumps('log-' + log_name(url))}",
+             f"description = {json.dumps('sessions replayed from ' + shown)}",
+             f"preset = {json.dumps(name)}",
              f"set = {_toml_list(sets)}", "", "[workload]", 'kind = "replay"',
              'path = "sessions.json"', "", "[seeds]",
              f"eval = {_toml_list(range(resamples))}", f"train = {_toml_list(TRAIN_SEEDS)}",
@@ -125,8 +128,7 @@ def replay(url: str, specs: Sequence[str] = DEFAULT_POLICIES, *, since_s: float 
                                 overrides=overrides, resamples=resamples)
         seeds = list(scenario.eval_seeds)
         runs = run_all(scenario, specs, seeds, jobs=jobs)
-        about = scenario.workload(seeds[0])
-        sessions = len(about.sessions)  # type: ignore[attr-defined]
+        sessions = len(read_sessions(folder / "sessions.json")[0])
     rows = summarize_seeds(runs, specs, bootstrap_ci95)
     return {"log": scenario.description.removeprefix("sessions replayed from "),
             "cluster": f"{scenario.preset} {' '.join(scenario.overrides)}".strip(),
