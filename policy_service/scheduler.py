@@ -182,7 +182,7 @@ class SchedulerCore:
             prefix = given if given is not None else self.cache.locate(request)
             answer = self._decide(decider, request,
                                   view if prefix is None else replace(view, prefix=prefix),
-                                  client_id, own)
+                                  client_id, own, serving.canary is not None)
             if isinstance(answer, Decision) and k < last:  # only this call's next looks
                 view = reserve_view(view, request, answer)
             done.add(request, answer, prefix, decider, (time.perf_counter() - t0) * 1e6,
@@ -204,9 +204,10 @@ class SchedulerCore:
         return champion
 
     def _decide(self, decider: Decider, request: Request, view: ClusterView, client_id: str,
-                own: bool) -> Answer:
-        """``decider``'s checked answer; on the service's own view, vetted and held. A
-        placed request's decider is remembered for its outcome."""
+                own: bool, canary: bool) -> Answer:
+        """``decider``'s checked answer; on the service's own view, vetted and held. While
+        a ``canary`` runs, a placed request's decider is remembered for its outcome (else
+        the outcome goes to the champion: no bookkeeping on the hot path)."""
         answer = self._checked(decider.loaded, decider.loaded.policy.decide, request, view)
         if own:
             answer = self.state.vet(answer)
@@ -214,10 +215,10 @@ class SchedulerCore:
             if own:
                 self.state.hold(client_id, request, answer)
                 self.cache.placed(request, answer)
-            key = (client_id, request.request_id)
-            self._deciders[key] = decider
-            if len(self._deciders) > _COMPLETED_REMEMBERED:
-                self._deciders.popitem(last=False)
+            if canary:
+                self._deciders[(client_id, request.request_id)] = decider
+                if len(self._deciders) > _COMPLETED_REMEMBERED:
+                    self._deciders.popitem(last=False)
         return answer
 
     def _queue_order(self, requests: Sequence[Request], policy: object,
@@ -350,7 +351,7 @@ class SchedulerCore:
         for listener in self.completed:
             listener(client_id, request_id)
         decider = self._deciders.pop(key, None)
-        # The policy that decided it learns from it (the champion, if it was forgotten).
+        # The policy that decided it learns from it (the champion where no canary ran).
         served = decider.loaded if decider is not None else self.registry.current
         learner = as_learner(served.policy) if served is not None else None
         if learner is not None:

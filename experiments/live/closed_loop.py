@@ -80,12 +80,15 @@ def _train(log: Path, out: Path, jobs: int) -> str:
     return str(json.loads(done.stdout)["artifact"])
 
 
+def say(text: str) -> None:
+    print(f"[fidelity] {text}", file=sys.stderr, flush=True)
+
+
 def fidelity(cfg: FidelityConfig, workdir: Path | None = None) -> dict[str, Any]:
     """Steps 1-4 of the module docstring; the rows and the verdicts."""
     folder = workdir or Path(tempfile.mkdtemp(prefix="dualpath-fidelity-"))
     folder.mkdir(parents=True, exist_ok=True)
     first, logged = cfg.policies[0], folder / "log-0.db"
-    say = lambda text: print(f"[fidelity] {text}", file=sys.stderr, flush=True)  # noqa: E731
     say(f"live run of {first}, logging to {logged}")
     runs = {first: live_run(cfg, first, logged)}
     learned = cfg.learned or _train(logged, folder / "trained", cfg.jobs)
