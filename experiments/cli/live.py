@@ -34,7 +34,7 @@ def cmd_cluster(args: argparse.Namespace) -> None:
         agents=args.agents, mal=args.mal, seed=args.seed, trace=args.trace,
         transport=args.transport, netns=args.netns, time_scale=args.time_scale,
         bytes_scale=args.bytes_scale, layerwise=not args.no_layerwise, device=args.device,
-        faults=faults_of(args))
+        faults=faults_of(args), engine=args.engine, model_size=args.model_size)
     try:
         result = run_cluster(cfg)
     except RunFailed as exc:  # a node died with no replacement, or reported a fatal error
@@ -44,7 +44,7 @@ def cmd_cluster(args: argparse.Namespace) -> None:
         raise SystemExit(1) from None
     keys = [k for k in SUMMARY if k != "policy"] + ["requests", "wall_s", "transport",
                                                      "netns", "time_scale"]
-    text = key_values(result, ["policy", "preset", *keys])
+    text = key_values(result, ["policy", "preset", "engine", *keys])
     text += "\n" + "\n".join(f"{k:>20}  {v:,}" for k, v in result["live"].items())
     emit(args, result, text)
 
@@ -127,6 +127,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-layerwise", action="store_true", help="turn layer-wise prefill off")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: prefill engines keep KV in GPU memory (real H2D copies)")
+    p.add_argument("--engine", default="emulated", choices=["emulated", "model"],
+                   help="model: a real transformer (seeded weights) computes on the KV both "
+                        "paths deliver and generates real tokens, checked against float64; "
+                        "bytes at scale 1")
+    p.add_argument("--model-size", help="the model engine's size: tiny, small, base, 1b "
+                                        "(default: the live preset's [model] engine_size)")
     p.add_argument("--kill-node", help="fault: SIGKILL node N at model time T (N@T)")
     p.add_argument("--corrupt", type=int, default=0, metavar="N",
                    help="fault: corrupt, in storage, the first block of the first N requests "

@@ -21,6 +21,7 @@ from experiments.evaluation.runner import run as simulate
 from experiments.evaluation.table import format_table
 from runtime.live.cluster import LiveCluster, local_decider
 from runtime.live.config import LiveOptions, is_live_preset, load_live_preset
+from runtime.live.model_run import model_config
 from runtime.live.router import Faults, Router
 from runtime.placement.order import order_of
 from runtime.preset import load_preset
@@ -44,13 +45,17 @@ class LiveRunConfig:
     layerwise: bool = True
     device: str = "cpu"
     faults: Faults = Faults()
+    engine: str = "emulated"  # "model": a real transformer computes (bytes at scale 1)
+    model_size: str | None = None  # default: the live preset's [model] engine_size
 
     def resolved(self) -> tuple[str, tuple[str, ...], LiveOptions, RunConfig]:
         """(cluster preset, overrides, live options, the equivalent simulator config)."""
+        size = "tiny"
         if is_live_preset(self.preset):
             live = load_live_preset(self.preset)
             cluster, overrides = live.cluster, live.overrides + self.overrides
             defaults = (live.time_scale, live.bytes_scale, live.agents, live.mal)
+            size = live.engine_size
         else:
             cluster, overrides = self.preset, self.overrides
             defaults = (1.0, 32, 8, "32k")
@@ -58,9 +63,15 @@ class LiveRunConfig:
         bytes_scale = self.bytes_scale if self.bytes_scale is not None else defaults[1]
         with policy_run(self.policy, None, layerwise=self.layerwise) as chosen:
             layerwise, oracle = chosen.layerwise, chosen.oracle
-        options = LiveOptions(time_scale=time_scale, bytes_scale=bytes_scale,
+        model = self.engine == "model"
+        options = LiveOptions(time_scale=time_scale, bytes_scale=1 if model else bytes_scale,
                               transport=self.transport, netns=self.netns, device=self.device,
-                              layerwise=layerwise, oracle=oracle)
+                              layerwise=layerwise, oracle=oracle, engine=self.engine,
+                              model_size=self.model_size or size)
+        if model:  # the simulator sees the real model's layers and KV bytes too
+            config = model_config(options)
+            overrides += (f"model.layers={config.layers}",
+                          f"model.kv_bytes_per_token={config.kv_bytes_per_token}")
         sim = RunConfig(policy=self.policy, preset=cluster, overrides=overrides,
                         agents=self.agents if self.agents is not None else defaults[2],
                         mal=self.mal if self.mal is not None else str(defaults[3]),

@@ -36,8 +36,10 @@ from runtime.execution.link import Link
 from runtime.execution.metrics import summarize
 from runtime.live.config import LiveOptions, spec_to_dict
 from runtime.live.messages import Stats
+from runtime.live.model_run import check_workload, spec_for_model
 from runtime.live.node import NodeConfig
 from runtime.live.router import Decider, Faults, Router
+from runtime.placement.lifecycle import FINISHED
 from runtime.placement.order import FIFO, QueueOrder
 from runtime.policy import Policy
 from runtime.request import Request
@@ -70,7 +72,7 @@ class LiveCluster:
 
     def __init__(self, spec: ClusterSpec, options: LiveOptions) -> None:
         self.options = options
-        self.spec = spec
+        self.spec = spec_for_model(spec, options)
         self.block_bytes = options.real_block_bytes(self.spec)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._stack = ExitStack()
@@ -216,6 +218,7 @@ class LiveCluster:
         if self.options.fronts and len(self.options.fronts) != self.spec.engines:
             raise ValueError(f"fronts: {len(self.options.fronts)} ports for "
                              f"{self.spec.engines} engines")
+        check_workload(self.options, workload, self.spec)
         root = tempfile.mkdtemp(prefix="dualpath-kv-")
         self._stack.callback(shutil.rmtree, root, True)
         before, wall = os.times(), time.perf_counter()
@@ -261,7 +264,8 @@ class LiveCluster:
         router = Router(self.spec, workload, decider, clock_scale=self.options.time_scale,
                         block_bytes=self.block_bytes, storage=for_router, storage_root=root,
                         host=host, faults=faults, kill=self.kill_node,
-                        liveness_s=self.options.liveness_s, stall_s=self.options.stall_s)
+                        liveness_s=self.options.liveness_s, stall_s=self.options.stall_s,
+                        real_kv=self.options.engine == "model")
         port = await router.listen()
         router_ip = self.fabric.router_ip if self.fabric is not None else "127.0.0.1"
         self._start_nodes((router_ip, port), for_nodes)
@@ -299,10 +303,23 @@ class LiveCluster:
             "netns": self.options.netns, "time_scale": self.options.time_scale,
             "bytes_scale": self.options.bytes_scale, "layerwise": self.options.layerwise,
             "oracle": self.options.oracle,
-            "live": dict(sorted({**counters, "storage_restarts": self.storage_restarts}.items())),
+            "live": dict(sorted({**counters, "storage_restarts": self.storage_restarts,
+                                 **self._token_check(router)}.items())),
+            "engine": self.options.engine,
             **router.outcome(),
         })
         return metrics
+
+    def _token_check(self, router: Router) -> dict[str, int]:
+        """With the model engine: its tokens against a float64 recomputation."""
+        if self.options.engine != "model":
+            return {}
+        from runtime.live.model_run import model_config
+        from runtime.live.token_check import Answered, check_tokens
+
+        answered = [Answered(e.request, e.generated, e.prompt_ids)
+                    for e in router.entries.values() if e.phase is FINISHED]
+        return check_tokens(answered, model_config(self.options), self.options.model_seed)
 
 
 def _first_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:

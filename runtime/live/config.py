@@ -21,6 +21,8 @@ from runtime.node import NodeSpec
 from runtime.preset import load_preset
 
 PRESET_DIR = Path(__file__).parent / "presets"
+#: What computes in a live engine (see ``LiveOptions.engine``).
+ENGINES = ("emulated", "model")
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,17 @@ class LiveOptions:
     front_host: str = "127.0.0.1"
     tokenizer: str = "bytes"
     served_model: str = "dualpath-emulated"
+    # What computes: "emulated" (durations from the cost model, pseudo-random KV bytes) or
+    # "model" (a real transformer of runtime.transformer computes on the KV both paths
+    # deliver; bytes at scale 1, compute timed by the clock, the time scale paces links).
+    engine: str = "emulated"
+    model_size: str = "tiny"
+    model_dtype: str = "float32"
+    model_seed: int = 0
 
     def __post_init__(self) -> None:
         self._check_fronts()
+        self._check_engine()
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
         if self.bytes_scale < 1:
@@ -75,6 +85,18 @@ class LiveOptions:
             raise ValueError(f"stall_s must be > 0, got {self.stall_s}")
         if self.storage_clients < 1:
             raise ValueError(f"storage_clients must be >= 1, got {self.storage_clients}")
+
+    def _check_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
+        if self.engine != "model":
+            return
+        if self.bytes_scale != 1:
+            raise ValueError(f"engine 'model' moves the model's real KV: bytes_scale must be 1, "
+                             f"got {self.bytes_scale}")
+        if self.oracle:
+            raise ValueError("engine 'model' computes on the loaded KV: it does not go with "
+                             "oracle (zero I/O)")
 
     def _check_fronts(self) -> None:
         object.__setattr__(self, "fronts", tuple(self.fronts))  # a list, from JSON
@@ -107,13 +129,14 @@ class LivePreset:
     agents: int = 8
     mal: str = "32k"
     description: str = ""
+    engine_size: str = "tiny"  # the model engine's size (``[model] engine_size``)
 
     def spec(self, more: tuple[str, ...] = ()) -> ClusterSpec:
         return load_preset(self.cluster, self.overrides + more)
 
 
 _KEYS = {"name", "cluster", "set", "time_scale", "bytes_scale", "agents", "mal",
-         "description"}
+         "description", "model"}
 
 
 def list_live_presets() -> list[str]:
@@ -155,10 +178,18 @@ def load_live_preset(name_or_path: str) -> LivePreset:
         overrides=tuple(str(s) for s in data.get("set", ())),
         time_scale=float(data.get("time_scale", 1.0)),
         bytes_scale=int(data.get("bytes_scale", 32)), agents=int(data.get("agents", 8)),
-        mal=str(data.get("mal", "32k")), description=str(data.get("description", "")))
+        mal=str(data.get("mal", "32k")), description=str(data.get("description", "")),
+        engine_size=_engine_size(path, data.get("model", {})))
     LiveOptions(time_scale=preset.time_scale, bytes_scale=preset.bytes_scale
                 ).real_block_bytes(preset.spec())  # validates the scales against the spec
     return preset
+
+
+def _engine_size(path: Path, table: Any) -> str:
+    """``[model] engine_size``: the model engine's size when run with ``--engine model``."""
+    if not isinstance(table, dict) or set(table) - {"engine_size"}:
+        raise ValueError(f"{path}: [model] takes only engine_size, got {table!r}")
+    return str(table.get("engine_size", "tiny"))
 
 
 def spec_to_dict(spec: ClusterSpec) -> dict[str, Any]:

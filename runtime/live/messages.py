@@ -103,7 +103,8 @@ class Place:
     placements it was sent (acknowledged in its :class:`State`). With caches: the
     prompt's block ``hashes`` and the load ``plan`` (:class:`runtime.placement.plan.
     LoadPlan`'s fields in order: HBM, local DRAM and peer DRAM tokens, the peer node,
-    storage tokens)."""
+    storage tokens). With the model engine: ``tokens``, the prompt's token ids when the
+    prefill engine cannot derive them (served requests; an agent's are seeded)."""
 
     kind: ClassVar[Kind] = Kind.PLACE
     rid: int
@@ -125,6 +126,7 @@ class Place:
     seq: int = 0
     hashes: list[int] = field(default_factory=list)
     plan: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +204,14 @@ class First:
 
 @dataclass(frozen=True, slots=True)
 class Fin:
-    """The request finished at model time ``at``."""
+    """The request finished at model time ``at``; with the model engine, the ``tokens`` it
+    generated."""
 
     kind: ClassVar[Kind] = Kind.FIN
     rid: int
     attempt: int
     at: float
+    tokens: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,13 +314,15 @@ class Layer:
 
 @dataclass(frozen=True, slots=True)
 class KvIn:
-    """The P→D transfer of the prompt's KV ran from ``start`` to ``at`` (model time)."""
+    """The P→D transfer of the prompt's KV ran from ``start`` to ``at`` (model time); with
+    the model engine, ``token`` is the first generated token (from the prefill's logits)."""
 
     kind: ClassVar[Kind] = Kind.KV_IN
     rid: int
     attempt: int
     start: float
     at: float
+    token: int = -1
 
 
 # -- served requests: a node's HTTP front ↔ the router --------------------------------------
@@ -340,6 +346,7 @@ class Submit:
     pe: int = -1
     share: float = 0.0
     slo_class: str = "interactive"
+    tokens: list[int] = field(default_factory=list)  # the prompt's ids (model engine)
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,7 @@ class Node:
         self.staging: dict[int, Staging] = {}
         self.caches: NodeCaches | None = None
         self.front: Front | None = None
+        self.model: NodeModel | None = None
         # Another node's DRAM cache may send blocks to a prefill engine of the same role.
         self._peer_fetch = self.spec.has_cache and self.spec.cache.peer_fetch
 
@@ -147,6 +148,9 @@ class Node:
 
     async def _setup(self) -> None:
         spec, opts = self.spec, self.opts
+        if opts.engine == "model":
+            from runtime.live.engines.model import NodeModel
+            self.model = NodeModel(spec, opts)
         clients = [StorageClient(*self.cfg.storage) for _ in range(opts.storage_clients + 1)]
         for client in clients:
             await client.connect()
@@ -181,8 +185,10 @@ class Node:
             paced=not self.cfg.kernel_shaped)
         await self._connect_peers(setup)
         if opts.fronts:
+            limits = (None if self.model is None else
+                      (self.model.config.vocab, self.model.config.max_context))
             self.front = Front(self, opts.front_host, dict(enumerate(opts.fronts)),
-                               load_tokenizer(opts.tokenizer), opts.served_model)
+                               load_tokenizer(opts.tokenizer), opts.served_model, limits)
             await self.front.start()
         self.router.send(Ready(self.node_id))
         await self._expect(Go)
@@ -373,13 +379,17 @@ class Node:
         self.router.send(State(self.node_id, self._ack, storage.read_queue_bytes(),
                                storage.buffer_bytes - storage.buffer_used, busy))
 
-    async def write_back(self, tokens: int, names: list[str]) -> None:
+    async def write_back(self, tokens: int, names: list[str],
+                         blocks: list[bytes] | None = None) -> None:
+        """Write the blocks ``names`` (``tokens`` of new KV, modelled) to storage: their
+        ``blocks`` (the model engine's KV), else the emulated content of each name."""
         if self.opts.oracle or not names:
             return
-        blocks = await self.loop.run_in_executor(self.pool, write_blocks, names,
-                                                 self.block_bytes)
+        named = (list(zip(names, blocks, strict=True)) if blocks is not None else
+                 await self.loop.run_in_executor(self.pool, write_blocks, names,
+                                                 self.block_bytes))
         await self.guard(self.storage.write_back(tokens * self.spec.model.kv_bytes_per_token,
-                                                 blocks))
+                                                 named))
 
     async def guard(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coro``; an exception in it is fatal to the node and reported."""
@@ -435,6 +445,7 @@ if __name__ == "__main__":
 
 if TYPE_CHECKING:  # the node is what its engines take it for (checked by mypy)
     from runtime.live.engines import NodeServices
+    from runtime.live.engines.model import NodeModel
 
     def _serves(node: Node) -> NodeServices:
         return node

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from runtime.execution.decode import DecodeEngine
 from runtime.execution.job import Job
@@ -25,6 +26,9 @@ from runtime.live.reader import Fetched, record_transfer
 from runtime.live.transport.base import Region, Transport
 from runtime.placement.lifecycle import DECODING
 
+if TYPE_CHECKING:  # the model engine's modules need torch: imported only when it runs
+    from runtime.live.engines.model_decode import Member, ModelBatch
+
 
 class LiveDecode:
     """One decode engine: receives the prompt's KV, decodes in a continuous batch."""
@@ -38,6 +42,10 @@ class LiveDecode:
         self.region = region
         self.arena = Arena(region.size)
         self.staging = staging
+        self.batch: ModelBatch | None = None
+        if node.model is not None:
+            from runtime.live.engines.model_decode import ModelBatch
+            self.batch = ModelBatch(node.model, region.view, self._token, self._answered)
 
     def place(self, job: LiveJob) -> None:
         node = self.node
@@ -100,6 +108,12 @@ class LiveDecode:
         if node.caches is not None and job.prefix is not None:
             node.caches.received(job.prefix, job.prompt_names,
                                  buffer_supply(node, self.region.view, job))
+        if self.batch is not None:
+            job.state = DECODING
+            if node.front is not None:
+                node.front.joined(job.request.request_id, None)
+            await self.batch.join(job, msg.token)
+            return
         if job.request.gen_tokens == 1:
             self._finish(job, clock.now())
             return
@@ -134,6 +148,31 @@ class LiveDecode:
         if node.front is not None:
             node.front.finished(rid)
         asyncio.ensure_future(node.write_back(job.request.gen_tokens, job.writes))
+
+    # -- the model engine ---------------------------------------------------------------
+    def _token(self, job: LiveJob, token: int) -> None:
+        if self.node.front is not None:
+            self.node.front.token(job.request.request_id, token)
+
+    def _answered(self, member: Member) -> None:
+        asyncio.ensure_future(self.node.guard(self._finish_model(member)))
+
+    async def _finish_model(self, member: Member) -> None:
+        """The answer is out: its blocks are written back before the request counts as
+        finished, since the agent's next turn, arriving then, reads them."""
+        node, job = self.node, member.job
+        assert self.batch is not None and node.model is not None
+        if job.writes and not job.cancelled:
+            blocks = await node.model.run(self.batch.answer_blocks, member)
+            await node.write_back(len(blocks) * node.spec.block_tokens, job.writes, blocks)
+        self.arena.free(job.offset)
+        if job.cancelled:
+            return
+        rid = job.request.request_id
+        node.jobs.pop(rid, None)
+        node.to_router(Fin(rid, job.attempt, node.clock.now(), member.tokens))
+        if node.front is not None:
+            node.front.finished(rid)
 
     def cancel(self, job: LiveJob) -> None:
         """Drop ``job`` (its prefill node died). One already in the decode batch runs out

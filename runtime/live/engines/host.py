@@ -10,7 +10,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime.cluster import ClusterSpec
 from runtime.cost import CostModel
@@ -23,6 +23,9 @@ from runtime.live.messages import NodeReport, PeerMessage
 from runtime.live.reader import StorageSide
 from runtime.live.transport.base import RemoteRegion
 from runtime.live.writer import Writer
+
+if TYPE_CHECKING:  # needs torch: imported only where the model engine runs
+    from runtime.live.engines.model import NodeModel
 
 
 class NodeServices(Protocol):
@@ -45,6 +48,7 @@ class NodeServices(Protocol):
     caches: NodeCaches | None  # None: the cluster has no cache
     writer: Writer  # one-sided writes into peers' buffers
     front: Front | None  # its HTTP fronts, where it serves requests over HTTP
+    model: NodeModel | None  # the model engine's transformer (None: emulated engines)
 
     def node_of(self, engine: int) -> int: ...
 
@@ -54,7 +58,8 @@ class NodeServices(Protocol):
 
     def to_peer(self, node: int, msg: PeerMessage) -> None: ...
 
-    async def write_back(self, tokens: int, names: list[str]) -> None: ...
+    async def write_back(self, tokens: int, names: list[str],
+                         blocks: list[bytes] | None = None) -> None: ...
 
     async def guard(self, coro: Coroutine[Any, Any, Any]) -> Any: ...
 

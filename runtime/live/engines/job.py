@@ -20,7 +20,8 @@ class LiveJob(Job):
     __slots__ = ("attempt", "names", "nde", "writes", "fetched", "de_checksums",
                  "offset", "de_offset", "de_layers", "de_loaded", "cancelled", "nbytes_real",
                  "prompt_names", "plan", "ncache", "nlocal", "pe_tokens", "de_tokens",
-                 "cached_in", "peer_layers", "peer_checksums", "fetch_sent")
+                 "cached_in", "peer_layers", "peer_checksums", "fetch_sent", "tokens",
+                 "first_token", "kv_out")
 
     def __init__(self, request: Request, msg: Place, *, kv_bytes_per_token: int,
                  block_tokens: int, block_bytes: int, bytes_scale: int,
@@ -58,6 +59,9 @@ class LiveJob(Job):
         self.de_layers: list[asyncio.Future[None]] = []
         self.de_loaded: asyncio.Future[None] = loop.create_future()
         self.cancelled = False
+        self.tokens = msg.tokens  # the model engine's prompt ids, for served requests
+        self.first_token = -1  # the model engine's first generated token
+        self.kv_out: list[bytes] = []  # the model engine's blocks to write back
         # Its prompt's KV as stored and moved: whole hit blocks, then the appended tokens.
         self.nbytes_real = (len(self.names) * block_bytes
                             + -(-request.appended_tokens * kvb // bytes_scale))

@@ -148,35 +148,14 @@ class LivePrefill:
         start = clock.now()
         core.start(start, formed)
         batch = cast(list[tuple[LiveJob, int]], formed)
-        compute = node.cost.batch_prefill_s([(n, job.context) for job, n in batch], core.speed)
         for job, _ in batch:
             if job.offset < 0:  # its first batch (a chunked request keeps its range)
                 job.offset = self.arena.alloc(job.nbytes_real)
         loads = [job for job, _ in batch if not job.loaded and not job.cancelled]
         arrivals = self._start_loads(loads, start)
         finished = node.loop.create_future()
-        sends: list[asyncio.Future[float]] = []
-        layers = node.layers
-        per_layer = compute / layers
-        done_at = start
-        if not node.opts.layerwise:
-            for layer in range(layers):
-                await arrivals(layer)
-            await self._verify(loads)
-            done_at = clock.now() + compute
-            await clock.sleep_until(done_at)
-        for layer in range(layers if node.opts.layerwise else 0):
-            await arrivals(layer)
-            if layer == layers - 1:
-                await self._verify(loads)
-            done_at = max(done_at, clock.now()) + per_layer
-            await clock.sleep_until(done_at)
-            if layer == 0:
-                sends = [asyncio.ensure_future(self._send(job, done_at, finished))
-                         for job, n in batch if n >= job.remaining and not job.cancelled]
-        if not node.opts.layerwise:
-            sends = [asyncio.ensure_future(self._send(job, done_at, finished))
-                     for job, n in batch if n >= job.remaining and not job.cancelled]
+        run = self._compute if node.model is not None else self._emulate
+        done_at, sends = await run(batch, loads, arrivals, finished)
         finished.set_result(done_at)
         self._batch_done(batch, done_at)
         if sends:
@@ -184,6 +163,80 @@ class LivePrefill:
         self.busy = False
         node.to_router(Free(self.engine_id))
         self.kick()
+
+    def _sends(self, batch: list[tuple[LiveJob, int]], first_layer: float,
+               finished: asyncio.Future[float]) -> list[asyncio.Future[float]]:
+        """Start the P→D sends of the requests whose prompt this batch ends."""
+        return [asyncio.ensure_future(self._send(job, first_layer, finished))
+                for job, n in batch if n >= job.remaining and not job.cancelled]
+
+    async def _emulate(self, batch: list[tuple[LiveJob, int]], loads: list[LiveJob],
+                       arrivals: Callable[[int], Awaitable[None]],
+                       finished: asyncio.Future[float]
+                       ) -> tuple[float, list[asyncio.Future[float]]]:
+        """The batch's compute timed by the cost model; returns when it ends and its sends."""
+        node, clock = self.node, self.node.clock
+        compute = node.cost.batch_prefill_s([(n, job.context) for job, n in batch],
+                                            self.core.speed)
+        layers = node.layers
+        per_layer = compute / layers
+        done_at = clock.now()
+        sends: list[asyncio.Future[float]] = []
+        if not node.opts.layerwise:
+            for layer in range(layers):
+                await arrivals(layer)
+            await self._verify(loads)
+            done_at = clock.now() + compute
+            await clock.sleep_until(done_at)
+            return done_at, self._sends(batch, done_at, finished)
+        for layer in range(layers):
+            await arrivals(layer)
+            if layer == layers - 1:
+                await self._verify(loads)
+            done_at = max(done_at, clock.now()) + per_layer
+            await clock.sleep_until(done_at)
+            if layer == 0:
+                sends = self._sends(batch, done_at, finished)
+        return done_at, sends
+
+    async def _compute(self, batch: list[tuple[LiveJob, int]], loads: list[LiveJob],
+                       arrivals: Callable[[int], Awaitable[None]],
+                       finished: asyncio.Future[float]
+                       ) -> tuple[float, list[asyncio.Future[float]]]:
+        """The batch computed by the model, each layer once its own layer's KV is in (all
+        layers first without layer-wise prefill). Blocks are verified before the last
+        layer; if one had to be re-read, the layers before are computed again on it."""
+        node, model = self.node, self.node.model
+        assert model is not None
+        view, layers = self.region.view, node.layers
+        chunks = model.chunks(batch)
+        await model.run(model.embed, chunks)
+        sends: list[asyncio.Future[float]] = []
+        if not node.opts.layerwise:
+            for layer in range(layers):
+                await arrivals(layer)
+        for layer in range(layers):
+            await arrivals(layer)
+            if layer == layers - 1 and await self._verify(loads):
+                await model.run(model.embed, chunks)
+                for again in range(layer):
+                    await model.run(model.layer, view, chunks, again)
+            await model.run(model.layer, view, chunks, layer)
+            if layer == 0:
+                sends = self._sends(batch, node.clock.now(), finished)
+        await model.run(model.finish, view, chunks)
+        return node.clock.now(), sends
+
+    async def _write_back(self, job: LiveJob) -> None:
+        """Write the prompt's new blocks back. The model engine writes the real KV of those
+        its prompt completes (the decode engine writes the one its answer goes on in)."""
+        node = self.node
+        if node.model is None:
+            await node.write_back(job.request.appended_tokens, job.writes)
+        elif job.kv_out:
+            blocks, job.kv_out = job.kv_out, []
+            await node.write_back(len(blocks) * node.spec.block_tokens,
+                                  job.writes[:len(blocks)], blocks)
 
     def _free(self, job: LiveJob) -> None:
         if job.offset < 0:
@@ -284,9 +337,11 @@ class LivePrefill:
                     view[dst:dst + size] = payload[layer * size:(layer + 1) * size]
             h2d[layer].set_result(None)
 
-    async def _verify(self, loads: list[LiveJob]) -> None:
-        """Check every block that arrived against its checksum; re-read the bad ones."""
+    async def _verify(self, loads: list[LiveJob]) -> bool:
+        """Check every block that arrived against its checksum; re-read the bad ones.
+        Returns whether any was re-read."""
         node = self.node
+        reread = False
         for job in loads:
             if job.cancelled:
                 continue
@@ -302,8 +357,10 @@ class LivePrefill:
                 data, _ = await node.storage.reread(name, node.opts.replicas)
                 self._place_block(job, b, data)
                 node.counters["blocks_reread"] += 1
+                reread = True
                 if self._block_checksum(job, b) != want:
                     raise RuntimeError(f"block {name}: still corrupt after re-reading")
+        return reread
 
     def _block_checksum(self, job: LiveJob, b: int) -> str:
         size, stride = self.node.slice_bytes, len(job.names) * self.node.slice_bytes
@@ -338,6 +395,8 @@ class LivePrefill:
             dst_offset = await job.de_offset
         except asyncio.CancelledError:  # its decode node died before it said where
             return self._sent(job, clock.now())
+        if node.model is not None:  # real KV: sent once every layer of it is computed
+            await finished
         if job.cancelled:
             return self._sent(job, clock.now())
         ok = await node.writer.write(self.transport, self.region, job.offset,
@@ -351,7 +410,8 @@ class LivePrefill:
         await clock.sleep_until(done)
         if ok and not job.cancelled:
             node.to_peer(node.node_of(job.de),
-                         KvIn(job.request.request_id, job.attempt, start, done))
+                         KvIn(job.request.request_id, job.attempt, start, done,
+                              job.first_token))
         return self._sent(job, done)
 
     def _sent(self, job: LiveJob, at: float) -> float:
@@ -386,8 +446,7 @@ class LivePrefill:
                                           buffer_supply(node, self.region.view, job))
                 rid = job.request.request_id
                 node.to_router(First(rid, job.attempt, now))
-                asyncio.ensure_future(node.write_back(
-                    job.request.appended_tokens, job.writes))
+                asyncio.ensure_future(self._write_back(job))
         self.core.computed(tokens)
         self.core.batch = []
         node.to_router(Batch(self.engine_id, tokens))

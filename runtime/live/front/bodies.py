@@ -19,6 +19,13 @@ def placeholder_text(rid: int, first: int, end: int) -> str:
     return "".join(_LETTERS[(rid + i) % 26] for i in range(first, end))
 
 
+def token_text(ids: list[int]) -> str:
+    """The model engine's generated ids as text: each id as the character of that code
+    point (ids are the byte tokenizer's 0..255, which need not form UTF-8: this keeps
+    every token, one character each)."""
+    return "".join(map(chr, ids))
+
+
 def usage(prompt: int, generated: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": generated,
             "total_tokens": prompt + generated}

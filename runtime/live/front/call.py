@@ -41,15 +41,33 @@ class ServedCall:
         self.refused: Rejected | None = None
         self._core: DecodeEngine | None = None
         self._at_join = 0.0
+        self.tokens: list[int] = []  # the model engine's tokens, as they come
+        self._real = False
+        self._next: asyncio.Future[None] = loop.create_future()
 
     # -- told by the engine and the router ------------------------------------------
-    def join(self, core: DecodeEngine) -> None:
-        self._core, self._at_join = core, core.iters
+    def join(self, core: DecodeEngine | None) -> None:
+        """It joined the decode batch (``core``: the emulated batch that times its tokens;
+        None: the model engine's, which hands each token over)."""
+        if core is not None:
+            self._core, self._at_join = core, core.iters
+        self._real = core is None
         _resolve(self.joined)
+
+    def token(self, token: int) -> None:
+        self.tokens.append(token)
+        _resolve(self._next)
+
+    def changed(self) -> asyncio.Future[None]:
+        """Resolves when the next real token comes (or the request ends)."""
+        if self._next.done():
+            self._next = asyncio.get_running_loop().create_future()
+        return self._next
 
     def finish(self) -> None:
         _resolve(self.joined)
         _resolve(self.done)
+        _resolve(self._next)
 
     def reject(self, status: int, message: str) -> None:
         self.refused = Rejected(status, message)
@@ -64,6 +82,8 @@ class ServedCall:
 
     def produced(self, now: float) -> int:
         """Tokens out by model time ``now`` (all of them once finished)."""
+        if self._real:
+            return len(self.tokens)
         if self.done.done():
             return self.gen
         if self._core is None:

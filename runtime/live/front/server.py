@@ -51,8 +51,12 @@ class Front:
     the node :meth:`rejected` when the router refuses a request."""
 
     def __init__(self, node: FrontHost, host: str, ports: Mapping[int, int],
-                 tokenizer: Tokenizer, model: str) -> None:
+                 tokenizer: Tokenizer, model: str, limits: tuple[int, int] | None = None
+                 ) -> None:
+        """``limits``: the model engine's vocabulary and context (None: emulated engines,
+        whose tokens are placeholders)."""
         self.node = node
+        self.limits = limits
         self.host = host
         self.ports = dict(ports)  # every engine's port (its endpoint is host:port)
         self.engines = {f"{host}:{port}": e for e, port in self.ports.items()}
@@ -110,10 +114,16 @@ class Front:
         if (call := self.calls.get(rid)) is not None:
             call.join(core)
 
+    def token(self, rid: int, token: int) -> None:
+        """The model engine generated ``token`` for request ``rid``."""
+        if (call := self.calls.get(rid)) is not None:
+            call.token(token)
+
     def finished(self, rid: int) -> None:
         if (call := self.calls.get(rid)) is not None:
             call.finish()
-            asyncio.ensure_future(self._write_answer(call))
+            if self.limits is None:  # the model engine's answers are not written back
+                asyncio.ensure_future(self._write_answer(call))
 
     async def _write_answer(self, call: ServedCall) -> None:
         """Write back the KV blocks the answer completes (the prompt's full blocks were
@@ -137,6 +147,7 @@ class Front:
                                f"completions to a decode engine's endpoint")
         try:
             completion = parse_completion(request.path, await request.read(), self.tokenizer)
+            self._check_limits(completion)
             submit = self._submit(completion, request.headers, engine)
         except BadRequest as exc:
             return self._error(engine, 400, str(exc))
@@ -155,6 +166,21 @@ class Front:
         finally:
             self.calls.pop(call.rid, None)
             self.m_running.labels(engine).dec()
+
+    def _check_limits(self, completion: Completion) -> None:
+        """What the model engine cannot compute: ids outside its vocabulary, a prompt and
+        answer longer than its context."""
+        if self.limits is None:
+            return
+        vocab, context = self.limits
+        bad = next((t for t in completion.tokens if t >= vocab), None)
+        if bad is not None:
+            raise BadRequest(f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})")
+        total = len(completion.tokens) + completion.max_tokens
+        if total > context:
+            raise BadRequest(f"prompt ({len(completion.tokens)} tokens) plus max_tokens "
+                             f"({completion.max_tokens}) exceed the model's context of "
+                             f"{context} tokens")
 
     def _submit(self, completion: Completion, headers: Mapping[str, str],
                 engine: int) -> Submit:
@@ -178,7 +204,7 @@ class Front:
         return Submit(rid, agent_of(session) if session else 0, len(tokens), hit,
                       completion.max_tokens,
                       list(token_block_hashes(tokens, self.node.spec.block_tokens)), engine,
-                      pe, share, slo)
+                      pe, share, slo, list(tokens) if self.limits is not None else [])
 
     def _picked(self, headers: Mapping[str, str]) -> tuple[int, int, float, int] | None:
         """The picker's request id, prefill engine, decode share and hit tokens."""
@@ -195,7 +221,8 @@ class Front:
 
     def _extra(self, call: ServedCall) -> dict[str, Any]:
         s = call.submit
-        return {"placeholder_tokens": True, "request_id": call.rid, "decode_engine": s.de,
+        return {"placeholder_tokens": self.limits is None, "request_id": call.rid,
+                "decode_engine": s.de,
                 "prefill_engine": s.pe if s.pe >= 0 else None,
                 "decode_share": s.share if s.pe >= 0 else None}
 
@@ -207,17 +234,17 @@ class Front:
         await out.prepare(request)
         extra, sent, clock = self._extra(call), 0, self.node.clock
         while True:
-            now = clock.now()
-            n = call.produced(now)
+            changed = call.changed()
+            n = call.produced(clock.now())
             for i in range(sent, n):
                 await out.write(bodies.sse(bodies.chunk(
-                    c.chat, rid, c.model or self.model, call.created,
-                    bodies.placeholder_text(rid, i, i + 1), None, extra, first=i == 0)))
+                    c.chat, rid, c.model or self.model, call.created, self._text(call, i, i + 1),
+                    None, extra, first=i == 0)))
             sent = n
             if sent >= call.gen and call.done.done():
                 break
             wait = max(MIN_POLL_S, call.step_s() * clock.time_scale)
-            await asyncio.wait([call.done], timeout=wait)
+            await asyncio.wait([call.done, changed], timeout=wait)
         await out.write(bodies.sse(bodies.chunk(c.chat, rid, c.model or self.model,
                                                 call.created, None, "length", extra)))
         if c.include_usage:
@@ -232,10 +259,16 @@ class Front:
         await call.done
         c = call.completion
         body = bodies.whole(c.chat, call.rid, c.model or self.model, call.created,
-                            bodies.placeholder_text(call.rid, 0, call.gen), len(c.tokens),
+                            self._text(call, 0, call.gen), len(c.tokens),
                             call.gen, self._extra(call))
         self._served(engine, call)
         return web.json_response(body)
+
+    def _text(self, call: ServedCall, first: int, end: int) -> str:
+        """Tokens ``first..end-1`` of the answer: the model's, or placeholders."""
+        if self.limits is not None:
+            return bodies.token_text(call.tokens[first:end])
+        return bodies.placeholder_text(call.rid, first, end)
 
     def _served(self, engine: int, call: ServedCall) -> None:
         self.m_requests.labels(engine, "200").inc()

@@ -82,8 +82,11 @@ class Router:
                  clock_scale: float, block_bytes: int, storage: tuple[str, int],
                  storage_root: str, host: str = "127.0.0.1", faults: Faults = NO_FAULTS,
                  kill: Callable[[int], None] | None = None, liveness_s: float = 5.0,
-                 stall_s: float = 120.0) -> None:
+                 stall_s: float = 120.0, real_kv: bool = False) -> None:
+        """``real_kv``: the engines compute a model, so every hit block must be KV this run
+        wrote (storage is never filled with emulated blocks)."""
         self.spec = spec
+        self.real_kv = real_kv
         self.workload = workload
         self.decider = decider
         self.time_scale = clock_scale
@@ -279,7 +282,7 @@ class Router:
         job.pe, job.de, job.share = d.prefill_engine, d.decode_engine, d.decode_share
         entry.peer = -1 if plan is None or not plan.dram_peer_tokens else plan.peer_node
         names = self._namer.names(req, 0, -(-req.hit_tokens // self.spec.block_tokens))
-        if names:
+        if names and not self.real_kv:
             self.counters["blocks_ensured"] += await self.storage.ensure(self.block_bytes, names)
             first = 0 if plan is None else -(-plan.cached_tokens // self.spec.block_tokens)
             corrupting = self.counters["blocks_corrupted"] < self.faults.corrupt_blocks
@@ -413,6 +416,7 @@ class Router:
         if entry.phase is not DECODING:  # a single-token request finishes at its prefill
             self.ledger.prefilled(entry.pe)
         entry.phase = FINISHED
+        entry.generated = msg.tokens
         self.ledger.finished(req, entry.de)
         self._advance()
         job.t_finish = msg.at

@@ -40,7 +40,7 @@ def admit(router: Routing, node: int, msg: Submit) -> None:
     except ValueError as exc:
         router.nodes[node].channel.send(Reject(msg.rid, 400, str(exc)))
         return
-    entry = Entry(Job(request), front=msg.de)
+    entry = Entry(Job(request), front=msg.de, prompt_ids=msg.tokens)
     if msg.pe >= 0:
         entry.pinned = Decision(msg.pe, msg.de, msg.share)
     router.counters["served_pinned" if msg.pe >= 0 else "served_local"] += 1

@@ -70,4 +70,5 @@ def place_message(spec: ClusterSpec, namer: BlockNamer, entry: Entry, names: lis
         de_writes=([] if req.block_hashes else
                    namer.names(req, req.prompt_tokens // block, -(-req.total_tokens // block))),
         hashes=[] if plan is None else list(entry.job.prefix[0]),
-        plan=[] if plan is None else list(astuple(plan)))  # LoadPlan(*plan) reads it back
+        plan=[] if plan is None else list(astuple(plan)),  # LoadPlan(*plan) reads it back
+        tokens=entry.prompt_ids)

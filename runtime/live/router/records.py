@@ -68,6 +68,9 @@ class Entry:
     completions: int = 0  # ``fin`` reports of its current attempt (more than 1: duplicated)
     front: int = -1  # served over HTTP: the decode engine whose front holds it (else -1)
     pinned: Decision | None = None  # the endpoint picker's decision, kept unless it fails
+    # The model engine's: a served prompt's ids, and the tokens the request generated.
+    prompt_ids: list[int] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)
 
     @property
     def request(self) -> Request:

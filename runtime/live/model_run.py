@@ -1,0 +1,54 @@
+"""What ``engine="model"`` changes about a live run, in one place.
+
+The cluster's model takes the real transformer's shape (its layers and KV bytes per
+token), so the blocks storage holds, both paths read and the transports move are that
+model's KV at scale 1. Only requests whose hit KV the run itself computes can run:
+an agent's turns (each turn hits its earlier turns, which this run prefilled and
+decoded) and served requests (hits are blocks earlier prompts wrote). Cluster caches
+are not modelled with real KV yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from runtime.cluster import ClusterSpec
+from runtime.live.config import LiveOptions
+
+if TYPE_CHECKING:
+    from runtime.transformer import TransformerConfig
+
+
+def model_config(opts: LiveOptions) -> TransformerConfig:
+    """The model engine's transformer (``model_size``, ``model_dtype``, ``model_seed``)."""
+    from runtime.transformer import config_for  # torch: only where the model engine runs
+
+    return config_for(opts.model_size, dtype=opts.model_dtype, seed=opts.model_seed)
+
+
+def spec_for_model(spec: ClusterSpec, opts: LiveOptions) -> ClusterSpec:
+    """``spec`` with its model's layers and KV bytes per token those of the real model."""
+    if opts.engine != "model":
+        return spec
+    if spec.has_cache:
+        raise ValueError("engine 'model': cluster caches (HBM/DRAM) are not supported with "
+                         "real KV yet; run a preset without [cache]")
+    config = model_config(opts)
+    model = dataclasses.replace(spec.model, layers=config.layers,
+                                kv_bytes_per_token=config.kv_bytes_per_token)
+    return dataclasses.replace(spec, model=model)
+
+
+def check_workload(opts: LiveOptions, workload: object, spec: ClusterSpec) -> None:
+    """Refuse, with the reason, a workload the model engine cannot run."""
+    if opts.engine != "model":
+        return
+    if getattr(workload, "trace_block_tokens", None) is not None:
+        raise ValueError("engine 'model' computes every hit block itself: a trace's hits "
+                         "(KV it never computed) cannot run on it; use the agentic workload")
+    longest = getattr(workload, "max_context_tokens", None)
+    limit = model_config(opts).max_context
+    if longest is not None and longest > limit:
+        raise ValueError(f"engine 'model': the workload's contexts reach {longest:,} tokens, "
+                         f"past the model's context of {limit:,}")
