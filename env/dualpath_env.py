@@ -19,6 +19,7 @@ from runtime.decision import Decision, Defer, WaitFor
 from runtime.execution.executor import Executor
 from runtime.execution.job import Job, outcome
 from runtime.live.config import LiveOptions
+from runtime.live.model_run import spec_for_model
 from runtime.live.session import LiveSession
 from runtime.policy import Policy, as_learner
 from runtime.preset import load_preset
@@ -126,7 +127,10 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
                  live: LiveOptions | None = None) -> None:
         super().__init__()
         self.mode = Mode(mode)
-        self.cluster = preset if isinstance(preset, ClusterSpec) else load_preset(preset)
+        cluster = preset if isinstance(preset, ClusterSpec) else load_preset(preset)
+        self.live = live or LiveOptions()
+        # A live cluster with the model engine takes the real model's layers and KV bytes.
+        self.cluster = spec_for_model(cluster, self.live) if backend == "live" else cluster
         self.encoding = encoding or Encoding()
         self.encoder = Encoder(self.encoding, self.cluster)
         self.tuning = tuning or Tuning()
@@ -148,7 +152,6 @@ class DualPathEnv(gym.Env[np.ndarray, np.ndarray]):
                              "windows on a copy of the simulation, and a live cluster cannot "
                              "be copied")
         self.backend = backend
-        self.live = live or LiveOptions()
         if self.mode is Mode.TUNE and tunable is None:
             raise ValueError("tuning mode needs tunable=<callable: parameters -> Policy>, the "
                              "heuristic whose parameters the agent sets")

@@ -14,7 +14,7 @@ def cmd_gateway(args: argparse.Namespace) -> None:
         preset=args.preset, policy=args.policy, port=args.port, fail_open=not args.fail_closed,
         overrides=tuple(args.overrides), db=None if args.db == "none" else args.db,
         admin_token_file=args.admin_token_file, local_policy=args.local_policy,
-        max_wait_s=args.epp_max_wait_s)
+        max_wait_s=args.epp_max_wait_s, engine=args.engine, model_size=args.model_size)
     result = run_gateway(cfg)
     # stdout carries only the ready line: what was served goes to stderr.
     served = {k: result.get(k) for k in ("admitted", "completed", "lost", "error") if k in result}
@@ -44,4 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="decides requests that arrive without the picker's choice")
     p.add_argument("--epp-max-wait-s", type=float, default=30.0,
                    help="seconds a deferred request waits in the picker before a 429")
+    p.add_argument("--engine", default="emulated", choices=["emulated", "model"],
+                   help="model: the engines run a real transformer (seeded weights) and "
+                        "stream its tokens")
+    p.add_argument("--model-size", help="the model engine's size (default: the preset's)")
     p.set_defaults(func=cmd_gateway)

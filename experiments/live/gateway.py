@@ -14,6 +14,7 @@ in flight finish (at most ``drain_s``), and every process is stopped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ from runtime.execution.job import Job, outcome
 from runtime.live.cluster import LiveCluster, local_decider
 from runtime.live.config import LiveOptions, load_live_preset
 from runtime.live.front.server import LOCAL_IDS
+from runtime.live.model_run import model_overrides
 from runtime.live.router import Router
 from runtime.placement.order import order_of
 from runtime.serving.served import ServedWorkload
@@ -58,6 +60,8 @@ class GatewayConfig:
     round_robin_port: int | None = None  # also serve the engines by plain round robin here
     drain_s: float = 30.0
     transport: str = "shm"
+    engine: str = "emulated"  # "model": the engines run a real transformer
+    model_size: str | None = None  # default: the live preset's [model] engine_size
 
     def __post_init__(self) -> None:
         for flag, port in (("--port", self.port), ("round_robin_port", self.round_robin_port)):
@@ -90,7 +94,10 @@ class Gateway:
         self.cfg = cfg
         self.announce = announce  # print the ready line on stdout (what the command does)
         self.preset = load_live_preset(cfg.preset)
-        self.spec = self.preset.spec(cfg.overrides)
+        self.options = self._options()
+        # The service must see the cluster the engines run (the model's shape included).
+        self.overrides = cfg.overrides + model_overrides(self.options)
+        self.spec = self.preset.spec(self.overrides)
         self.on_ready = on_ready
         self.stop = threading.Event()
         self.ready = threading.Event()  # set once Envoy sees the picker ready
@@ -100,6 +107,7 @@ class Gateway:
          port) = ports[self.spec.engines:]
         self.port = cfg.port or port
         self.endpoints = {e: f"127.0.0.1:{p}" for e, p in enumerate(self.fronts)}
+        self.options = dataclasses.replace(self.options, fronts=tuple(self.fronts))
         self.service: ServiceProcess | None = None
         self.envoy: EnvoyProcess | None = None
         self.feed: ServiceFeed | None = None
@@ -118,11 +126,21 @@ class Gateway:
                 "--epp-port", str(self.epp_port), "--epp-max-wait-s", f"{cfg.max_wait_s:g}",
                 "--metrics-port", str(self.metrics_port),
                 "--db", cfg.db or "none"]
-        for item in cfg.overrides:
+        for item in self.overrides:
             args += ["--set", item]
         if cfg.admin_token_file:
             args += ["--admin-token-file", cfg.admin_token_file]
         return args
+
+    def _options(self) -> LiveOptions:
+        """The cluster's options (its fronts' ports are set once they are chosen)."""
+        cfg, preset = self.cfg, self.preset
+        if cfg.engine != "model":
+            return LiveOptions(time_scale=preset.time_scale, bytes_scale=preset.bytes_scale,
+                               transport=cfg.transport)
+        size = cfg.model_size or preset.engine_size
+        return LiveOptions(time_scale=preset.time_scale, bytes_scale=1, transport=cfg.transport,
+                           engine="model", model_size=size, served_model=f"dualpath-{size}")
 
     def _start_service(self) -> None:
         self.service = ServiceProcess(self._service_args())
@@ -152,10 +170,7 @@ class Gateway:
         """Serve until stopped; returns the cluster's metrics of what it served."""
         from runtime.live.router import RunFailed
 
-        cfg, preset = self.cfg, self.preset
-        local = resolve_policy(cfg.local_policy).policy
-        options = LiveOptions(time_scale=preset.time_scale, bytes_scale=preset.bytes_scale,
-                              transport=cfg.transport, fronts=tuple(self.fronts))
+        local = resolve_policy(self.cfg.local_policy).policy
         with ExitStack() as stack:
             stack.callback(shutil.rmtree, self._workdir, True)  # Envoy's config and log
             self._start_service()
@@ -167,7 +182,7 @@ class Gateway:
             stack.callback(self._stop_envoy)
             stack.callback(self.stop.set)  # the supervisor stops before the service does
             try:
-                return LiveCluster(self.spec, options).run(
+                return LiveCluster(self.spec, self.options).run(
                     ServedWorkload(self.spec.block_tokens), local_decider(local),
                     router_hook=self._hook, order=order_of(local), serving=True)
             except RunFailed as exc:

@@ -21,7 +21,7 @@ from experiments.evaluation.runner import run as simulate
 from experiments.evaluation.table import format_table
 from runtime.live.cluster import LiveCluster, local_decider
 from runtime.live.config import LiveOptions, is_live_preset, load_live_preset
-from runtime.live.model_run import model_config
+from runtime.live.model_run import model_overrides
 from runtime.live.router import Faults, Router
 from runtime.placement.order import order_of
 from runtime.preset import load_preset
@@ -68,10 +68,7 @@ class LiveRunConfig:
                               transport=self.transport, netns=self.netns, device=self.device,
                               layerwise=layerwise, oracle=oracle, engine=self.engine,
                               model_size=self.model_size or size)
-        if model:  # the simulator sees the real model's layers and KV bytes too
-            config = model_config(options)
-            overrides += (f"model.layers={config.layers}",
-                          f"model.kv_bytes_per_token={config.kv_bytes_per_token}")
+        overrides += model_overrides(options)  # the simulator sees the real model's shape
         sim = RunConfig(policy=self.policy, preset=cluster, overrides=overrides,
                         agents=self.agents if self.agents is not None else defaults[2],
                         mal=self.mal if self.mal is not None else str(defaults[3]),

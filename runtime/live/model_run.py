@@ -27,6 +27,16 @@ def model_config(opts: LiveOptions) -> TransformerConfig:
     return config_for(opts.model_size, dtype=opts.model_dtype, seed=opts.model_seed)
 
 
+def model_overrides(opts: LiveOptions) -> tuple[str, ...]:
+    """Preset overrides that give a cluster the real model's shape (none when emulated):
+    what a simulator or a scheduler service of the same run must see too."""
+    if opts.engine != "model":
+        return ()
+    config = model_config(opts)
+    return (f"model.layers={config.layers}",
+            f"model.kv_bytes_per_token={config.kv_bytes_per_token}")
+
+
 def spec_for_model(spec: ClusterSpec, opts: LiveOptions) -> ClusterSpec:
     """``spec`` with its model's layers and KV bytes per token those of the real model."""
     if opts.engine != "model":
