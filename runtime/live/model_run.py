@@ -41,6 +41,7 @@ def spec_for_model(spec: ClusterSpec, opts: LiveOptions) -> ClusterSpec:
     """``spec`` with its model's layers and KV bytes per token those of the real model."""
     if opts.engine != "model":
         return spec
+    check_memory(opts)
     if spec.has_cache:
         raise ValueError("engine 'model': cluster caches (HBM/DRAM) are not supported with "
                          "real KV yet; run a preset without [cache]")
@@ -50,13 +51,27 @@ def spec_for_model(spec: ClusterSpec, opts: LiveOptions) -> ClusterSpec:
     return dataclasses.replace(spec, model=model)
 
 
+def check_memory(opts: LiveOptions) -> None:
+    """Refuse, naming sizes, a model whose weights do not fit the engines' device."""
+    from runtime.transformer import check_fits, device_memory_bytes
+
+    device = "cuda" if opts.device == "cuda" else "cpu"
+    check_fits(model_config(opts), device_memory_bytes(device),
+               where=f"this host's {'GPU' if device == 'cuda' else 'memory'}")
+
+
 def check_workload(opts: LiveOptions, workload: object, spec: ClusterSpec) -> None:
     """Refuse, with the reason, a workload the model engine cannot run."""
+    from runtime.serving.served import ServedWorkload
+    from runtime.workload.agentic import AgenticWorkload
+
     if opts.engine != "model":
         return
-    if getattr(workload, "trace_block_tokens", None) is not None:
-        raise ValueError("engine 'model' computes every hit block itself: a trace's hits "
-                         "(KV it never computed) cannot run on it; use the agentic workload")
+    if not isinstance(workload, AgenticWorkload | ServedWorkload):
+        raise ValueError(f"engine 'model' computes every hit block itself, so only requests "
+                         f"whose hits this run computed can run: agents' turns and served "
+                         f"requests, not {type(workload).__name__} (a trace's or a log's "
+                         f"hits are KV it never computed)")
     longest = getattr(workload, "max_context_tokens", None)
     limit = model_config(opts).max_context
     if longest is not None and longest > limit:

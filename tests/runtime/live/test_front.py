@@ -4,6 +4,7 @@ without the picker's headers, streaming, refusals, and what the router ran."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -25,7 +26,10 @@ SPEC = load_preset("tiny", ("block_tokens=1024",))  # engines 0, 1 prefill; 2, 3
 
 
 class Serving:
-    def __init__(self) -> None:
+    """A live cluster serving its fronts on a thread (``options``: besides the fronts)."""
+
+    def __init__(self, options: LiveOptions | None = None) -> None:
+        self.options = options or LiveOptions(time_scale=0.25)
         self.ports = free_ports(SPEC.engines)
         self.router: Router | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -39,7 +43,7 @@ class Serving:
 
     def _run(self) -> None:
         policy = resolve_policy("dualpath", SPEC).policy
-        options = LiveOptions(time_scale=0.25, fronts=tuple(self.ports))
+        options = dataclasses.replace(self.options, fronts=tuple(self.ports))
         try:
             self.result = LiveCluster(SPEC, options).run(
                 ServedWorkload(SPEC.block_tokens), local_decider(policy),
