@@ -54,14 +54,17 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
         FIDELITY_CONFIGS,
         fidelity,
         fidelity_failures,
+        model_configs,
         render_fidelity,
     )
 
-    labels = [label for label, _ in FIDELITY_CONFIGS]
+    known = FIDELITY_CONFIGS if args.engine == "emulated" else model_configs(
+        args.preset or "tiny-live", args.model_size, args.device, args.agents,
+        tuple(args.overrides))
+    labels = [label for label, _ in known]
     if unknown := [c for c in args.configs if c not in labels]:
         raise SystemExit(f"dualpath fidelity: unknown --config {unknown}; choose from {labels}")
-    configs = [(label, cfg) for label, cfg in FIDELITY_CONFIGS
-               if not args.configs or label in args.configs]
+    configs = [(label, cfg) for label, cfg in known if not args.configs or label in args.configs]
     payload = fidelity(configs, runs=args.runs)
     emit(args, payload, render_fidelity(payload))
     if args.max_error_pct is not None:
@@ -148,6 +151,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-error-pct", type=float, metavar="X",
                    help="exit 1 (after the report) if a throughput, mean JCT or (with caches) "
                         "per-source hit bytes error exceeds X%%")
+    p.add_argument("--engine", default="emulated", choices=["emulated", "model"],
+                   help="model: the engines run a real transformer; the configs are --preset "
+                        "with the dualpath and pe_only policies (calibrate the preset to the "
+                        "engine first: dualpath calibrate engine)")
+    p.add_argument("--preset", help="with --engine model: the preset (default tiny-live)")
+    p.add_argument("--model-size", help="with --engine model: the model's size")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="with --engine model: where the engines compute")
+    p.add_argument("--agents", type=int, help="with --engine model: agents per run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --engine model: override a preset value; repeatable")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fidelity)
 

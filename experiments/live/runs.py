@@ -117,6 +117,23 @@ FIDELITY_CONFIGS: tuple[tuple[str, LiveRunConfig], ...] = (
                                                   policy="dualpath")),
     ("cache-live pe_only", LiveRunConfig(preset="cache-live", policy="pe_only")),
 )
+#: The policies of the model-engine fidelity configs: both paths, and the prefill side's.
+MODEL_POLICIES = ("dualpath", "pe_only")
+
+
+def model_configs(preset: str, model_size: str | None = None, device: str = "cpu",
+                  agents: int | None = None, overrides: tuple[str, ...] = ()
+                  ) -> tuple[tuple[str, LiveRunConfig], ...]:
+    """Fidelity configs whose engines run the model: one per policy of
+    :data:`MODEL_POLICIES` on ``preset`` (a preset calibrated to the engine's measured
+    timings, by ``dualpath calibrate engine``, is what makes the simulator comparable)."""
+    return tuple((f"{preset} {policy} (model{'' if device == 'cpu' else ', ' + device})",
+                  LiveRunConfig(preset=preset, policy=policy, engine="model",
+                                model_size=model_size, device=device, agents=agents,
+                                overrides=overrides))
+                 for policy in MODEL_POLICIES)
+
+
 #: A source counts in the per-source check when it carries this share of the hit bytes
 #: (a relative error on a source of almost nothing says nothing).
 SOURCE_MIN_SHARE = 0.01
@@ -145,10 +162,19 @@ def fidelity(configs: Sequence[tuple[str, LiveRunConfig]] = FIDELITY_CONFIGS,
             "throughput_error_pct": _error(sim["throughput_tok_s"], live_tput),
             "jct_error_pct": _error(sim["jct_mean_s"], live_jct),
             "blocks_verified": sum(r["live"].get("blocks_verified", 0) for r in lives),
-            "checksum_failures": sum(r["live"].get("checksum_failures", 0) for r in lives)})
+            "checksum_failures": sum(r["live"].get("checksum_failures", 0) for r in lives),
+            **_token_totals(lives)})
     worst = max(max(r["throughput_error_pct"], r["jct_error_pct"],
                     *r.get("source_error_pct", {}).values()) for r in rows)
     return {"rows": rows, "max_error_pct": worst, "runs": runs}
+
+
+def _token_totals(lives: list[dict[str, Any]]) -> dict[str, int]:
+    """With the model engine: its tokens checked against float64, over the runs."""
+    keys = ("tokens_checked", "token_mismatches", "token_near_ties")
+    if not all(k in r["live"] for r in lives for k in keys):
+        return {}
+    return {k: sum(r["live"][k] for r in lives) for k in keys}
 
 
 def fidelity_failures(payload: dict[str, Any], max_error_pct: float) -> list[str]:

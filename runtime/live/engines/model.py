@@ -30,6 +30,8 @@ from runtime.live.model_run import model_config
 from runtime.transformer import Transformer, appended_tokens, check_fits, device_memory_bytes
 
 _T = TypeVar("_T")
+#: Where a request's range is read from: the host buffer, or its GPU copy (uint8).
+Buffer = memoryview | torch.Tensor
 
 
 @dataclass
@@ -67,22 +69,24 @@ class NodeModel:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     # -- the buffer layout ------------------------------------------------------------
-    def _rows(self, view: memoryview, at: int, tokens: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V ``[tokens, kv_heads, head_dim]`` (views) of a layer row at ``at``."""
+    def _rows(self, buf: Buffer, at: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V ``[tokens, kv_heads, head_dim]`` (views) of a layer row at ``at`` of
+        ``buf``: the registered host buffer, or its copy in GPU memory."""
         cfg = self.config
         if tokens == 0:
             empty = torch.empty(0, cfg.kv_heads, cfg.head_dim, dtype=cfg.torch_dtype)
             return empty, empty
-        raw = torch.frombuffer(view[at:at + tokens * self.layer_bytes], dtype=cfg.torch_dtype)
+        end = at + tokens * self.layer_bytes
+        raw = (buf[at:end].view(cfg.torch_dtype) if isinstance(buf, torch.Tensor) else
+               torch.frombuffer(buf[at:end], dtype=cfg.torch_dtype))
         kv = raw.view(tokens, 2, cfg.kv_heads, cfg.head_dim)
         return kv[:, 0], kv[:, 1]
 
-    def hit_rows(self, view: memoryview, job: LiveJob, layer: int
+    def hit_rows(self, buf: Buffer, job: LiveJob, layer: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``layer``'s K and V of the request's hit tokens."""
         row_tokens = len(job.names) * self.block_tokens
-        k, v = self._rows(view, job.offset + layer * row_tokens * self.layer_bytes, row_tokens)
+        k, v = self._rows(buf, job.offset + layer * row_tokens * self.layer_bytes, row_tokens)
         hit = job.request.hit_tokens
         return k[:hit], v[:hit]
 
@@ -93,17 +97,18 @@ class NodeModel:
         base = job.offset + len(job.names) * self.block_tokens * layers * self.layer_bytes
         return self._rows(view, base + layer * app * self.layer_bytes, app)
 
-    def context(self, view: memoryview, job: LiveJob, layer: int, end: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def context(self, view: memoryview, job: LiveJob, layer: int, end: int,
+                hits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``layer``'s K and V of the request's tokens ``0..end-1`` (contiguous copies,
-        on the model's device): the hit ones, then the appended ones computed so far."""
-        hk, hv = self.hit_rows(view, job, layer)
+        on the model's device): the hit ones (from ``hits``, the buffer's GPU copy, when
+        the engine keeps one), then the appended ones computed so far."""
+        hk, hv = self.hit_rows(view if hits is None else hits, job, layer)
         ak, av = self.app_rows(view, job, layer)
         hit = min(end, len(hk))
         n = end - hit
-        k = torch.cat([hk[:hit], ak[:n]]).to(self.device)
-        v = torch.cat([hv[:hit], av[:n]]).to(self.device)
-        return k, v
+        dev = self.device
+        return (torch.cat([hk[:hit].to(dev), ak[:n].to(dev)]),
+                torch.cat([hv[:hit].to(dev), av[:n].to(dev)]))
 
     def prompt_tokens(self, job: LiveJob, start: int, end: int) -> list[int]:
         """Token ids of prompt positions ``start..end-1`` (all at or after ``hit - 1``)."""
@@ -135,16 +140,17 @@ class NodeModel:
             ids = torch.tensor(chunk.tokens, dtype=torch.long, device=self.device)
             chunk.x = self.model.embed(ids)
 
-    def layer(self, view: memoryview, chunks: list[Chunk], layer: int) -> None:
-        """Layer ``layer`` of every chunk, on the KV of its request's earlier tokens; the
-        new tokens' KV goes into the appended rows (where the P→D send and the
-        write-back take it from)."""
+    def layer(self, view: memoryview, chunks: list[Chunk], layer: int,
+              hits: torch.Tensor | None = None) -> None:
+        """Layer ``layer`` of every chunk, on the KV of its request's earlier tokens (hit
+        rows from ``hits`` if given: see :meth:`context`); the new tokens' KV goes into
+        the appended rows (where the P→D send and the write-back take it from)."""
         for chunk in chunks:
             if chunk.job.cancelled:
                 continue
             assert chunk.x is not None
             n = len(chunk.tokens)
-            past_k, past_v = self.context(view, chunk.job, layer, chunk.start)
+            past_k, past_v = self.context(view, chunk.job, layer, chunk.start, hits)
             positions = torch.arange(chunk.start, chunk.start + n, device=self.device)
             chunk.x, k, v = self.model.layer(layer, chunk.x, positions, past_k, past_v)
             if chunk.store:

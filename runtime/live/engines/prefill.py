@@ -24,14 +24,7 @@ from runtime.live.engines.cached import (
 from runtime.live.engines.device import DeviceMemory
 from runtime.live.engines.host import NodeServices
 from runtime.live.engines.job import LiveJob
-from runtime.live.messages import (
-    Batch,
-    First,
-    Free,
-    KvIn,
-    Loaded,
-    Push,
-)
+from runtime.live.messages import Batch, First, Free, KvIn, Loaded, Push
 from runtime.live.reader import Fetched, record_transfer
 from runtime.live.transport.base import Region, Transport
 
@@ -178,9 +171,7 @@ class LivePrefill:
         node, clock = self.node, self.node.clock
         compute = node.cost.batch_prefill_s([(n, job.context) for job, n in batch],
                                             self.core.speed)
-        layers = node.layers
-        per_layer = compute / layers
-        done_at = clock.now()
+        layers, done_at = node.layers, clock.now()
         sends: list[asyncio.Future[float]] = []
         if not node.opts.layerwise:
             for layer in range(layers):
@@ -193,7 +184,7 @@ class LivePrefill:
             await arrivals(layer)
             if layer == layers - 1:
                 await self._verify(loads)
-            done_at = max(done_at, clock.now()) + per_layer
+            done_at = max(done_at, clock.now()) + compute / layers
             await clock.sleep_until(done_at)
             if layer == 0:
                 sends = self._sends(batch, done_at, finished)
@@ -209,6 +200,7 @@ class LivePrefill:
         node, model = self.node, self.node.model
         assert model is not None
         view, layers = self.region.view, node.layers
+        hits = None if self.device is None else self.device.hbm  # copied per layer, own stream
         chunks = model.chunks(batch)
         await model.run(model.embed, chunks)
         sends: list[asyncio.Future[float]] = []
@@ -220,21 +212,21 @@ class LivePrefill:
             if layer == layers - 1 and await self._verify(loads):
                 await model.run(model.embed, chunks)
                 for again in range(layer):
-                    await model.run(model.layer, view, chunks, again)
-            await model.run(model.layer, view, chunks, layer)
+                    await model.run(model.layer, view, chunks, again, hits)
+            await model.run(model.layer, view, chunks, layer, hits)
             if layer == 0:
                 sends = self._sends(batch, node.clock.now(), finished)
         await model.run(model.finish, view, chunks)
         return node.clock.now(), sends
 
     async def _write_back(self, job: LiveJob) -> None:
-        """Write the prompt's new blocks back. The model engine writes the real KV of those
-        its prompt completes (the decode engine writes the one its answer goes on in)."""
-        node = self.node
+        """Write the prompt's new blocks back: the model engine's real KV of those its
+        prompt completes (the decode engine writes the one its answer goes on in)."""
+        node, blocks = self.node, job.kv_out
         if node.model is None:
             await node.write_back(job.request.appended_tokens, job.writes)
-        elif job.kv_out:
-            blocks, job.kv_out = job.kv_out, []
+        elif blocks:
+            job.kv_out = []
             await node.write_back(len(blocks) * node.spec.block_tokens,
                                   job.writes[:len(blocks)], blocks)
 
