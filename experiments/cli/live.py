@@ -34,7 +34,8 @@ def cmd_cluster(args: argparse.Namespace) -> None:
         agents=args.agents, mal=args.mal, seed=args.seed, trace=args.trace,
         transport=args.transport, netns=args.netns, time_scale=args.time_scale,
         bytes_scale=args.bytes_scale, layerwise=not args.no_layerwise, device=args.device,
-        faults=faults_of(args), engine=args.engine, model_size=args.model_size)
+        faults=faults_of(args), engine=args.engine, model_size=args.model_size,
+        model_dtype=args.model_dtype, token_check=not args.no_token_check)
     try:
         result = run_cluster(cfg)
     except RunFailed as exc:  # a node died with no replacement, or reported a fatal error
@@ -52,6 +53,7 @@ def cmd_cluster(args: argparse.Namespace) -> None:
 def cmd_fidelity(args: argparse.Namespace) -> None:
     from experiments.live.runs import (
         FIDELITY_CONFIGS,
+        LiveRunConfig,
         fidelity,
         fidelity_failures,
         model_configs,
@@ -59,8 +61,10 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
     )
 
     known = FIDELITY_CONFIGS if args.engine == "emulated" else model_configs(
-        args.preset or "tiny-live", args.model_size, args.device, args.agents,
-        tuple(args.overrides))
+        args.preset or "tiny-live", LiveRunConfig(
+            model_size=args.model_size, model_dtype=args.model_dtype, device=args.device,
+            agents=args.agents, overrides=tuple(args.overrides),
+            token_check=not args.no_token_check))
     labels = [label for label, _ in known]
     if unknown := [c for c in args.configs if c not in labels]:
         raise SystemExit(f"dualpath fidelity: unknown --config {unknown}; choose from {labels}")
@@ -91,6 +95,17 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
     payload = doctor()
     emit(args, payload, format_doctor(payload))
+
+
+def model_args(p: argparse.ArgumentParser) -> None:
+    """The model engine's options (with ``--engine model``)."""
+    p.add_argument("--model-size", help="the model engine's size: tiny, small, base, 1b "
+                                        "(default: the live preset's [model] engine_size)")
+    p.add_argument("--model-dtype", default="float32",
+                   choices=["float32", "bfloat16", "float16"], help="the model's dtype")
+    p.add_argument("--no-token-check", action="store_true",
+                   help="skip checking every token against float64 after the run (for "
+                        "reduced-precision runs timed for speed)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -134,8 +149,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="model: a real transformer (seeded weights) computes on the KV both "
                         "paths deliver and generates real tokens, checked against float64; "
                         "bytes at scale 1")
-    p.add_argument("--model-size", help="the model engine's size: tiny, small, base, 1b "
-                                        "(default: the live preset's [model] engine_size)")
+    model_args(p)
     p.add_argument("--kill-node", help="fault: SIGKILL node N at model time T (N@T)")
     p.add_argument("--corrupt", type=int, default=0, metavar="N",
                    help="fault: corrupt, in storage, the first block of the first N requests "
@@ -156,10 +170,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "with the dualpath and pe_only policies (calibrate the preset to the "
                         "engine first: dualpath calibrate engine)")
     p.add_argument("--preset", help="with --engine model: the preset (default tiny-live)")
-    p.add_argument("--model-size", help="with --engine model: the model's size")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="with --engine model: where the engines compute")
     p.add_argument("--agents", type=int, help="with --engine model: agents per run")
+    model_args(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="with --engine model: override a preset value; repeatable")
     p.add_argument("--json", action="store_true")

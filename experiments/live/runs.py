@@ -8,6 +8,7 @@ return the same metrics. ``fidelity`` runs a few configs both ways.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -47,6 +48,8 @@ class LiveRunConfig:
     faults: Faults = Faults()
     engine: str = "emulated"  # "model": a real transformer computes (bytes at scale 1)
     model_size: str | None = None  # default: the live preset's [model] engine_size
+    model_dtype: str = "float32"
+    token_check: bool = True  # the model's tokens against float64 after the run
 
     def resolved(self) -> tuple[str, tuple[str, ...], LiveOptions, RunConfig]:
         """(cluster preset, overrides, live options, the equivalent simulator config)."""
@@ -67,7 +70,8 @@ class LiveRunConfig:
         options = LiveOptions(time_scale=time_scale, bytes_scale=1 if model else bytes_scale,
                               transport=self.transport, netns=self.netns, device=self.device,
                               layerwise=layerwise, oracle=oracle, engine=self.engine,
-                              model_size=self.model_size or size)
+                              model_size=self.model_size or size,
+                              model_dtype=self.model_dtype, token_check=self.token_check)
         overrides += model_overrides(options)  # the simulator sees the real model's shape
         sim = RunConfig(policy=self.policy, preset=cluster, overrides=overrides,
                         agents=self.agents if self.agents is not None else defaults[2],
@@ -121,16 +125,13 @@ FIDELITY_CONFIGS: tuple[tuple[str, LiveRunConfig], ...] = (
 MODEL_POLICIES = ("dualpath", "pe_only")
 
 
-def model_configs(preset: str, model_size: str | None = None, device: str = "cpu",
-                  agents: int | None = None, overrides: tuple[str, ...] = ()
-                  ) -> tuple[tuple[str, LiveRunConfig], ...]:
+def model_configs(preset: str, model: LiveRunConfig) -> tuple[tuple[str, LiveRunConfig], ...]:
     """Fidelity configs whose engines run the model: one per policy of
-    :data:`MODEL_POLICIES` on ``preset`` (a preset calibrated to the engine's measured
-    timings, by ``dualpath calibrate engine``, is what makes the simulator comparable)."""
-    return tuple((f"{preset} {policy} (model{'' if device == 'cpu' else ', ' + device})",
-                  LiveRunConfig(preset=preset, policy=policy, engine="model",
-                                model_size=model_size, device=device, agents=agents,
-                                overrides=overrides))
+    :data:`MODEL_POLICIES` on ``preset``, as ``model`` says otherwise (a preset calibrated
+    to the engine's measured timings, by ``dualpath calibrate engine``, is what makes the
+    simulator comparable)."""
+    return tuple((f"{preset} {policy} (model, {model.device})",
+                  dataclasses.replace(model, preset=preset, policy=policy, engine="model"))
                  for policy in MODEL_POLICIES)
 
 
@@ -163,7 +164,8 @@ def fidelity(configs: Sequence[tuple[str, LiveRunConfig]] = FIDELITY_CONFIGS,
             "jct_error_pct": _error(sim["jct_mean_s"], live_jct),
             "blocks_verified": sum(r["live"].get("blocks_verified", 0) for r in lives),
             "checksum_failures": sum(r["live"].get("checksum_failures", 0) for r in lives),
-            **_token_totals(lives)})
+            **_token_totals(lives),
+            "tokens_digests": sorted({r["tokens_digest"] for r in lives if "tokens_digest" in r})})
     worst = max(max(r["throughput_error_pct"], r["jct_error_pct"],
                     *r.get("source_error_pct", {}).values()) for r in rows)
     return {"rows": rows, "max_error_pct": worst, "runs": runs}
@@ -171,7 +173,7 @@ def fidelity(configs: Sequence[tuple[str, LiveRunConfig]] = FIDELITY_CONFIGS,
 
 def _token_totals(lives: list[dict[str, Any]]) -> dict[str, int]:
     """With the model engine: its tokens checked against float64, over the runs."""
-    keys = ("tokens_checked", "token_mismatches", "token_near_ties")
+    keys = ("tokens_checked", "token_mismatches", "token_near_ties", "tokens_generated")
     if not all(k in r["live"] for r in lives for k in keys):
         return {}
     return {k: sum(r["live"][k] for r in lives) for k in keys}

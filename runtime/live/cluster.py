@@ -16,6 +16,7 @@ block it acknowledged is still there.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import select
@@ -305,7 +306,7 @@ class LiveCluster:
             "oracle": self.options.oracle,
             "live": dict(sorted({**counters, "storage_restarts": self.storage_restarts,
                                  **self._token_check(router)}.items())),
-            "engine": self.options.engine,
+            "engine": self.options.engine, **_tokens_digest(router),
             **router.outcome(),
         })
         return metrics
@@ -319,7 +320,19 @@ class LiveCluster:
 
         answered = [Answered(e.request, e.generated, e.prompt_ids)
                     for e in router.entries.values() if e.phase is FINISHED]
+        if not self.options.token_check:
+            return {"tokens_generated": sum(len(a.generated) for a in answered)}
         return check_tokens(answered, model_config(self.options), self.options.model_seed)
+
+
+def _tokens_digest(router: Router) -> dict[str, str]:
+    """With the model engine: one digest of every request's generated tokens, by agent
+    and turn, so two runs (other paths, other batch mates) can be compared."""
+    answers = sorted((e.request.agent_id, e.request.turn, e.generated)
+                     for e in router.entries.values() if e.generated)
+    if not answers:
+        return {}
+    return {"tokens_digest": hashlib.blake2b(repr(answers).encode(), digest_size=16).hexdigest()}
 
 
 def _first_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:

@@ -63,6 +63,9 @@ class LiveOptions:
     model_size: str = "tiny"
     model_dtype: str = "float32"
     model_seed: int = 0
+    # Check every generated token against a float64 recomputation after the run (off for
+    # reduced-precision runs measured for speed: bf16 rounding is not a float64 near tie).
+    token_check: bool = True
 
     def __post_init__(self) -> None:
         self._check_fronts()

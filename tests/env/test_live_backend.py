@@ -35,6 +35,33 @@ def test_live_backend_runs_an_episode_to_the_end():
         env.close()
 
 
+@pytest.mark.slow
+def test_live_backend_with_the_model_engine_runs_300_routing_steps():
+    """The agent routes every request of 8 agents on engines that compute the model; the
+    path it picks varies (random valid actions), the tokens all check against float64."""
+    spec = load_preset("tiny", ("block_tokens=256",))
+    env = DualPathEnv(spec, workload=lambda seed: AgenticWorkload(8, "32k", seed,
+                                                                  append_scale=0.05,
+                                                                  gen_scale=0.05),
+                      backend="live", live=LiveOptions(engine="model", bytes_scale=1))
+    rng = np.random.default_rng(0)
+    try:
+        env.reset(seed=0)
+        steps, done, info = 0, False, {}
+        while not done:
+            action = _random_valid(env.action_masks(), env.action_space.nvec, rng)
+            _, _, terminated, truncated, info = env.step(action)
+            steps += 1
+            done = terminated or truncated
+        live = info["metrics"]["live"]
+        assert steps >= 300
+        assert info["metrics"]["requests"] == info["finished"]
+        assert live["tokens_checked"] == live["tokens_generated"] > 0
+        assert live["token_mismatches"] == 0
+    finally:
+        env.close()
+
+
 def test_live_backend_refuses_tuning_mode():
     with pytest.raises(ValueError, match="routing mode only"):
         DualPathEnv("tiny", mode="tune", tunable=lambda p: None, backend="live")
@@ -44,5 +71,13 @@ def _first_valid(mask: np.ndarray, nvec: np.ndarray) -> np.ndarray:
     action, start = [], 0
     for n in nvec:
         action.append(int(np.flatnonzero(mask[start:start + n])[0]))
+        start += n
+    return np.asarray(action)
+
+
+def _random_valid(mask: np.ndarray, nvec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    action, start = [], 0
+    for n in nvec:
+        action.append(int(rng.choice(np.flatnonzero(mask[start:start + n]))))
         start += n
     return np.asarray(action)
