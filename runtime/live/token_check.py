@@ -13,12 +13,17 @@ all its turns; a served request is its own sequence (its prompt ids, then its an
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
+
+import torch
 
 from runtime.request import Request
-from runtime.transformer import Reference, TransformerConfig, appended_tokens
+from runtime.transformer import CheckResult, Reference, TransformerConfig, appended_tokens
 
 
 @dataclass(frozen=True)
@@ -73,15 +78,35 @@ def _agent_sequence(turns: list[Answered], config: TransformerConfig, seed: int)
 
 def check_tokens(answered: list[Answered], config: TransformerConfig, seed: int
                  ) -> dict[str, int]:
-    """``tokens_generated``, ``tokens_checked``, ``token_mismatches``, ``token_near_ties``."""
-    reference = Reference(config)
-    out = {"tokens_generated": sum(len(a.generated) for a in answered), "tokens_checked": 0,
-           "token_mismatches": 0, "token_near_ties": 0}
-    for seq in sequences(answered, config, seed):
-        if not seq.generated:
-            continue
-        result = reference.check(seq.tokens, seq.generated)
-        out["tokens_checked"] += result.checked
-        out["token_mismatches"] += result.mismatches
-        out["token_near_ties"] += result.near_ties
-    return out
+    """``tokens_generated``, ``tokens_checked``, ``token_mismatches``, ``token_near_ties``.
+
+    Sequences are checked in parallel, one process per core (longest first), each
+    computing single-threaded: the passes are independent and the run is over."""
+    seqs = sorted((s for s in sequences(answered, config, seed) if s.generated),
+                  key=lambda s: -len(s.tokens))
+    workers = min(len(seqs), os.cpu_count() or 1)
+    if workers <= 1 or sum(len(s.tokens) for s in seqs) < IN_PROCESS_TOKENS:
+        _start(config)
+        results = [_check(seq) for seq in seqs]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                 initializer=_start, initargs=(config,)) as pool:
+            results = list(pool.map(_check, seqs))
+    return {"tokens_generated": sum(len(a.generated) for a in answered),
+            "tokens_checked": sum(r.checked for r in results),
+            "token_mismatches": sum(r.mismatches for r in results),
+            "token_near_ties": sum(r.near_ties for r in results)}
+
+
+#: Below this many tokens in all, starting processes costs more than it saves.
+IN_PROCESS_TOKENS = 50_000
+_REFERENCE: list[Reference] = []  # the checking process's reference model
+
+
+def _start(config: TransformerConfig) -> None:
+    torch.set_num_threads(1)
+    _REFERENCE[:] = [Reference(config)]
+
+
+def _check(seq: Sequence) -> CheckResult:
+    return _REFERENCE[0].check(seq.tokens, seq.generated)
