@@ -15,7 +15,9 @@ from runtime.transformer.tiles import Tiles
 
 CONFIG = config_for("tiny", max_context=8192)
 # Small tiles cross many tile boundaries in short contexts; the defaults are checked too.
-TILES = [Tiles(rows=4, attn_rows=4, keys=8), Tiles(rows=16, attn_rows=3, keys=32), Tiles()]
+# The second: matmuls of a fixed number of key tiles, all K/V heads at once, as on a GPU.
+TILES = [Tiles(rows=4, attn_rows=4, keys=8),
+         Tiles(rows=16, attn_rows=3, keys=32, key_batch=3, all_heads=True), Tiles()]
 
 
 def _tokens(n: int, seed: int) -> list[int]:
@@ -154,12 +156,12 @@ def test_past_read_from_bytes_gives_the_same_bits() -> None:
 
 def test_invariance_holds_with_two_threads() -> None:
     torch.set_num_threads(2)  # the conftest fixture restores the count
-    model = Transformer(CONFIG, tiles=TILES[0])
-    tokens = _tokens(120, 9)
+    model = Transformer(CONFIG, tiles=Tiles(rows=16, attn_rows=8, keys=16))
+    tokens = _tokens(70, 9)
     whole_logits, whole_kv = model.prefill(tokens)
-    logits, kv = _chunked(model, tokens, [50, 1, 69])
+    logits, kv = _chunked(model, tokens, [33, 1, 36])
     assert torch.equal(logits[-1], whole_logits) and _same_kv(kv, whole_kv)
-    contexts = _contexts(model, [3, 40, 77])
+    contexts = _contexts(model, [3, 17, 40])
     seqs = [DecodeSeq(tokens[-1], len(tokens) - 1, kv) for tokens, kv in contexts]
     batch_logits, _ = model.decode_step(seqs)
     for row, seq in enumerate(seqs):

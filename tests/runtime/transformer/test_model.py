@@ -11,7 +11,7 @@ import torch
 
 from runtime.transformer.config import config_for
 from runtime.transformer.model import DecodeSeq, Transformer
-from runtime.transformer.tiles import Tiles, tree_sum
+from runtime.transformer.tiles import Tiles, halving_sum, row_sum, tree_sum
 from runtime.transformer.weights import init_weights, weight_shapes
 
 CONFIG = config_for("tiny", max_context=2048)
@@ -142,10 +142,23 @@ def test_other_dtypes_run_and_keep_their_kv_dtype(dtype: str) -> None:
 
 
 def test_tiles_and_tree_sum() -> None:
-    with pytest.raises(ValueError, match="Tiles.keys must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="Tiles.keys must be an integer >= 1, got 0"):
         Tiles(keys=0)
+    with pytest.raises(ValueError, match="Tiles.key_batch must be an integer >= 0, got -1"):
+        Tiles(key_batch=-1)
+    assert Tiles.for_device("cpu") == Tiles()
+    assert Tiles.for_device("cuda:0").key_batch > 0 and Tiles.for_device("cuda").all_heads
+    with pytest.raises(ValueError, match="all_heads must be a bool"):
+        Tiles(all_heads=1)  # type: ignore[arg-type]
     x = torch.arange(5.0)[:, None]
     assert float(tree_sum(x)[0]) == 10.0
+    assert torch.equal(tree_sum(torch.arange(6.0).view(2, 3), dim=-1), torch.tensor([3., 12.]))
+    rows = torch.randn(7, 37, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(row_sum(rows), rows.sum(-1), atol=1e-5)
+    assert torch.equal(row_sum(rows[2:3])[0], row_sum(rows)[2])  # a lone row: the same bits
+    assert row_sum(torch.ones(2, 3, 5)).shape == (2, 3)
+    assert torch.allclose(halving_sum(rows), rows.sum(-1), atol=1e-5)
+    assert float(halving_sum(torch.tensor([1.0, 2.0, 3.0]))) == 6.0
     values = torch.randn(5, 3)
     padded = torch.cat([values, torch.zeros(6, 3)])
     assert torch.equal(tree_sum(values), tree_sum(padded))  # zeros past the end: no change
