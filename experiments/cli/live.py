@@ -123,6 +123,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stress)
 
+    add_cluster_parser(sub)
+    add_fidelity_parser(sub)
+
+    p = sub.add_parser("doctor", help="which transports and network modes work on this host")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+
+def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cluster", help="run a live cluster of real processes moving real KV "
                                        "bytes")
     p.add_argument("--preset", default="tiny-live",
@@ -157,6 +166,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cluster)
 
+
+
+def add_fidelity_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fidelity", help="simulator vs live runtime: throughput and mean JCT "
                                         "(and, with caches, hit bytes by source)")
     p.add_argument("--runs", type=int, default=3, help="live runs per config (median)")
@@ -179,6 +191,3 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fidelity)
 
-    p = sub.add_parser("doctor", help="which transports and network modes work on this host")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_doctor)

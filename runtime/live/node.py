@@ -381,8 +381,7 @@ class Node:
 
     async def write_back(self, tokens: int, names: list[str],
                          blocks: list[bytes] | None = None) -> None:
-        """Write the blocks ``names`` (``tokens`` of new KV, modelled) to storage: their
-        ``blocks`` (the model engine's KV), else the emulated content of each name."""
+        """Write blocks ``names`` (``tokens`` of KV): ``blocks`` (the model's), else emulated."""
         if self.opts.oracle or not names:
             return
         named = (list(zip(names, blocks, strict=True)) if blocks is not None else

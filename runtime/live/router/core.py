@@ -83,8 +83,7 @@ class Router:
                  storage_root: str, host: str = "127.0.0.1", faults: Faults = NO_FAULTS,
                  kill: Callable[[int], None] | None = None, liveness_s: float = 5.0,
                  stall_s: float = 120.0, real_kv: bool = False) -> None:
-        """``real_kv``: the engines compute a model, so every hit block must be KV this run
-        wrote (storage is never filled with emulated blocks)."""
+        """``real_kv``: the engines compute a model; hit blocks are only those the run wrote."""
         self.spec = spec
         self.real_kv = real_kv
         self.workload = workload
