@@ -143,6 +143,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=cmd_bench_soak)
 
     _add_replay_parser(bench)
+    _add_engine_parser(bench)
     b = bench.add_parser("gateway", help="latency the endpoint picker adds behind Envoy, "
                                          "against round robin over the same engines")
     b.add_argument("--requests", type=int, default=2000, help="measured requests per target "
@@ -158,3 +159,35 @@ def cmd_bench_gateway(args: argparse.Namespace) -> None:
 
     payload = bench_gateway(args.requests, args.warmup, tuple(args.concurrency))
     emit(args, payload, render_gateway(payload))
+
+
+def cmd_bench_engine(args: argparse.Namespace) -> None:
+    import json
+    import sys
+
+    from experiments.bench.engine import bench_engine, render
+
+    payload = bench_engine(size=args.size, dtype=args.dtype, device=args.device,
+                           quick=args.quick, block_tokens=args.block_tokens,
+                           sweep_name=args.sweep,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1)
+    emit(args, payload, render(payload) + (f"\nwrote {args.out}" if args.out else ""))
+
+
+def _add_engine_parser(bench: argparse._SubParsersAction) -> None:
+    b = bench.add_parser("engine", help="the real model's prefill, decode, KV copies and "
+                                        "layer-wise prefill on a device (for calibrate engine)")
+    b.add_argument("--size", default="tiny", help="model size: tiny, small, base, 1b")
+    b.add_argument("--dtype", default="float32", help="float32, bfloat16, float16")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b.add_argument("--block-tokens", type=int, default=64, help="tokens per KV block")
+    b.add_argument("--out", metavar="FILE.json", help="write the measurements here")
+    b.add_argument("--quick", action="store_true", help="a handful of points (seconds on a CPU)")
+    b.add_argument("--sweep", choices=["quick", "medium", "full"],
+                   help="the points measured (default: full, or quick with --quick); medium "
+                        "bounds a 1b model on one GPU to minutes")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_engine)

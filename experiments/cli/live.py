@@ -64,7 +64,7 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
         args.preset or "tiny-live", LiveRunConfig(
             model_size=args.model_size, model_dtype=args.model_dtype, device=args.device,
             agents=args.agents, overrides=tuple(args.overrides),
-            token_check=not args.no_token_check))
+            token_check=not args.no_token_check, gen_scale=args.gen_scale))
     labels = [label for label, _ in known]
     if unknown := [c for c in args.configs if c not in labels]:
         raise SystemExit(f"dualpath fidelity: unknown --config {unknown}; choose from {labels}")
@@ -185,6 +185,8 @@ def add_fidelity_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="with --engine model: where the engines compute")
     p.add_argument("--agents", type=int, help="with --engine model: agents per run")
+    p.add_argument("--gen-scale", type=float, default=1.0,
+                   help="with --engine model: every turn's generated tokens times X")
     model_args(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="with --engine model: override a preset value; repeatable")

@@ -50,6 +50,8 @@ class LiveRunConfig:
     model_size: str | None = None  # default: the live preset's [model] engine_size
     model_dtype: str = "float32"
     token_check: bool = True  # the model's tokens against float64 after the run
+    append_scale: float = 1.0  # every turn's appended / generated tokens times these
+    gen_scale: float = 1.0
 
     def resolved(self) -> tuple[str, tuple[str, ...], LiveOptions, RunConfig]:
         """(cluster preset, overrides, live options, the equivalent simulator config)."""
@@ -77,7 +79,8 @@ class LiveRunConfig:
                         agents=self.agents if self.agents is not None else defaults[2],
                         mal=self.mal if self.mal is not None else str(defaults[3]),
                         seed=self.seed, layerwise=options.layerwise, oracle=options.oracle,
-                        trace=self.trace)
+                        trace=self.trace, append_scale=self.append_scale,
+                        gen_scale=self.gen_scale)
         return cluster, overrides, options, sim
 
 
