@@ -76,7 +76,8 @@ class ModelBatch:
         model, req = self.model, job.request
         cfg = model.config
         room = req.prompt_tokens + req.gen_tokens
-        keys, values = [], []
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
         for layer in range(cfg.layers):
             k, v = model.context(self.view, job, layer, req.prompt_tokens)
             for rows, into in ((k, keys), (v, values)):
