@@ -37,10 +37,10 @@ def test_live_backend_runs_an_episode_to_the_end():
 
 @pytest.mark.slow
 def test_live_backend_with_the_model_engine_runs_300_routing_steps():
-    """The agent routes every request of 8 agents on engines that compute the model; the
+    """The agent routes every request of 12 agents on engines that compute the model; the
     path it picks varies (random valid actions), the tokens all check against float64."""
     spec = load_preset("tiny", ("block_tokens=256",))
-    env = DualPathEnv(spec, workload=lambda seed: AgenticWorkload(8, "32k", seed,
+    env = DualPathEnv(spec, workload=lambda seed: AgenticWorkload(12, "32k", seed,
                                                                   append_scale=0.05,
                                                                   gen_scale=0.05),
                       backend="live", live=LiveOptions(engine="model", bytes_scale=1))
