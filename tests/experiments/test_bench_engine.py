@@ -70,9 +70,10 @@ def test_more_work_takes_longer(quick):
     batches = sorted({b for b, _ in decode})
     contexts = sorted({c for _, c in decode})
     assert decode[batches[-1], contexts[-1]] > decode[batches[0], contexts[0]]
-    big, small = max(data["copy"], key=lambda c: c["bytes_per_copy"]), data["copy"][0]
-    # a copy 16x larger moves its bytes faster than the per-copy cost lets small ones
-    assert big["bytes_s"] > small["bytes_s"]
+    small, big = data["copy"][0], max(data["copy"], key=lambda c: c["bytes_per_copy"])
+    assert big["bytes_per_copy"] >= 16 * small["bytes_per_copy"]
+    # a copy of 16x (or more) the bytes takes longer than a block-layer slice's
+    assert (big["bytes_per_copy"] / big["bytes_s"] > small["bytes_per_copy"] / small["bytes_s"])
 
 
 def test_fitting_the_quick_bench_runs_end_to_end(quick, tmp_path):
@@ -82,7 +83,9 @@ def test_fitting_the_quick_bench_runs_end_to_end(quick, tmp_path):
     assert spec.name == "cpu-tiny" and spec.model.layers == config_for("tiny").layers
     assert spec.model.decode_base_s > 0 and spec.node.gpu_tflops > 0
     effs = [y for _, y in spec.model.prefill_efficiency]
-    assert all(0 < y <= 1 for y in effs) and max(effs) > 0.3
+    assert all(0 < y <= 1 for y in effs)
+    assert [x for x, _ in spec.model.prefill_efficiency] == sorted(
+        {p["batch_tokens"] for p in json.loads(quick[0].read_text())["prefill"]})
     for kind in ("prefill", "decode", "copy"):
         errors = payload["errors"][kind]
         assert 0 <= errors["mean_abs_pct"] <= errors["max_abs_pct"] < 1000

@@ -103,7 +103,7 @@ def test_fit_recovers_the_values_and_the_preset_carries_them(tmp_path):
     assert (spec.prefill_nodes, node.snic_gb_s, spec.slo_tpot_s) == (
         tiny.prefill_nodes, tiny.node.snic_gb_s, tiny.slo_tpot_s)
     text = out.read_text()
-    assert "# measured: dualpath bench engine on cpu, tiny float32, median of 3" in text
+    assert "# measured: dualpath bench engine on cpu, tiny float32, medians of up to 3 runs" in text
     # The simulator's cost model of that preset predicts every measurement.
     for kind in ("prefill", "decode"):
         assert payload["errors"][kind]["max_abs_pct"] < 0.01
