@@ -403,7 +403,7 @@ def bench_engine(size: str = "tiny", dtype: str = "float32", device: str = "cpu"
                      for c, n in sweep.layerwise if c + n <= config.max_context]
     return {"schema": SCHEMA, "device": device_name(dev), "torch": torch.__version__,
             "model": model_record(config, size), "block_tokens": block_tokens,
-            "repeats": sweep.repeats, "quick": quick,
+            "repeats": sweep.repeats, "quick": quick, "threads": torch.get_num_threads(),
             "wall_s": time.perf_counter() - started, "prefill": prefill, "decode": decode,
             "copy": copies, "layerwise": layerwise}
 
