@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import shutil
 import signal
 import socket
@@ -74,15 +75,39 @@ class GatewayConfig:
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` ports free now on loopback (the OS's choice; a later bind may still race)."""
-    socks = [socket.socket() for _ in range(n)]
+    """``n`` distinct ports free now on loopback, below the kernel's ephemeral range: a port
+    the OS hands out for ``bind(0)`` may go to another process's outgoing connection (the
+    cluster opens many) before our listener binds it, one below that range may not. A later
+    bind may still race with another listener."""
+    low = _ephemeral_low()
+    candidates = random.Random().sample(range(PORT_FLOOR, low), k=min(4 * n + 64,
+                                                                      low - PORT_FLOOR))
+    ports: list[int] = []
+    for port in candidates:
+        if len(ports) == n:
+            break
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    if len(ports) < n:
+        raise RuntimeError(f"found only {len(ports)} free ports in {PORT_FLOOR}..{low - 1}")
+    return ports
+
+
+#: The lowest port :func:`free_ports` hands out (below: well-known and registered services).
+PORT_FLOOR = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where it cannot be read)."""
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return max(PORT_FLOOR + 1024, int(f.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class Gateway:
