@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.calibration.preset_file import set_value
+from experiments.calibration.preset_file import set_value, write_checked
 from experiments.evaluation.table import format_table
 from runtime.cost import CostModel
 from runtime.preset import PRESET_DIR, load_preset
@@ -251,22 +250,6 @@ def fitted_values(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
-def set_top_level(text: str, key: str, value: str, reason: str) -> str:
-    """``text`` with the top-level ``key`` (before the first table) set under ``# reason``."""
-    lines = text.splitlines()
-    end = next((i for i, line in enumerate(lines) if line.startswith("[")), len(lines))
-    at = next((i for i in range(end) if re.match(rf"{re.escape(key)}\s*=", lines[i])), None)
-    if at is None:
-        at = first = end
-    else:
-        first = at
-        while first > 0 and lines[first - 1].startswith("#"):
-            first -= 1
-        at += 1
-    lines[first:at] = [f"# {reason}", f"{key} = {value}"] + ([""] if at == first else [])
-    return "\n".join(lines) + "\n"
-
-
 def base_text(base: str) -> str:
     """The TOML text of the base preset (a shipped name or a path)."""
     path = PRESET_DIR / f"{base}.toml"
@@ -285,17 +268,8 @@ def write_preset(out: Path, base: str, values: Sequence[tuple[str, str, str]]) -
             + base_text(base))
     for key, value, reason in [("name", json.dumps(out.stem), "the output file's stem"),
                                *values]:
-        text = (set_value(text, key, value, reason) if "." in key
-                else set_top_level(text, key, value, reason))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.new.toml")
-    tmp.write_text(text, encoding="utf-8")
-    try:
-        load_preset(str(tmp))
-    except Exception:
-        tmp.unlink()
-        raise
-    tmp.replace(out)
+        text = set_value(text, key, value, reason)
+    write_checked(out, text)
 
 
 # -- the fit quality -----------------------------------------------------------------

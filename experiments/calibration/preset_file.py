@@ -14,11 +14,12 @@ from runtime.preset import load_preset
 
 
 def set_value(text: str, key: str, value: str, reason: str) -> str:
-    """``text`` (a preset's TOML) with ``key`` (``SECTION.KEY``) set to ``value`` (TOML)
-    under the one-line comment ``# reason``."""
-    section, leaf = key.split(".")
+    """``text`` (a preset's TOML) with ``key`` (``SECTION.KEY``, or ``KEY`` for a top-level
+    key, before the first table) set to ``value`` (TOML) under the one-line comment
+    ``# reason``."""
+    section, _, leaf = key.rpartition(".")
     lines = text.splitlines()
-    start = _table_start(lines, section, key)
+    start = _table_start(lines, section, key) if section else -1
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
                len(lines))
     at = next((i for i in range(start + 1, end)
@@ -49,8 +50,15 @@ def write_values(path: Path, values: list[tuple[str, str, str]]) -> None:
     text = path.read_text()
     for key, value, reason in values:
         text = set_value(text, key, value, reason)
-    tmp = path.with_suffix(".toml.new")
-    tmp.write_text(text)
+    write_checked(path, text)
+
+
+def write_checked(path: Path, text: str) -> None:
+    """Write the preset ``text`` to ``path`` only if it loads as a preset (else raise,
+    leaving ``path`` as it was)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.new.toml")
+    tmp.write_text(text, encoding="utf-8")
     try:
         load_preset(str(tmp))
     except Exception:

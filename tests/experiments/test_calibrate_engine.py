@@ -17,8 +17,8 @@ from experiments.calibration.engine import (
     nnls_relative,
     prefill_flops,
     render,
-    set_top_level,
 )
+from experiments.calibration.preset_file import set_value
 from experiments.cli import main
 from runtime.cost import CostModel
 from runtime.preset import load_preset
@@ -183,11 +183,11 @@ def test_missing_file_and_missing_options_are_refused(tmp_path, capsys):
         load_measurements(bad)
 
 
-def test_set_top_level_replaces_or_adds_before_the_first_table():
+def test_a_top_level_key_is_replaced_or_added_before_the_first_table():
     text = "# why\nname = \"a\"\nx = 1\n\n[node]\ngpus = 2\n"
-    assert set_top_level(text, "name", '"b"', "new") == (
+    assert set_value(text, "name", '"b"', "new") == (
         "# new\nname = \"b\"\nx = 1\n\n[node]\ngpus = 2\n")
-    added = set_top_level(text, "block_tokens", "64", "bench")
+    added = set_value(text, "block_tokens", "64", "bench")
     assert added.index("block_tokens = 64") < added.index("[node]")
     assert math.isclose(load_toml_value(added, "block_tokens"), 64)
 
